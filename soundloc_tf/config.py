@@ -1,0 +1,270 @@
+"""One configuration object for every tool, with the paper's defaults.
+
+`Config()` is the paper's setup (Senocak et al., CVPR 2018, see
+`docs/` and the method notes): VGG16 at 320x320 giving a 20x20 map, a
+1000-d audio feature, Adam at 1e-4, batch 30.  Named presets change a few
+fields (`tiny` trains in minutes on 2 CPU cores); command-line flags change
+any field.  Every other module reads its numbers from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+IMAGE_TOWERS = ("vgg16", "tiny_vgg")
+AUDIO_TOWERS = ("logmel",)
+UNSUPERVISED_LOSSES = ("triplet", "infonce", "none")
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """All hyper-parameters of data, model, losses, training and evaluation."""
+
+    # --- image stream -----------------------------------------------------
+    image_size: int = 320
+    image_tower: str = "vgg16"
+    # "imagenet" (Keras download), "none" (random init) or a .weights.h5 path.
+    image_weights: str = "imagenet"
+    # Conv widths of the tiny VGG-style tower, one VGG block per entry; every
+    # block but the last ends in a 2x2 max-pool.
+    tiny_image_widths: tuple[int, ...] = (16, 32, 64, 64)
+    freeze_image_tower: bool = True
+
+    # --- audio stream -----------------------------------------------------
+    audio_tower: str = "logmel"
+    sample_rate: int = 22050
+    clip_seconds: float = 20.0
+    n_fft: int = 1024
+    hop_length: int = 512
+    n_mels: int = 64
+    fmin: float = 0.0
+    fmax: float = 0.0  # 0 means sample_rate / 2
+    audio_widths: tuple[int, ...] = (64, 128, 256, 512)
+    # Width of the audio feature the visual branch must reconstruct
+    # (SoundNet-8 conv8's 1000 object classes in the paper).
+    audio_feature_dim: int = 1000
+
+    # --- localizer ----------------------------------------------------------
+    # Hidden width of the fc heads (fc 1000->1000 sound, fc 512->512 visual).
+    sound_hidden_dim: int = 1000
+    visual_hidden_dim: int = 512
+    # alpha = softmax(relu(cos) / T).  1.0 is the authors' re-implementation;
+    # ReLU(cos) lies in [0, 1], so at 1.0 the softmax is nearly uniform.
+    attention_temperature: float = 1.0
+    # The paper applies ReLU to the cosines before the softmax.  When every
+    # cosine of a sample is negative (common at random initialisation) the
+    # attention is exactly uniform and no gradient reaches it; False uses
+    # softmax(cos / T) instead (see README, "Deviations").
+    attention_relu: bool = True
+
+    # --- losses -------------------------------------------------------------
+    unsupervised_loss: str = "triplet"
+    infonce_temperature: float = 0.07
+    supervised_weight: float = 1.0
+    # Fraction of training samples whose annotation the trainer may use.
+    label_fraction: float = 0.0
+
+    # --- optimisation -------------------------------------------------------
+    optimizer: str = "adam"
+    learning_rate: float = 1e-4
+    momentum: float = 0.9
+    batch_size: int = 30
+    train_steps: int = 48_000  # ~10 epochs of 144k pairs at batch 30
+
+    # --- built-in synthetic scenes -----------------------------------------
+    num_classes: int = 8
+    min_objects: int = 1
+    max_objects: int = 4
+    # Object side as a fraction of the image side.
+    min_object_size: float = 0.18
+    max_object_size: float = 0.35
+    min_snr_db: float = 0.0
+    max_snr_db: float = 20.0
+    # Probability that a context cue (a class-coloured patch away from the
+    # objects) announces the sounding class: the "pigeon superstition" trap.
+    confound: float = 0.0
+    train_seed: int = 0
+    eval_seed: int = 1_000_003  # never used for training scenes
+
+    # --- evaluation ---------------------------------------------------------
+    eval_size: int = 224
+    ciou_threshold: float = 0.5
+    num_eval_samples: int = 500
+
+    # --- bookkeeping --------------------------------------------------------
+    log_every: int = 50
+    eval_every: int = 1000
+    checkpoint_every: int = 500
+    max_checkpoints: int = 3
+    num_summary_images: int = 6
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def num_samples(self) -> int:
+        return int(round(self.sample_rate * self.clip_seconds))
+
+    @property
+    def effective_fmax(self) -> float:
+        return self.fmax if self.fmax > 0 else self.sample_rate / 2
+
+    @property
+    def num_frames(self) -> int:
+        """Log-mel frames of one clip (centred STFT, as librosa)."""
+        return 1 + self.num_samples // self.hop_length
+
+    @property
+    def image_downsampling(self) -> int:
+        if self.image_tower == "vgg16":
+            return 16  # four pools before block5_conv3
+        return 2 ** (len(self.tiny_image_widths) - 1)
+
+    @property
+    def map_size(self) -> int:
+        return self.image_size // self.image_downsampling
+
+    @property
+    def visual_dim(self) -> int:
+        """Channels of the visual map, and so of the sound embedding."""
+        if self.image_tower == "vgg16":
+            return 512
+        return self.tiny_image_widths[-1]
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's setup, unchanged.
+    "paper": {},
+    # A narrow VGG-style tower at 96x96 (12x12 map) and 1 s of 8 kHz audio:
+    # semi-supervised training with 10% labels in a few minutes on 2 cores.
+    "tiny": {
+        "image_size": 96,
+        "image_tower": "tiny_vgg",
+        "tiny_image_widths": (8, 16, 32, 64),
+        "image_weights": "none",
+        "freeze_image_tower": False,
+        "sample_rate": 8000,
+        "clip_seconds": 1.0,
+        "n_fft": 256,
+        "hop_length": 128,
+        "n_mels": 32,
+        "audio_widths": (16, 32, 64),
+        "audio_feature_dim": 128,
+        "sound_hidden_dim": 128,
+        "visual_hidden_dim": 64,
+        "attention_temperature": 0.1,
+        "attention_relu": False,
+        "label_fraction": 0.1,
+        "learning_rate": 1e-3,
+        "batch_size": 32,
+        "train_steps": 800,
+        "num_classes": 6,
+        "min_object_size": 0.25,
+        "max_object_size": 0.4,
+        "eval_every": 400,
+        "checkpoint_every": 200,
+        "log_every": 25,
+    },
+}
+
+
+def get_config(preset: str = "paper", **overrides: Any) -> Config:
+    """Returns the named preset with `overrides` applied (and validated)."""
+    if preset not in PRESETS:
+        raise ValueError(
+            f"Unknown preset; expected one of {sorted(PRESETS)}. Received: preset={preset!r}"
+        )
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(Config)})
+    if unknown:
+        raise ValueError(f"Unknown config field(s). Received: {unknown}")
+    return Config(**{**PRESETS[preset], **overrides})
+
+
+def _require(condition: bool, message: str, **received: Any) -> None:
+    if not condition:
+        shown = ", ".join(f"{k}={v!r}" for k, v in received.items())
+        raise ValueError(f"{message}. Received: {shown}")
+
+
+def _validate(c: Config) -> None:
+    _require(c.image_tower in IMAGE_TOWERS, f"image_tower must be one of {IMAGE_TOWERS}",
+             image_tower=c.image_tower)
+    _require(c.audio_tower in AUDIO_TOWERS, f"audio_tower must be one of {AUDIO_TOWERS}",
+             audio_tower=c.audio_tower)
+    _require(c.unsupervised_loss in UNSUPERVISED_LOSSES,
+             f"unsupervised_loss must be one of {UNSUPERVISED_LOSSES}",
+             unsupervised_loss=c.unsupervised_loss)
+    _require(c.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}",
+             optimizer=c.optimizer)
+    _require(len(c.tiny_image_widths) >= 1 and all(w > 0 for w in c.tiny_image_widths),
+             "tiny_image_widths must be positive", tiny_image_widths=c.tiny_image_widths)
+    _require(len(c.audio_widths) >= 1 and all(w > 0 for w in c.audio_widths),
+             "audio_widths must be positive", audio_widths=c.audio_widths)
+    _require(c.image_size >= c.image_downsampling and c.image_size % c.image_downsampling == 0,
+             f"image_size must be a positive multiple of {c.image_downsampling} for this tower",
+             image_size=c.image_size)
+    _require(c.image_size <= 1024, "image_size must be at most 1024", image_size=c.image_size)
+    _require(8000 <= c.sample_rate <= 96000, "sample_rate must lie in [8000, 96000] Hz",
+             sample_rate=c.sample_rate)
+    _require(0 < c.clip_seconds <= 60, "clip_seconds must lie in (0, 60]",
+             clip_seconds=c.clip_seconds)
+    _require(c.n_fft >= 16 and c.n_fft & (c.n_fft - 1) == 0, "n_fft must be a power of two >= 16",
+             n_fft=c.n_fft)
+    _require(0 < c.hop_length <= c.n_fft, "hop_length must lie in (0, n_fft]",
+             hop_length=c.hop_length, n_fft=c.n_fft)
+    _require(c.num_samples >= c.n_fft, "a clip must hold at least one FFT window",
+             clip_seconds=c.clip_seconds, n_fft=c.n_fft)
+    _require(c.n_mels > 0, "n_mels must be positive", n_mels=c.n_mels)
+    _require(0 <= c.fmin < c.effective_fmax <= c.sample_rate / 2,
+             "need 0 <= fmin < fmax <= sample_rate / 2", fmin=c.fmin, fmax=c.fmax)
+    for name in ("audio_feature_dim", "sound_hidden_dim", "visual_hidden_dim"):
+        _require(getattr(c, name) > 0, f"{name} must be positive", **{name: getattr(c, name)})
+    _require(c.attention_temperature > 0 and math.isfinite(c.attention_temperature),
+             "attention_temperature must be a positive number",
+             attention_temperature=c.attention_temperature)
+    _require(c.infonce_temperature > 0, "infonce_temperature must be positive",
+             infonce_temperature=c.infonce_temperature)
+    _require(c.supervised_weight >= 0, "supervised_weight must be >= 0",
+             supervised_weight=c.supervised_weight)
+    _require(0.0 <= c.label_fraction <= 1.0, "label_fraction must lie in [0, 1]",
+             label_fraction=c.label_fraction)
+    _require(c.unsupervised_loss != "none" or (c.label_fraction > 0 and c.supervised_weight > 0),
+             "with unsupervised_loss='none' there is nothing to learn unless "
+             "label_fraction > 0 and supervised_weight > 0",
+             unsupervised_loss=c.unsupervised_loss, label_fraction=c.label_fraction,
+             supervised_weight=c.supervised_weight)
+    _require(c.learning_rate > 0 and math.isfinite(c.learning_rate),
+             "learning_rate must be a positive number", learning_rate=c.learning_rate)
+    _require(0 <= c.momentum < 1, "momentum must lie in [0, 1)", momentum=c.momentum)
+    _require(c.batch_size >= 2, "batch_size must be >= 2 (negatives come from the batch)",
+             batch_size=c.batch_size)
+    _require(c.train_steps >= 1, "train_steps must be >= 1", train_steps=c.train_steps)
+    _require(c.num_classes >= 2, "num_classes must be >= 2", num_classes=c.num_classes)
+    _require(1 <= c.min_objects <= c.max_objects <= min(c.num_classes, 8),
+             "need 1 <= min_objects <= max_objects <= min(num_classes, 8)",
+             min_objects=c.min_objects, max_objects=c.max_objects, num_classes=c.num_classes)
+    _require(0.05 <= c.min_object_size <= c.max_object_size <= 0.9,
+             "need 0.05 <= min_object_size <= max_object_size <= 0.9",
+             min_object_size=c.min_object_size, max_object_size=c.max_object_size)
+    _require(c.min_snr_db <= c.max_snr_db, "min_snr_db must be <= max_snr_db",
+             min_snr_db=c.min_snr_db, max_snr_db=c.max_snr_db)
+    _require(0.0 <= c.confound <= 1.0, "confound must lie in [0, 1]", confound=c.confound)
+    _require(c.train_seed != c.eval_seed, "eval_seed must differ from train_seed",
+             train_seed=c.train_seed, eval_seed=c.eval_seed)
+    _require(c.eval_size >= 8, "eval_size must be >= 8", eval_size=c.eval_size)
+    _require(0.0 < c.ciou_threshold < 1.0, "ciou_threshold must lie in (0, 1)",
+             ciou_threshold=c.ciou_threshold)
+    for name in ("num_eval_samples", "log_every", "eval_every", "checkpoint_every",
+                 "max_checkpoints"):
+        _require(getattr(c, name) >= 1, f"{name} must be >= 1", **{name: getattr(c, name)})
+    _require(c.num_summary_images >= 0, "num_summary_images must be >= 0",
+             num_summary_images=c.num_summary_images)
+    _require(c.image_weights == "none" or c.image_tower == "vgg16",
+             "pretrained image_weights apply only to image_tower='vgg16'",
+             image_weights=c.image_weights, image_tower=c.image_tower)

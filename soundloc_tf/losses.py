@@ -1,0 +1,81 @@
+"""Losses of the paper (triplet, supervised attention) and the InfoNCE alternative.
+
+Every function returns one value per example; the trainer sums them and
+divides by the global batch (or by the number of labelled examples), so
+the same numbers come out on one device or many.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+_EPS = 1e-8
+
+
+def triplet_loss(visual_feature: tf.Tensor, audio_positive: tf.Tensor,
+                 audio_negative: tf.Tensor) -> tf.Tensor:
+    """The paper's unsupervised loss, per example.
+
+    d+ = ||f_v - a+||, d- = ||f_v - a-||; p = softmax([d+, d-]); the loss is
+    the mean squared error of p against [0, 1], which equals p[0]^2.
+    """
+    d_pos = tf.norm(visual_feature - audio_positive, axis=-1)
+    d_neg = tf.norm(visual_feature - audio_negative, axis=-1)
+    p = tf.nn.softmax(tf.stack([d_pos, d_neg], axis=-1), axis=-1)
+    return tf.reduce_mean(tf.square(p - tf.constant([0.0, 1.0])), axis=-1)
+
+
+def max_pooled_similarity(visual_unit: tf.Tensor, sound_unit: tf.Tensor) -> tf.Tensor:
+    """[N, h, w, C] unit visual vectors x [M, C] unit sound embeddings -> [N, M].
+
+    Entry (i, j) is the largest cosine between sound j and any location of image i.
+    """
+    cosine = tf.einsum("nhwc,mc->nmhw", visual_unit, sound_unit)
+    return tf.reduce_max(cosine, axis=[2, 3])
+
+
+def infonce_loss(image_to_sound: tf.Tensor, sound_to_image: tf.Tensor, labels: tf.Tensor,
+                 temperature: float) -> tf.Tensor:
+    """Symmetric InfoNCE over the batch (LVS / EZ-VSL style), per example.
+
+    `image_to_sound[i]` holds image i's similarity to every sound in the
+    (global) batch, `sound_to_image[i]` sound i's similarity to every image;
+    `labels[i]` is the index of i's own partner.
+    """
+    a = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, image_to_sound / temperature)
+    b = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, sound_to_image / temperature)
+    return 0.5 * (a + b)
+
+
+def box_target_maps(boxes: tf.Tensor, map_size: int, annotator: tf.Tensor) -> tf.Tensor:
+    """One annotator's boxes -> a source map on the attention grid, summing to 1.
+
+    boxes [N, A, B, 4] normalised; annotator [N] int.  Each cell gets the
+    fraction of its area that the union of boxes covers (union approximated
+    by the max over boxes); maps with no box are all zero.
+    """
+    chosen = tf.gather(boxes, annotator, batch_dims=1)  # [N, B, 4]
+    edges = tf.linspace(0.0, 1.0, map_size + 1)
+    lo, hi = edges[:-1], edges[1:]
+
+    def coverage(a, b):  # overlap of [a, b] with every cell, as a fraction of a cell
+        return tf.clip_by_value(tf.minimum(b[..., None], hi) - tf.maximum(a[..., None], lo),
+                                0.0, 1.0 / map_size) * map_size
+
+    cover_x = coverage(chosen[..., 0], chosen[..., 2])  # [N, B, map]
+    cover_y = coverage(chosen[..., 1], chosen[..., 3])
+    cells = tf.reduce_max(cover_y[..., :, None] * cover_x[..., None, :], axis=1)  # [N, m, m]
+    total = tf.reduce_sum(cells, axis=[1, 2], keepdims=True)
+    return tf.math.divide_no_nan(cells, total)
+
+
+def valid_annotators(boxes: tf.Tensor) -> tf.Tensor:
+    """[N, A, B, 4] -> bool [N, A]: annotators with at least one non-empty box."""
+    areas = tf.reduce_prod(boxes[..., 2:] - boxes[..., :2], axis=-1)
+    return tf.reduce_any(areas > 0, axis=-1)
+
+
+def attention_supervision_loss(attention: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
+    """Cross-entropy -sum_i g_i log(alpha_i) per example (zero where g is empty)."""
+    log_alpha = tf.math.log(tf.maximum(attention, _EPS))
+    return -tf.reduce_sum(target * log_alpha, axis=[1, 2])

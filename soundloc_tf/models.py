@@ -1,0 +1,207 @@
+"""The two towers and the attention localiser, as Keras functional models.
+
+`build_model(config)` returns one model, inputs {"image", "waveform"}, whose
+outputs are everything the losses, metrics and the exported signatures need:
+
+  attention        [N, h, w]  alpha = softmax(relu(cos) / T) over locations
+  cosine           [N, h, w]  cos(v_i, h), the raw localisation map
+  score            [N]        max_i cos(v_i, h): how well the sound matches
+  visual_unit      [N, h, w, C] L2-normalised visual vectors
+  sound_embedding  [N, C]     h, L2-normalised
+  audio_feature    [N, D]     the audio tower's output (SoundNet conv8's role)
+  visual_feature   [N, D]     f_v, reconstructed from the attended vector
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import tensorflow as tf
+
+from soundloc_tf.audio import LogMel
+from soundloc_tf.config import Config
+
+# Keras's VGG16 ImageNet weights expect "caffe" input: BGR, 0..255, mean-subtracted.
+_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+# Torch-style ImageNet statistics for towers trained from scratch here.
+_IMAGENET_RGB_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_RGB_STD = (0.229, 0.224, 0.225)
+VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+
+
+@keras.saving.register_keras_serializable(package="soundloc")
+class ImageNormalization(keras.layers.Layer):
+    """RGB in [0, 1] -> the input convention of the tower's weights."""
+
+    def __init__(self, mode: str, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("caffe", "torch"):
+            raise ValueError(f"mode must be 'caffe' or 'torch'. Received: mode={mode!r}")
+        self.mode = mode
+
+    def call(self, images):
+        if self.mode == "caffe":
+            return images[..., ::-1] * 255.0 - tf.constant(_CAFFE_BGR_MEAN)
+        return (images - tf.constant(_IMAGENET_RGB_MEAN)) / tf.constant(_IMAGENET_RGB_STD)
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="soundloc")
+class Standardize(keras.layers.Layer):
+    """Zero mean, unit variance per example: the audio tower ignores recording gain."""
+
+    def call(self, x):
+        mean, var = tf.nn.moments(x, axes=list(range(1, len(x.shape))), keepdims=True)
+        return (x - mean) * tf.math.rsqrt(var + 1e-5)
+
+
+@keras.saving.register_keras_serializable(package="soundloc")
+class L2Normalize(keras.layers.Layer):
+    def call(self, x):
+        return tf.math.l2_normalize(x, axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="soundloc")
+class SoundAttention(keras.layers.Layer):
+    """The paper's localiser: cosine of every location with the sound, then softmax.
+
+    Inputs: visual map v [N, h, w, C] (un-normalised) and unit sound
+    embedding [N, C].  alpha = softmax(relu(cos) / T), or softmax(cos / T)
+    with `relu=False`.  Returns (attention, cosine, score, visual_unit,
+    attended) where attended = sum_i alpha_i v_i uses the un-normalised v.
+    """
+
+    def __init__(self, temperature: float, relu: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.temperature = temperature
+        self.relu = relu
+
+    def call(self, inputs):
+        visual, sound = inputs
+        visual_unit = tf.math.l2_normalize(visual, axis=-1)
+        cosine = tf.einsum("nhwc,nc->nhw", visual_unit, sound)
+        shape = tf.shape(cosine)
+        logits = tf.nn.relu(cosine) if self.relu else cosine
+        logits = tf.reshape(logits, [shape[0], -1]) / self.temperature
+        attention = tf.reshape(tf.nn.softmax(logits, axis=-1), shape)
+        attended = tf.einsum("nhw,nhwc->nc", attention, visual)
+        score = tf.reduce_max(cosine, axis=[1, 2])
+        return attention, cosine, score, visual_unit, attended
+
+    def compute_output_shape(self, input_shapes):
+        v, s = input_shapes
+        return (v[:3], v[:3], (v[0],), v, (v[0], v[3]))
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature, "relu": self.relu}
+
+
+def _conv(filters: int, name: str, activation: str | None = "relu") -> keras.layers.Conv2D:
+    return keras.layers.Conv2D(filters, 3, padding="same", activation=activation, name=name)
+
+
+def _load_vgg16_weights(tower: keras.Model, weights: str, image_size: int) -> None:
+    """Copies the conv weights of keras.applications.VGG16(weights=...) by layer name."""
+    if weights != "imagenet" and not os.path.isfile(weights):
+        raise ValueError("image_weights must be 'imagenet', 'none' or an existing weights file. "
+                         f"Received: image_weights={weights!r}")
+    try:
+        reference = keras.applications.VGG16(include_top=False, weights=weights,
+                                             input_shape=(image_size, image_size, 3))
+    except Exception as error:  # download or file-format failures, reported as one line
+        if weights == "imagenet":
+            raise ValueError(
+                "could not load the ImageNet VGG16 weights (Keras downloads them to "
+                "~/.keras/models/ on first use; this machine may be offline). Put "
+                "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 there, or pass "
+                f"--image_weights=/path/to/weights.h5. Received: image_weights='imagenet' "
+                f"({type(error).__name__}: {error})") from None
+        raise ValueError("the weights file does not fit keras.applications.VGG16("
+                         f"include_top=False). Received: image_weights={weights!r} "
+                         f"({type(error).__name__}: {error})") from None
+    for block, (_, convs) in enumerate(VGG16_BLOCKS, start=1):
+        for i in range(1, convs + 1):
+            name = f"block{block}_conv{i}"
+            tower.get_layer(name).set_weights(reference.get_layer(name).get_weights())
+
+
+def build_image_tower(config: Config) -> keras.Model:
+    """Image [N, S, S, 3] in [0, 1] -> visual map [N, S/d, S/d, C], before the last ReLU.
+
+    "vgg16" is VGG16 up to block5_conv3 without its ReLU (the paper's 20x20x512
+    map at 320x320); "tiny_vgg" is a narrow VGG-style tower for CPU runs.
+    """
+    size = config.image_size
+    images = keras.Input((size, size, 3), name="image")
+    if config.image_tower == "vgg16":
+        blocks = VGG16_BLOCKS
+        x = ImageNormalization("caffe", name="normalize")(images)
+    else:
+        blocks = tuple((w, 2) for w in config.tiny_image_widths)
+        x = ImageNormalization("torch", name="normalize")(images)
+    for block, (width, convs) in enumerate(blocks, start=1):
+        last_block = block == len(blocks)
+        for i in range(1, convs + 1):
+            pre_activation = last_block and i == convs
+            x = _conv(width, f"block{block}_conv{i}", None if pre_activation else "relu")(x)
+        if not last_block:
+            x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    tower = keras.Model(images, x, name="image_tower")
+    if config.image_weights != "none":
+        _load_vgg16_weights(tower, config.image_weights, size)
+    tower.trainable = not config.freeze_image_tower
+    return tower
+
+
+def build_audio_tower(config: Config) -> keras.Model:
+    """Waveform [N, samples] -> audio feature [N, audio_feature_dim].
+
+    "logmel": in-graph log-mel spectrogram, a VGG-style 2-D conv stack, mean
+    over time and frequency, then a linear layer (the role of SoundNet-8's
+    conv8 object branch in the paper).
+    """
+    waveform = keras.Input((config.num_samples,), name="waveform")
+    x = LogMel(config.sample_rate, config.n_fft, config.hop_length, config.n_mels,
+               config.fmin, config.effective_fmax, name="log_mel")(waveform)
+    x = Standardize(name="standardize")(x)
+    x = keras.layers.Reshape((config.num_frames, config.n_mels, 1), name="add_channel")(x)
+    for block, width in enumerate(config.audio_widths, start=1):
+        x = _conv(width, f"audio_block{block}_conv")(x)
+        x = keras.layers.MaxPooling2D(2, padding="same", name=f"audio_block{block}_pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool_time_frequency")(x)
+    feature = keras.layers.Dense(config.audio_feature_dim, name="audio_feature")(x)
+    return keras.Model(waveform, feature, name="audio_tower")
+
+
+def build_localizer(config: Config) -> keras.Model:
+    """Visual map and audio feature -> attention map and the heads' outputs."""
+    m, c = config.map_size, config.visual_dim
+    visual = keras.Input((m, m, c), name="visual_map")
+    audio_feature = keras.Input((config.audio_feature_dim,), name="audio_feature")
+    h = keras.layers.Dense(config.sound_hidden_dim, activation="relu", name="sound_fc1")(
+        audio_feature)
+    h = keras.layers.Dense(c, name="sound_fc2")(h)
+    sound = L2Normalize(name="sound_embedding")(h)
+    attention, cosine, score, visual_unit, attended = SoundAttention(
+        config.attention_temperature, config.attention_relu, name="sound_attention")([visual, sound])
+    f = keras.layers.ReLU(name="attended_relu")(attended)
+    f = keras.layers.Dense(config.visual_hidden_dim, activation="relu", name="visual_fc1")(f)
+    visual_feature = keras.layers.Dense(config.audio_feature_dim, name="visual_fc2")(f)
+    outputs = {"attention": attention, "cosine": cosine, "score": score,
+               "visual_unit": visual_unit, "sound_embedding": sound,
+               "visual_feature": visual_feature}
+    return keras.Model([visual, audio_feature], outputs, name="localizer")
+
+
+def build_model(config: Config) -> keras.Model:
+    """The whole network: {"image", "waveform"} -> localiser outputs + audio_feature."""
+    image = keras.Input((config.image_size, config.image_size, 3), name="image")
+    waveform = keras.Input((config.num_samples,), name="waveform")
+    visual = build_image_tower(config)(image)
+    audio_feature = build_audio_tower(config)(waveform)
+    outputs = dict(build_localizer(config)([visual, audio_feature]))
+    outputs["audio_feature"] = keras.layers.Identity(name="audio_feature_out")(audio_feature)
+    return keras.Model({"image": image, "waveform": waveform}, outputs, name="soundloc")

@@ -1,0 +1,288 @@
+"""Custom training loop on tf.distribute, with checkpoints, resume and TensorBoard.
+
+One step, per replica: run the model on the local batch, gather the audio
+features / embeddings of the whole global batch (so negatives and InfoNCE
+rows are the same on one device or many), compute per-example losses and
+divide by the global batch.  Gradients are summed across replicas by the
+optimiser.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from soundloc_tf import data, losses
+from soundloc_tf.config import Config
+from soundloc_tf.evaluation import evaluate, predict_maps
+from soundloc_tf.models import build_model
+from soundloc_tf.visualize import draw_boxes, overlay
+
+# Fields that may change between a run and its resumption.
+RESUMABLE_CHANGES = frozenset({
+    "train_steps", "log_every", "eval_every", "checkpoint_every", "max_checkpoints",
+    "num_summary_images", "num_eval_samples"})
+VALIDATION_SAMPLES_DURING_TRAINING = 256
+
+DatasetFn = Callable[[int], tf.data.Dataset]
+
+
+def make_strategy() -> tf.distribute.Strategy:
+    """MultiWorkerMirrored when TF_CONFIG is set, else Mirrored over local devices."""
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy([d.name for d in devices])
+
+
+def make_optimizer(config: Config) -> keras.optimizers.Optimizer:
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(config.learning_rate)
+    return keras.optimizers.SGD(config.learning_rate, momentum=config.momentum)
+
+
+def _choose_annotator(boxes: tf.Tensor, ids: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
+    """One valid annotator per example, a hash of (id, step): the same on any replica layout."""
+    valid = losses.valid_annotators(boxes)
+    count = tf.maximum(tf.reduce_sum(tf.cast(valid, tf.int64), axis=1), 1)
+    salted = tf.strings.join([ids, tf.strings.as_string(step)], separator="#")
+    pick = tf.strings.to_hash_bucket_fast(salted, 2 ** 31) % count  # k-th valid annotator
+    rank = tf.cumsum(tf.cast(valid, tf.int64), axis=1) - 1
+    return tf.argmax(tf.cast(valid & (rank == pick[:, None]), tf.int32), axis=1,
+                     output_type=tf.int32)
+
+
+def compute_losses(config: Config, outputs: dict, batch: dict, global_batch: int,
+                   step: tf.Tensor) -> dict[str, tf.Tensor]:
+    """This replica's share of each loss term; summing shares over replicas gives the total."""
+    ctx = tf.distribute.get_replica_context()
+    local = tf.shape(outputs["score"])[0]
+    offset = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * local
+    positions = offset + tf.range(local)
+    terms = {}
+
+    if config.unsupervised_loss == "triplet":
+        all_audio = ctx.all_gather(outputs["audio_feature"], axis=0)
+        # The next clip's sound; a one-hot product, not tf.gather, keeps the gradient
+        # dense, which all_gather's gradient needs.
+        negative = tf.one_hot((positions + 1) % global_batch, global_batch) @ all_audio
+        per_example = losses.triplet_loss(outputs["visual_feature"], outputs["audio_feature"],
+                                          negative)
+    elif config.unsupervised_loss == "infonce":
+        all_sound = ctx.all_gather(outputs["sound_embedding"], axis=0)
+        all_visual = ctx.all_gather(outputs["visual_unit"], axis=0)
+        image_to_sound = losses.max_pooled_similarity(outputs["visual_unit"], all_sound)
+        sound_to_image = tf.transpose(
+            losses.max_pooled_similarity(all_visual, outputs["sound_embedding"]))
+        per_example = losses.infonce_loss(image_to_sound, sound_to_image, positions,
+                                          config.infonce_temperature)
+    else:
+        per_example = tf.zeros([local])
+    terms["unsupervised"] = tf.reduce_sum(per_example) / global_batch
+
+    if config.label_fraction > 0 and config.supervised_weight > 0:
+        annotator = _choose_annotator(batch["boxes"], batch["id"], step)
+        target = losses.box_target_maps(batch["boxes"], config.map_size, annotator)
+        has_target = tf.reduce_sum(target, axis=[1, 2]) > 0
+        mask = tf.cast(batch["labeled"] & has_target, tf.float32)
+        labeled = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(mask))
+        per_example = losses.attention_supervision_loss(outputs["attention"], target) * mask
+        terms["supervised"] = tf.reduce_sum(per_example) / tf.maximum(labeled, 1.0)
+        terms["labeled_fraction"] = tf.reduce_sum(mask) / global_batch
+    else:
+        terms["supervised"] = tf.constant(0.0)
+    terms["total"] = terms["unsupervised"] + config.supervised_weight * terms["supervised"]
+    return terms
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def load_saved_config(workdir: str) -> Config | None:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            fields = json.load(f)
+        known = {f.name: f for f in dataclasses.fields(Config)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()
+                  if k in known}
+        return Config(**values)
+    except (OSError, ValueError, TypeError) as error:
+        raise ValueError(f"could not read the run's config file. Received: {path} "
+                         f"({type(error).__name__}: {error})") from None
+
+
+class Trainer:
+    """Owns the strategy, model, optimiser, checkpoints and summaries of one run."""
+
+    def __init__(self, config: Config, workdir: str,
+                 strategy: tf.distribute.Strategy | None = None,
+                 dataset_fn: DatasetFn | None = None,
+                 validation: tf.data.Dataset | None = None,
+                 log: Callable[[str], None] = print):
+        self.config = config
+        self.workdir = workdir
+        self.log = log
+        self.strategy = strategy or make_strategy()
+        self.global_batch = config.batch_size
+        if self.global_batch % self.strategy.num_replicas_in_sync:
+            raise ValueError(
+                f"batch_size must be divisible by the {self.strategy.num_replicas_in_sync} "
+                f"replicas. Received: batch_size={config.batch_size}")
+        self.dataset_fn = dataset_fn or (
+            lambda start: data.synthetic_dataset(config, config.train_seed, start=start))
+        self.validation = validation or data.synthetic_dataset(
+            config, config.eval_seed, count=VALIDATION_SAMPLES_DURING_TRAINING)
+        self._prepare_workdir()
+        with self.strategy.scope():
+            self.model = build_model(config)
+            self.optimizer = make_optimizer(config)
+            # Built eagerly inside the scope: a lazily built optimiser fails under Mirrored.
+            self.optimizer.build(self.model.trainable_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                              step=self.step)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, os.path.join(workdir, "checkpoints"), config.max_checkpoints)
+        self._restore()
+        self.writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+
+    # -- set-up ------------------------------------------------------------
+
+    def _prepare_workdir(self) -> None:
+        try:
+            os.makedirs(self.workdir, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"cannot create the work directory. Received: workdir="
+                             f"{self.workdir!r} ({error.strerror})") from None
+        saved = load_saved_config(self.workdir)
+        if saved is not None:
+            changed = sorted(f.name for f in dataclasses.fields(Config)
+                             if getattr(saved, f.name) != getattr(self.config, f.name)
+                             and f.name not in RESUMABLE_CHANGES)
+            if changed:
+                raise ValueError(
+                    f"the work directory holds a run with another configuration; use a new "
+                    f"--workdir or the same settings. Received: differing fields {changed}")
+        with open(os.path.join(self.workdir, "config.json"), "w") as f:
+            json.dump(dataclasses.asdict(self.config), f, indent=1)
+
+    def _restore(self) -> None:
+        latest = self.manager.latest_checkpoint
+        if latest is None:
+            return
+        try:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        except (tf.errors.OpError, ValueError, AssertionError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise ValueError(f"could not restore the checkpoint; it is unreadable or was "
+                             f"written by another model. Received: {latest} "
+                             f"({type(error).__name__}: {first_line})") from None
+        self.log(f"Resumed from {latest} at step {int(self.step.numpy())}.")
+
+    # -- one step ------------------------------------------------------------
+
+    def _replica_step(self, batch: dict) -> dict[str, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            outputs = self.model({"image": batch["image"], "waveform": batch["waveform"]},
+                                 training=True)
+            terms = compute_losses(self.config, outputs, batch, self.global_batch, self.step)
+        variables = self.model.trainable_variables
+        gradients = tape.gradient(terms["total"], variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        return terms
+
+    @tf.function
+    def _distributed_step(self, iterator) -> dict[str, tf.Tensor]:
+        terms = self.strategy.run(self._replica_step, args=(next(iterator),))
+        self.step.assign_add(1)
+        return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                for k, v in terms.items()}
+
+    def train_dataset(self) -> tf.data.Dataset:
+        start = int(self.step.numpy()) * self.global_batch
+        return (self.dataset_fn(start)
+                .batch(self.global_batch, drop_remainder=True)
+                .prefetch(tf.data.AUTOTUNE))
+
+    # -- the loop ------------------------------------------------------------
+
+    def train(self, steps: int | None = None) -> dict[str, float]:
+        """Trains up to config.train_steps (or `steps` more); returns the last losses."""
+        target = self.config.train_steps if steps is None else int(self.step.numpy()) + steps
+        first = int(self.step.numpy())
+        if first >= target:
+            self.log(f"Already trained {first} steps (target {target}); nothing to do.")
+            return {}
+        iterator = iter(self.strategy.experimental_distribute_dataset(self.train_dataset()))
+        c = self.config
+        last: dict[str, float] = {}
+        window_start, window_steps = time.perf_counter(), 0
+        while int(self.step.numpy()) < target:
+            terms = self._distributed_step(iterator)
+            step = int(self.step.numpy())
+            window_steps += 1
+            last = {k: float(v) for k, v in terms.items()}
+            if not np.isfinite(last["total"]):
+                raise FloatingPointError(
+                    f"the loss became {last['total']} at step {step}; the last good "
+                    f"checkpoint is {self.manager.latest_checkpoint}")
+            if step % c.log_every == 0 or step == target:
+                elapsed = time.perf_counter() - window_start
+                rate = window_steps * self.global_batch / max(elapsed, 1e-9)
+                eta = (target - step) * self.global_batch / max(rate, 1e-9)
+                self.log(f"step {step}/{target}  loss {last['total']:.4f} (unsupervised "
+                         f"{last['unsupervised']:.4f}, supervised {last['supervised']:.4f})  "
+                         f"{rate:.1f} pairs/s  ETA {_format_seconds(eta)}")
+                with self.writer.as_default(step=step):
+                    for name in ("total", "unsupervised", "supervised"):
+                        tf.summary.scalar(f"loss/{name}", last[name])
+                    tf.summary.scalar("learning_rate", self.config.learning_rate)
+                    tf.summary.scalar("pairs_per_second", rate)
+                window_start, window_steps = time.perf_counter(), 0
+            if step % c.checkpoint_every == 0 or step == target:
+                self.manager.save(checkpoint_number=step)
+            if step % c.eval_every == 0 or step == target:
+                self.validate(step)
+        return last
+
+    def validate(self, step: int) -> dict:
+        result = evaluate(self.model, self.config, self.validation)
+        self.log(f"validation at step {step}: cIoU@0.5 {result['ciou_at_0_5']:.3f}  AUC "
+                 f"{result['auc']:.3f}  pointing {result['pointing_game']:.3f}  (mismatched "
+                 f"sound: pointing {result['mismatched_sound']['pointing_game']:.3f})")
+        with self.writer.as_default(step=step):
+            for key in ("ciou_at_0_5", "auc", "mean_ciou", "pointing_game"):
+                tf.summary.scalar(f"validation/{key}", result[key])
+                tf.summary.scalar(f"validation_mismatched_sound/{key}",
+                                  result["mismatched_sound"][key])
+            self._image_summaries()
+        self.writer.flush()
+        return result
+
+    def _image_summaries(self) -> None:
+        n = self.config.num_summary_images
+        if n == 0:
+            return
+        batch = next(iter(self.validation.batch(n)))
+        matched = predict_maps(self.model, [batch])
+        mismatched = predict_maps(self.model, [batch], mismatched=True)
+        boxes = batch["boxes"][:, 0]
+        tf.summary.image("attention/matching_sound",
+                         draw_boxes(overlay(batch["image"], matched["attention"]), boxes),
+                         max_outputs=n)
+        tf.summary.image("attention/mismatched_sound",
+                         draw_boxes(overlay(batch["image"], mismatched["attention"]), boxes),
+                         max_outputs=n)
