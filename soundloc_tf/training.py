@@ -34,6 +34,10 @@ VALIDATION_SAMPLES_DURING_TRAINING = 256
 DatasetFn = Callable[[int], tf.data.Dataset]
 
 
+def print_line(message: str) -> None:
+    print(message, flush=True)
+
+
 def make_strategy() -> tf.distribute.Strategy:
     """MultiWorkerMirrored when TF_CONFIG is set, else Mirrored over local devices."""
     if os.environ.get("TF_CONFIG"):
@@ -108,6 +112,26 @@ def _format_seconds(seconds: float) -> str:
         f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def restore_model(workdir: str) -> tuple[Config, keras.Model, int]:
+    """The config, model weights and step of the latest checkpoint in `workdir`."""
+    config = load_saved_config(workdir)
+    if config is None:
+        raise ValueError(f"no training run found (config.json is missing). Received: "
+                         f"workdir={workdir!r}")
+    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    if latest is None:
+        raise ValueError(f"the run has no checkpoint yet. Received: workdir={workdir!r}")
+    model = build_model(config)
+    step = tf.Variable(0, dtype=tf.int64)
+    try:
+        status = tf.train.Checkpoint(model=model, step=step).restore(latest)
+        status.expect_partial().assert_existing_objects_matched()
+    except (tf.errors.OpError, ValueError, AssertionError) as error:
+        raise ValueError(f"could not restore the checkpoint; it is unreadable or was written "
+                         f"by another model. Received: {latest} ({type(error).__name__})") from None
+    return config, model, int(step.numpy())
+
+
 def load_saved_config(workdir: str) -> Config | None:
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
@@ -131,7 +155,7 @@ class Trainer:
                  strategy: tf.distribute.Strategy | None = None,
                  dataset_fn: DatasetFn | None = None,
                  validation: tf.data.Dataset | None = None,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print_line):
         self.config = config
         self.workdir = workdir
         self.log = log
@@ -201,7 +225,9 @@ class Trainer:
             terms = compute_losses(self.config, outputs, batch, self.global_batch, self.step)
         variables = self.model.trainable_variables
         gradients = tape.gradient(terms["total"], variables)
-        self.optimizer.apply_gradients(zip(gradients, variables))
+        # InfoNCE does not use the f_v head; skip variables without a gradient.
+        self.optimizer.apply_gradients(
+            [(g, v) for g, v in zip(gradients, variables) if g is not None])
         return terms
 
     @tf.function

@@ -1,0 +1,97 @@
+"""The localiser's formula, the towers' shapes and the VGG16 weight loading."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from soundloc_tf.config import get_config
+from soundloc_tf.models import SoundAttention, build_image_tower, build_model
+
+
+def _hand_made_map():
+    visual = np.zeros([1, 2, 2, 2], np.float32)
+    visual[0, 0, 0] = [2.0, 0.0]   # cos with h = 1
+    visual[0, 0, 1] = [0.0, 3.0]   # cos = 0
+    visual[0, 1, 0] = [-1.0, 0.0]  # cos = -1
+    visual[0, 1, 1] = [1.0, 1.0]   # cos = 1/sqrt(2)
+    return visual, np.array([[1.0, 0.0]], np.float32)
+
+
+def test_attention_is_softmax_of_relu_cosine_over_temperature():
+    visual, sound = _hand_made_map()
+    attention, cosine, score, unit, attended = SoundAttention(0.5)([visual, sound])
+    expected_cos = np.array([[1.0, 0.0], [-1.0, 1 / np.sqrt(2)]])
+    np.testing.assert_allclose(cosine.numpy()[0], expected_cos, atol=1e-6)
+    logits = np.maximum(expected_cos, 0).ravel() / 0.5
+    alpha = np.exp(logits) / np.exp(logits).sum()
+    np.testing.assert_allclose(attention.numpy()[0].ravel(), alpha, rtol=1e-5)
+    # attended vector from the un-normalised features
+    np.testing.assert_allclose(attended.numpy()[0], alpha @ visual[0].reshape(4, 2), rtol=1e-5)
+    assert score.numpy()[0] == pytest.approx(1.0)
+    np.testing.assert_allclose(np.linalg.norm(unit.numpy(), axis=-1), 1.0, rtol=1e-5)
+
+
+def test_attention_without_relu_keeps_negative_cosines_apart():
+    visual, sound = _hand_made_map()
+    attention = SoundAttention(0.5, relu=False)([visual, sound])[0].numpy()[0]
+    with_relu = SoundAttention(0.5)([visual, sound])[0].numpy()[0]
+    assert attention[1, 0] < attention[0, 1]  # cos -1 below cos 0
+    assert with_relu[1, 0] == pytest.approx(with_relu[0, 1])  # ReLU makes them equal
+
+
+def test_paper_attention_is_nearly_uniform_at_temperature_one():
+    """The note's observation: ReLU(cos) in [0, 1] over 400 cells spans at most e."""
+    visual = np.random.default_rng(0).standard_normal([1, 20, 20, 8]).astype(np.float32)
+    sound = np.eye(8, dtype=np.float32)[:1]
+    attention = SoundAttention(1.0)([visual, sound])[0].numpy()
+    assert attention.max() / attention.min() <= np.e + 1e-4
+
+
+def test_model_outputs_on_tiny_preset():
+    config = get_config("tiny")
+    model = build_model(config)
+    out = model({"image": tf.zeros([2, 96, 96, 3]), "waveform": tf.zeros([2, 8000])})
+    assert out["attention"].shape == (2, 12, 12)
+    np.testing.assert_allclose(out["attention"].numpy().sum(axis=(1, 2)), 1.0, rtol=1e-5)
+    assert out["visual_feature"].shape == out["audio_feature"].shape == (2, 128)
+    np.testing.assert_allclose(np.linalg.norm(out["sound_embedding"].numpy(), axis=-1), 1.0,
+                               rtol=1e-5)
+
+
+def test_paper_preset_gives_20x20x512_map_before_relu(tmp_path):
+    config = get_config("paper", image_weights="none")
+    tower = build_image_tower(config)
+    assert tower.output.shape[1:] == (20, 20, 512)
+    assert tower.get_layer("block5_conv3").activation is keras.activations.linear
+    assert not tower.trainable  # the paper freezes VGG16
+
+
+def test_vgg16_weights_load_from_a_file_and_match_keras_vgg16(tmp_path):
+    reference = keras.applications.VGG16(include_top=False, weights=None,
+                                         input_shape=(32, 32, 3))
+    path = str(tmp_path / "vgg16.weights.h5")
+    reference.save_weights(path)
+    config = get_config("paper", image_size=32, image_weights=path)
+    tower = build_image_tower(config)
+    image = np.random.default_rng(1).uniform(size=[1, 32, 32, 3]).astype(np.float32)
+    caffe = keras.applications.vgg16.preprocess_input(image * 255.0)
+    expected = reference.get_layer("block5_conv3").output
+    block5 = keras.Model(reference.input, expected)(caffe).numpy()
+    ours = tower(image).numpy()
+    # Keras's block5_conv3 includes the ReLU; ours is the pre-activation.
+    np.testing.assert_allclose(np.maximum(ours, 0), block5, rtol=1e-4, atol=1e-3)
+    assert ours.min() < 0
+
+
+def test_mismatched_weights_file_is_a_clear_error(tmp_path):
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    path = str(tmp_path / "other.weights.h5")
+    other.save_weights(path)
+    with pytest.raises(ValueError, match="does not fit keras.applications.VGG16"):
+        build_image_tower(get_config("paper", image_size=32, image_weights=path))
+
+
+def test_missing_weights_file_is_a_clear_error():
+    with pytest.raises(ValueError, match="Received: image_weights='/nope.h5'"):
+        build_image_tower(get_config("paper", image_size=32, image_weights="/nope.h5"))

@@ -1,0 +1,81 @@
+"""Shared glue of the command-line tools: config flags and one-line errors.
+
+Every field of `soundloc_tf.config.Config` becomes a flag of the same name
+(default: the preset's value), so any hyper-parameter can be overridden
+without code changes, and `--preset` picks the starting point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from typing import Callable
+
+from absl import app, flags
+
+from soundloc_tf import config as config_lib
+
+FLAGS = flags.FLAGS
+
+
+def define_config_flags(default_preset: str = "tiny") -> None:
+    flags.DEFINE_enum("preset", default_preset, sorted(config_lib.PRESETS),
+                      "Named starting configuration; other flags override its fields.")
+    hints = typing.get_type_hints(config_lib.Config)
+    for field in dataclasses.fields(config_lib.Config):
+        kind = hints[field.name]
+        help_text = f"Config field (default: the preset's value; paper: {field.default!r})."
+        if kind is bool:
+            flags.DEFINE_boolean(field.name, None, help_text)
+        elif kind is int:
+            flags.DEFINE_integer(field.name, None, help_text)
+        elif kind is float:
+            flags.DEFINE_float(field.name, None, help_text)
+        elif kind is str:
+            flags.DEFINE_string(field.name, None, help_text)
+        else:  # tuple[int, ...]
+            flags.DEFINE_list(field.name, None, help_text + " Comma-separated integers.")
+
+
+def config_from_flags() -> config_lib.Config:
+    hints = typing.get_type_hints(config_lib.Config)
+    overrides = {}
+    for field in dataclasses.fields(config_lib.Config):
+        value = FLAGS[field.name].value
+        if value is None:
+            continue
+        if hints[field.name] not in (bool, int, float, str):
+            try:
+                value = tuple(int(v) for v in value)
+            except ValueError:
+                raise ValueError(f"--{field.name} takes comma-separated integers. "
+                                 f"Received: {','.join(value)}") from None
+        overrides[field.name] = value
+    return config_lib.get_config(FLAGS.preset, **overrides)
+
+
+def overridden_fields() -> list[str]:
+    """Config fields given explicitly on the command line."""
+    return [f.name for f in dataclasses.fields(config_lib.Config) if FLAGS[f.name].present]
+
+
+def fail(message: str) -> typing.NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run_tool(main: Callable[[list[str]], None]) -> None:
+    """app.run with expected failures turned into one line on stderr and exit code 2."""
+
+    def guarded(argv: list[str]) -> None:
+        if len(argv) > 1:
+            fail(f"unexpected positional arguments {argv[1:]}; all options are --flags")
+        try:
+            main(argv)
+        except (ValueError, FloatingPointError, OSError) as error:
+            fail(str(error))
+        except KeyboardInterrupt:
+            fail("interrupted; the last checkpoint is kept and a rerun resumes from it")
+
+    app.run(guarded)
