@@ -17,6 +17,7 @@ IMAGE_TOWERS = ("vgg16", "tiny_vgg")
 AUDIO_TOWERS = ("logmel",)
 UNSUPERVISED_LOSSES = ("triplet", "infonce", "none")
 OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +71,8 @@ class Config:
     # --- optimisation -------------------------------------------------------
     optimizer: str = "adam"
     learning_rate: float = 1e-4
+    # "cosine" decays the rate to 0 over train_steps.
+    lr_schedule: str = "constant"
     momentum: float = 0.9
     batch_size: int = 30
     train_steps: int = 48_000  # ~10 epochs of 144k pairs at batch 30
@@ -160,8 +163,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "visual_hidden_dim": 64,
         "attention_temperature": 0.1,
         "attention_relu": False,
+        "unsupervised_loss": "infonce",
         "label_fraction": 0.1,
         "learning_rate": 1e-3,
+        "lr_schedule": "cosine",
         "batch_size": 32,
         "train_steps": 800,
         "num_classes": 6,
@@ -202,6 +207,8 @@ def _validate(c: Config) -> None:
              unsupervised_loss=c.unsupervised_loss)
     _require(c.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}",
              optimizer=c.optimizer)
+    _require(c.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}",
+             lr_schedule=c.lr_schedule)
     _require(len(c.tiny_image_widths) >= 1 and all(w > 0 for w in c.tiny_image_widths),
              "tiny_image_widths must be positive", tiny_image_widths=c.tiny_image_widths)
     _require(len(c.audio_widths) >= 1 and all(w > 0 for w in c.audio_widths),

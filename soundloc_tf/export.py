@@ -122,10 +122,8 @@ def _read_uint(contents: tf.Tensor, pos: tf.Tensor, size: int,
     """Unsigned integer of `size` bytes at byte `pos` (the caller checks the bounds)."""
     raw = tf.io.decode_raw(tf.strings.substr(contents, pos, size), tf.uint8)
     raw = tf.cast(tf.reshape(raw, [size]), tf.int64)
-    weights = tf.constant([256 ** i for i in range(size)], tf.int64)
-    if big_endian:
-        weights = weights[::-1]
-    return tf.reduce_sum(raw * weights)
+    order = range(size - 1, -1, -1) if big_endian else range(size)
+    return tf.reduce_sum(raw * tf.constant([256 ** i for i in order], tf.int64))
 
 
 # ---------------------------------------------------------------------------
@@ -253,7 +251,7 @@ def decode_wav(contents: tf.Tensor, max_seconds: float, name: str = "wav_bytes",
                                               length)]):
         fmt_pos, data_pos, data_size = _wav_chunks(contents, length)
     found = where.check((fmt_pos >= 0) & (fmt_pos + 16 <= length) & (data_pos >= 0),
-                        ": WAV file has no complete 'fmt ' chunk before its 'data' chunk")
+                        ": WAV file has no complete format (fmt) chunk before its data chunk")
     with tf.control_dependencies([found]):
         tag = _read_uint(contents, fmt_pos, 2)
         channels = _read_uint(contents, fmt_pos + 2, 2)
@@ -382,6 +380,41 @@ def decode_batch(image_bytes: tf.Tensor, wav_bytes: tf.Tensor,
                                           tf.TensorSpec([t], tf.float32)))
 
 
+def _spread_along_rows(reached: tf.Tensor, allowed: tf.Tensor) -> tf.Tensor:
+    """Marks every run of allowed pixels in a row [N, H, W] that holds a reached pixel."""
+    shape = tf.shape(allowed)
+    n, h, w = shape[0], shape[1], shape[2]
+    before = tf.pad(allowed[:, :, :-1], [[0, 0], [0, 0], [1, 0]])
+    run = tf.cumsum(tf.cast(allowed & ~before, tf.int32), axis=2)  # 1, 2, ... along the row
+    rows = tf.reshape(tf.range(n * h), [n, h, 1])
+    ids = rows * (w + 1) + run
+    hit = tf.math.unsorted_segment_max(tf.cast(reached & allowed, tf.int32), ids,
+                                       n * h * (w + 1))
+    return allowed & (tf.gather(hit, ids) > 0)
+
+
+def _grow(seed: tf.Tensor, allowed: tf.Tensor) -> tf.Tensor:
+    """The 8-connected component of `allowed` [N, H, W] (bool) containing `seed`.
+
+    Each round takes one diagonal step, then runs along rows and columns, so
+    the loop ends after a few rounds for the blobs heat maps hold (a 3x3
+    dilation per round would need as many rounds as the blob is wide).
+    """
+
+    def one_round(reached, _):
+        grown = tf.nn.max_pool2d(tf.cast(reached, tf.float32)[..., None], 3, 1, "SAME")[..., 0]
+        grown = allowed & (grown > 0)
+        grown = _spread_along_rows(grown, allowed)
+        grown = tf.transpose(_spread_along_rows(tf.transpose(grown, [0, 2, 1]),
+                                                tf.transpose(allowed, [0, 2, 1])), [0, 2, 1])
+        return grown, tf.reduce_any(tf.not_equal(grown, reached))
+
+    size = tf.size(allowed[0])
+    reached, _ = tf.while_loop(lambda reached, changed: changed, one_round,
+                               (seed & allowed, tf.constant(True)), maximum_iterations=size)
+    return reached
+
+
 def heatmaps_and_boxes(attention: tf.Tensor, size: int,
                        threshold: float) -> tuple[tf.Tensor, tf.Tensor]:
     """Attention [N, h, w] -> heat maps [N, size, size] in [0, 1] and boxes [N, 4].
@@ -393,19 +426,13 @@ def heatmaps_and_boxes(attention: tf.Tensor, size: int,
     heatmap = metrics.normalize_heatmaps(attention, size)
     n = tf.shape(heatmap)[0]
     peak_value = tf.reduce_max(heatmap, axis=[1, 2], keepdims=True)
-    allowed = tf.cast((heatmap > threshold) | (heatmap >= peak_value), tf.float32)
+    allowed = (heatmap > threshold) | (heatmap >= peak_value)
     peak = tf.argmax(tf.reshape(heatmap, [n, -1]), axis=1, output_type=tf.int32)
-    seed = tf.reshape(tf.one_hot(peak, size * size), [n, size, size])
-
-    def grow(region, _):
-        grown = tf.nn.max_pool2d(region[..., None], 3, 1, "SAME")[..., 0] * allowed
-        return grown, tf.reduce_any(tf.not_equal(grown, region))
-
-    region, _ = tf.while_loop(lambda region, changed: changed, grow,
-                              (seed, tf.constant(True)), maximum_iterations=size * size)
+    seed = tf.reshape(tf.one_hot(peak, size * size), [n, size, size]) > 0
+    region = _grow(seed, allowed)
     pixels = tf.range(size)
-    rows = tf.reduce_any(region > 0, axis=2)
-    cols = tf.reduce_any(region > 0, axis=1)
+    rows = tf.reduce_any(region, axis=2)
+    cols = tf.reduce_any(region, axis=1)
     y1 = tf.reduce_min(tf.where(rows, pixels, size), axis=1)
     y2 = tf.reduce_max(tf.where(rows, pixels, -1), axis=1) + 1
     x1 = tf.reduce_min(tf.where(cols, pixels, size), axis=1)

@@ -46,10 +46,21 @@ def make_strategy() -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy([d.name for d in devices])
 
 
+def learning_rate_at(config: Config, step: int) -> float:
+    """The learning rate `make_optimizer` applies at `step` (for logging)."""
+    if config.lr_schedule == "cosine":
+        return config.learning_rate * 0.5 * (1 + np.cos(np.pi * min(step, config.train_steps)
+                                                          / config.train_steps))
+    return config.learning_rate
+
+
 def make_optimizer(config: Config) -> keras.optimizers.Optimizer:
+    rate = config.learning_rate
+    if config.lr_schedule == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(rate, decay_steps=config.train_steps)
     if config.optimizer == "adam":
-        return keras.optimizers.Adam(config.learning_rate)
-    return keras.optimizers.SGD(config.learning_rate, momentum=config.momentum)
+        return keras.optimizers.Adam(rate)
+    return keras.optimizers.SGD(rate, momentum=config.momentum)
 
 
 def _choose_annotator(boxes: tf.Tensor, ids: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
@@ -275,7 +286,7 @@ class Trainer:
                 with self.writer.as_default(step=step):
                     for name in ("total", "unsupervised", "supervised"):
                         tf.summary.scalar(f"loss/{name}", last[name])
-                    tf.summary.scalar("learning_rate", self.config.learning_rate)
+                    tf.summary.scalar("learning_rate", learning_rate_at(c, step))
                     tf.summary.scalar("pairs_per_second", rate)
                 window_start, window_steps = time.perf_counter(), 0
             if step % c.checkpoint_every == 0 or step == target:

@@ -2,12 +2,13 @@
 
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from soundloc_tf.config import get_config
-from soundloc_tf.training import Trainer, restore_model
+from soundloc_tf.training import Trainer, learning_rate_at, make_optimizer, restore_model
 
 QUIET = dict(eval_every=10_000, num_summary_images=0, log_every=10_000)
 
@@ -52,8 +53,15 @@ def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(
     straight.train()
 
     interrupted_dir = str(tmp_path / "interrupted")
-    first = Trainer(config, interrupted_dir, mirrored_strategy, log=_silent)
-    first.train(steps=3)  # checkpoint at step 2; step 3 is lost
+
+    def interrupt_at_step_3(message):
+        if message.startswith("step 3/"):
+            raise KeyboardInterrupt  # after step 3 ran, before it was checkpointed
+
+    first = Trainer(config.replace(log_every=1), interrupted_dir, mirrored_strategy,
+                    log=interrupt_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
     messages = []
     resumed = Trainer(config, interrupted_dir, mirrored_strategy, log=messages.append)
     assert int(resumed.step.numpy()) == 2
@@ -91,3 +99,13 @@ def test_saved_config_round_trips(tmp_path, single_device_strategy):
     Trainer(config, str(tmp_path), single_device_strategy, log=_silent)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["image_size"] == 96 and saved["tiny_image_widths"] == [8, 16, 32, 64]
+
+
+def test_logged_cosine_rate_matches_keras_cosine_decay():
+    config = _config(lr_schedule="cosine", train_steps=100, learning_rate=1e-3)
+    reference = keras.optimizers.schedules.CosineDecay(1e-3, decay_steps=100)
+    assert isinstance(make_optimizer(config)._learning_rate,
+                      keras.optimizers.schedules.CosineDecay)
+    for step in (0, 25, 50, 100, 150):
+        assert learning_rate_at(config, step) == pytest.approx(float(reference(step)), rel=1e-5)
+    assert learning_rate_at(config, 100) == pytest.approx(0.0, abs=1e-12)

@@ -1,0 +1,98 @@
+"""The command-line programs: an end-to-end run, and one clear line for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(tool, *args, timeout=300):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", f"tools.{tool}", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _assert_clean_failure(result, *fragments):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    result = _run("train", f"--workdir={workdir}", "--train_steps=2", "--batch_size=4",
+                  "--eval_every=2", "--checkpoint_every=1", "--num_summary_images=2")
+    assert result.returncode == 0, result.stderr
+    assert "step 2/2" in result.stdout and "validation at step 2" in result.stdout
+    return workdir
+
+
+def test_train_then_evaluate_writes_metrics_and_overlays(trained_run):
+    result = _run("evaluate", f"--workdir={trained_run}", "--num_samples=40", "--num_overlays=4")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((trained_run / "eval" / "metrics.json").read_text())
+    for key in ("ciou_at_0_5", "auc", "mean_ciou", "n", "baselines"):
+        assert key in metrics
+    assert metrics["n"] == 40 and metrics["step"] == 2
+    assert set(metrics["baselines"]) == {"whole_image", "center_box"}
+    assert set(metrics["baselines"]["center_box"]) >= {"ciou_at_0_5", "auc", "mean_ciou", "n"}
+    assert 0.0 <= metrics["auc"] <= 1.0
+    assert (trained_run / "eval" / "overlays.png").stat().st_size > 1000
+    assert "baseline: centre box" in result.stdout
+    assert list((trained_run / "tensorboard").glob("events.out.tfevents*"))
+
+
+def test_rerun_of_a_finished_run_resumes_and_does_nothing(trained_run):
+    result = _run("train", f"--workdir={trained_run}", "--train_steps=2", "--batch_size=4")
+    assert result.returncode == 0, result.stderr
+    assert "Resumed" in result.stdout and "nothing to do" in result.stdout
+
+
+def test_unknown_preset():
+    result = _run("train", "--preset=huge")
+    _assert_clean_failure(result, "--preset=huge")
+
+
+@pytest.mark.parametrize("flag,fragment", [
+    ("--batch_size=1", "Received: batch_size=1"),
+    ("--label_fraction=2", "Received: label_fraction=2.0"),
+    ("--tiny_image_widths=8,x", "Received: 8,x"),
+])
+def test_impossible_flag_values(tmp_path, flag, fragment):
+    _assert_clean_failure(_run("train", f"--workdir={tmp_path}", flag), "error:", fragment)
+
+
+def test_unreadable_checkpoint_directory(tmp_path):
+    _assert_clean_failure(_run("evaluate", f"--workdir={tmp_path / 'missing'}"),
+                          "error: no training run found")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    _assert_clean_failure(_run("train", f"--workdir={blocker / 'run'}"),
+                          "error: cannot create the work directory")
+
+
+def test_corrupt_checkpoint(trained_run, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((trained_run / "config.json").read_text())
+    (broken / "checkpoints").mkdir()
+    for f in (trained_run / "checkpoints").iterdir():
+        (broken / "checkpoints" / f.name).write_bytes(
+            b"junk" if ".data-" in f.name else f.read_bytes())
+    _assert_clean_failure(_run("evaluate", f"--workdir={broken}"),
+                          "error: could not restore the checkpoint")
+
+
+def test_weights_file_that_does_not_match(tmp_path):
+    bad = tmp_path / "bad.weights.h5"
+    bad.write_bytes(b"this is not HDF5")
+    result = _run("train", f"--workdir={tmp_path / 'run'}", "--preset=paper", "--image_size=32",
+                  f"--image_weights={bad}")
+    _assert_clean_failure(result, "error:", "does not fit keras.applications.VGG16")
