@@ -1,17 +1,43 @@
-"""Runs a model over a dataset and scores its maps (cIoU, AUC, pointing game)."""
+"""Runs a model over a dataset and scores its maps (cIoU, AUC, pointing game, and more).
+
+`evaluate` is the protocol every number of this project goes through:
+
+  * the headline: cIoU@0.5, mean cIoU, AUC and pointing game on the
+    attention map alpha, with one binarising rule (see `metrics`), beside the
+    whole-image, centre-box and random-box baselines;
+  * the raw cosine map scored the same way;
+  * the audio-dependence gap: the same metrics with every image paired with
+    a mismatched sound (`MISMATCH_DEFINITION`), and matched - mismatched;
+  * optionally all three binarising rules, per-class results, where the map
+    peak falls (sounding object, context cue, distractors) and negative audio
+    (`soundloc_tf.negatives`).
+
+The model runs in two passes that share one image-tower evaluation per image:
+first the audio tower over every clip (cheap, and needed before any image
+can be paired with a later scene's sound), then the image tower once per
+batch with the localiser applied to every sound set.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from soundloc_tf import metrics
+from soundloc_tf import metrics, negatives
 from soundloc_tf.config import Config
 
 EVAL_BATCH = 32
+MISMATCH_DEFINITION = (
+    "image i is paired with the clip of scene j, the first later scene (cyclically, in "
+    "evaluation order) whose sounding class differs from image i's sounding class")
+MISMATCH_FALLBACK_DEFINITION = (
+    "class ids unknown or all equal: image i is paired with the clip of scene (i + n // 2) mod n, "
+    "another clip whose class may match (used when no image has a scene of another class)")
+_EXTRA_KEYS = ("object_boxes", "object_classes", "cue_box", "cue_class")
 
 
 def predict_maps(model: keras.Model, dataset: tf.data.Dataset, mismatched: bool = False,
@@ -19,7 +45,7 @@ def predict_maps(model: keras.Model, dataset: tf.data.Dataset, mismatched: bool 
     """Collects attention/cosine maps, scores and boxes over a batched dataset.
 
     With `mismatched`, image i is paired with the sound of image i+1 of the
-    same batch, to check that the map follows the audio.
+    same batch (a quick check for training summaries; `evaluate` pairs by class).
     """
     @tf.function
     def run(batch):
@@ -45,23 +71,236 @@ def predict_maps(model: keras.Model, dataset: tf.data.Dataset, mismatched: bool 
     return {k: np.concatenate(v) for k, v in collected.items()}
 
 
+# ---------------------------------------------------------------------------
+# The two passes.
+
+
+@dataclasses.dataclass(frozen=True)
+class Towers:
+    """The three parts of a `build_model` model, to run them separately."""
+
+    image: keras.Model
+    audio: keras.Model
+    localizer: keras.Model
+
+
+def split_model(model: keras.Model) -> Towers:
+    try:
+        return Towers(model.get_layer("image_tower"), model.get_layer("audio_tower"),
+                      model.get_layer("localizer"))
+    except ValueError:
+        raise ValueError("the model must be built by soundloc_tf.models.build_model (layers "
+                         "image_tower, audio_tower and localizer). Received: model "
+                         f"{model.name!r}") from None
+
+
+def audio_features(towers: Towers, waveforms: np.ndarray | tf.Tensor) -> np.ndarray:
+    """Audio-tower outputs [N, D] of waveforms [N, samples]."""
+    return towers.audio(tf.convert_to_tensor(waveforms, tf.float32), training=False).numpy()
+
+
+def _audio_pass(towers: Towers, batched: tf.data.Dataset, noise_seed: int | None
+                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Audio features of every clip (and of white noise, when noise_seed is set), and labels."""
+    run = tf.function(lambda w: towers.audio(w, training=False), reduce_retracing=True)
+    features: dict[str, list] = {"matched": [], "white_noise": []}
+    info: dict[str, list] = {}
+    done = 0
+    for batch in batched:
+        count = int(batch["waveform"].shape[0])
+        features["matched"].append(run(batch["waveform"]).numpy())
+        if noise_seed is not None:
+            noise = negatives.white_noise(np.arange(done, done + count),
+                                          int(batch["waveform"].shape[1]), noise_seed)
+            features["white_noise"].append(run(tf.constant(noise)).numpy())
+        for key in ("boxes", "class_id", "id", *_EXTRA_KEYS):
+            if key in batch:
+                info.setdefault(key, []).append(batch[key].numpy())
+        done += count
+    if done == 0:
+        raise ValueError("the evaluation dataset is empty")
+    return ({k: np.concatenate(v) for k, v in features.items() if v},
+            {k: np.concatenate(v) for k, v in info.items()})
+
+
+def _localize_pass(towers: Towers, batched: tf.data.Dataset, sound_sets: dict[str, np.ndarray],
+                   ids: np.ndarray, progress: Callable[[int], None] | None
+                   ) -> dict[str, dict[str, np.ndarray]]:
+    """Maps and scores of every image with every sound set's features [N, D]."""
+    image_run = tf.function(lambda x: towers.image(x, training=False), reduce_retracing=True)
+
+    @tf.function(reduce_retracing=True)
+    def localize(visual, feature):
+        out = towers.localizer([visual, feature], training=False)
+        return out["attention"], out["cosine"], out["score"]
+
+    collected = {name: {"attention": [], "cosine": [], "score": []} for name in sound_sets}
+    done = 0
+    for batch in batched:
+        count = int(batch["image"].shape[0])
+        if not np.array_equal(batch["id"].numpy(), ids[done:done + count]):
+            raise ValueError("the evaluation dataset must yield the same elements in the same "
+                             "order on every pass (no shuffling). Received: a different id at "
+                             f"position {done}")
+        visual = image_run(batch["image"])
+        for name, features in sound_sets.items():
+            outputs = localize(visual, tf.constant(features[done:done + count]))
+            for key, value in zip(("attention", "cosine", "score"), outputs):
+                collected[name][key].append(value.numpy())
+        done += count
+        if progress:
+            progress(done)
+    return {name: {k: np.concatenate(v) for k, v in values.items()}
+            for name, values in collected.items()}
+
+
+# ---------------------------------------------------------------------------
+# Scoring.
+
+
+@dataclasses.dataclass
+class EvaluationDetails:
+    """Per-image arrays behind a result, for plots and further analysis."""
+
+    ciou: np.ndarray  # [N], headline rule, attention map
+    pointing: np.ndarray  # [N] 0/1
+    class_id: np.ndarray  # [N], -1 unknown
+    attention: np.ndarray  # [N, h, w]
+    boxes: np.ndarray  # [N, annotators, boxes, 4]
+    curves: dict[str, np.ndarray]  # per-image cIoU of the model and each baseline
+    confidences: dict[str, dict[str, np.ndarray]] | None = None  # kind -> confidence -> [M]
+
+
+def _score(maps: np.ndarray, gt: np.ndarray, rule: str, threshold: float
+           ) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Summary, per-image cIoU and pointing hits of maps already normalised to the gt frame."""
+    per_image = metrics.ciou(metrics.binarize(maps, rule, threshold), gt)
+    hits = metrics.pointing_hits(maps, gt)
+    return metrics.summarize(per_image, hits), per_image, hits
+
+
+def mismatch_partners(class_ids: np.ndarray) -> tuple[np.ndarray, str]:
+    """The mismatched-sound partner of each image (-1: none), and how it was chosen."""
+    class_ids = np.asarray(class_ids)
+    if (class_ids >= 0).any():
+        partners = negatives.partner_indices(class_ids)
+        if (partners >= 0).any():
+            return partners, MISMATCH_DEFINITION
+    n = len(class_ids)
+    partners = (np.arange(n) + n // 2) % n if n >= 2 else np.full(n, -1)
+    return partners, MISMATCH_FALLBACK_DEFINITION
+
+
+def matched_samples(dataset: tf.data.Dataset) -> int:
+    """Samples per clip of a dataset of the common element spec."""
+    length = dataset.element_spec["waveform"].shape[-1]
+    if length is None:
+        raise ValueError("the dataset's waveforms must have a static length. Received: "
+                         f"{dataset.element_spec['waveform']}")
+    return int(length)
+
+
+def evaluate_detailed(model: keras.Model, config: Config, dataset: tf.data.Dataset,
+                      rule: str = "fixed", progress: Callable[[int], None] | None = None, *,
+                      all_rules: bool = False, with_negatives: bool = False,
+                      random_seed: int = 0, noise_seed: int = 0
+                      ) -> tuple[dict, EvaluationDetails]:
+    """`evaluate`, also returning the per-image arrays (see `EvaluationDetails`)."""
+    if rule not in metrics.BINARIZE_RULES:
+        raise ValueError(f"rule must be one of {metrics.BINARIZE_RULES}. Received: rule={rule!r}")
+    towers = split_model(model)
+    batched = dataset.batch(EVAL_BATCH).prefetch(tf.data.AUTOTUNE)
+    features, info = _audio_pass(towers, batched, noise_seed if with_negatives else None)
+    n = len(info["id"])
+    class_ids = info["class_id"].astype(np.int64)
+    partners, partner_definition = mismatch_partners(class_ids)
+    has_partner = partners >= 0
+    matched = features["matched"]
+    sound_sets = {"matched": matched, "mismatched": matched[np.where(has_partner, partners, 0)]}
+    if with_negatives:
+        forbidden = info.get("object_classes")
+        offscreen = negatives.partner_indices(class_ids, forbidden)
+        silent = audio_features(towers, negatives.silence(matched_samples(dataset)))
+        sound_sets.update(silence=np.repeat(silent, n, axis=0),
+                          white_noise=features["white_noise"],
+                          offscreen=matched[np.where(offscreen >= 0, offscreen, 0)])
+    outputs = _localize_pass(towers, batched, sound_sets, info["id"], progress)
+
+    size, threshold = config.eval_size, config.ciou_threshold
+    gt = metrics.consensus_map(info["boxes"], size).numpy()
+    attention = metrics.normalize_heatmaps(outputs["matched"]["attention"], size).numpy()
+    result, per_image, hits = _score(attention, gt, rule, threshold)
+    result.update(rule=rule, threshold=threshold if rule == "fixed" else None, eval_size=size,
+                  baselines=metrics.baselines(gt), map="attention")
+    result["random_baseline"], random_cious = metrics.random_baseline(gt, random_seed)
+
+    cosine = metrics.normalize_heatmaps(outputs["matched"]["cosine"], size).numpy()
+    result["cosine_map"] = _score(cosine, gt, rule, threshold)[0]
+
+    # The audio-dependence gap, on the images that have a mismatched partner.
+    curves = {"model": per_image}
+    if has_partner.any():
+        wrong = metrics.normalize_heatmaps(
+            outputs["mismatched"]["attention"][has_partner], size).numpy()
+        mismatched, wrong_cious, _ = _score(wrong, gt[has_partner], rule, threshold)
+        same_images = metrics.summarize(per_image[has_partner], hits[has_partner])
+        moved = np.mean(metrics.peak_indices(outputs["matched"]["attention"][has_partner])
+                        != metrics.peak_indices(outputs["mismatched"]["attention"][has_partner]))
+        result["mismatched_sound"] = {**mismatched, "definition": partner_definition}
+        result["audio_dependence_gap"] = {
+            **metrics.audio_dependence_gap(same_images, mismatched, moved),
+            "n": int(has_partner.sum()),
+            "definition": "matched minus mismatched sound on the same images (mismatched: "
+                          + partner_definition + "); peak_moved: fraction of images whose "
+                          "attention peak moves"}
+        curves["mismatched_sound"] = wrong_cious
+    curves.update(metrics.baseline_cious(gt, random_seed))
+    curves["random_box"] = random_cious
+
+    if all_rules:
+        result["by_rule"] = {}
+        for other in metrics.BINARIZE_RULES:
+            summary = _score(attention, gt, other, threshold)[0]
+            result["by_rule"][other] = {**summary,
+                                        "threshold": threshold if other == "fixed" else None}
+    if (class_ids >= 0).any():
+        result["per_class"] = metrics.per_class_summary(per_image, hits, class_ids)
+    if "cue_box" in info and np.any(info["cue_box"] != 0):
+        regions = {"object": info["object_boxes"][:, 0], "cue": info["cue_box"],
+                   "distractors": info["object_boxes"][:, 1:]}
+        result["peak_location"] = metrics.peak_region_rates(
+            outputs["matched"]["attention"], regions, size)
+
+    confidences = None
+    if with_negatives:
+        confidences = {kind: {"score": outputs[kind]["score"],
+                              "map_peak": negatives.map_peak(outputs[kind]["attention"])}
+                       for kind in ("matched", *negatives.NEGATIVE_KINDS)}
+        keep = {"silence": np.ones(n, bool), "white_noise": np.ones(n, bool),
+                "offscreen": offscreen >= 0}
+        negative_sets = {kind: {c: v[keep[kind]] for c, v in confidences[kind].items()}
+                         for kind in negatives.NEGATIVE_KINDS if keep[kind].any()}
+        confidences = {"positive": confidences["matched"], **negative_sets}
+        result["negatives"] = negatives.separation_report(confidences["positive"], negative_sets,
+                                                          per_image)
+        result["negatives"]["noise_seed"] = int(noise_seed)
+
+    details = EvaluationDetails(ciou=per_image, pointing=hits, class_id=class_ids,
+                                attention=outputs["matched"]["attention"], boxes=info["boxes"],
+                                curves=curves, confidences=confidences)
+    return result, details
+
+
 def evaluate(model: keras.Model, config: Config, dataset: tf.data.Dataset,
-             rule: str = "fixed", progress: Callable[[int], None] | None = None) -> dict:
+             rule: str = "fixed", progress: Callable[[int], None] | None = None, *,
+             all_rules: bool = False, with_negatives: bool = False, random_seed: int = 0,
+             noise_seed: int = 0) -> dict:
     """Scores `model` on an unbatched dataset of the common element spec.
 
-    The headline numbers are on the attention map alpha; the raw cosine map
-    and the mismatched-sound run are reported beside them.
+    The headline numbers are on the attention map alpha; the raw cosine map,
+    the baselines and the mismatched-sound run are reported beside them (see
+    the module doc). The dataset must yield the same order on every pass.
     """
-    batched = dataset.batch(EVAL_BATCH).prefetch(tf.data.AUTOTUNE)
-    maps = predict_maps(model, batched, progress=progress)
-    result, _ = metrics.score_heatmaps(maps["attention"], maps["boxes"], config.eval_size, rule,
-                                       config.ciou_threshold)
-    result["map"] = "attention"
-    cosine, _ = metrics.score_heatmaps(maps["cosine"], maps["boxes"], config.eval_size, rule,
-                                       config.ciou_threshold)
-    result["cosine_map"] = {k: v for k, v in cosine.items() if k != "baselines"}
-    wrong = predict_maps(model, batched, mismatched=True)
-    mismatched, _ = metrics.score_heatmaps(wrong["attention"], maps["boxes"], config.eval_size,
-                                           rule, config.ciou_threshold)
-    result["mismatched_sound"] = {k: v for k, v in mismatched.items() if k != "baselines"}
-    return result
+    return evaluate_detailed(model, config, dataset, rule, progress, all_rules=all_rules,
+                             with_negatives=with_negatives, random_seed=random_seed,
+                             noise_seed=noise_seed)[0]

@@ -41,9 +41,10 @@ Serving loads no custom ops):
 
 Invalid input fails the whole request with an InvalidArgument error (HTTP
 400 from TF Serving) whose message names the input and instance, e.g.
-"image_bytes[2]: image is 10000x10000 pixels; each side must be at most
-4096".  A corrupt body behind a valid header fails in the decoder, whose
-message does not name the instance.
+"image_bytes[2]: image is 10000x10000 pixels (width x height); each side
+must lie in [1, 4096]".  A corrupt body behind a valid header fails in the
+decoder, whose message does not name the instance.  `serving_tensors`
+rejects NaN or infinite values and clips images to [0, 1].
 """
 
 from __future__ import annotations
@@ -171,6 +172,11 @@ def decode_image(contents: tf.Tensor, size: int, name: str = "image_bytes",
     with tf.control_dependencies([check_size]):
         image = tf.io.decode_image(contents, channels=3, dtype=tf.float32,
                                    expand_animations=False)
+    return resize_image(image, size)
+
+
+def resize_image(image: tf.Tensor, size: int) -> tf.Tensor:
+    """float RGB [H, W, 3] in [0, 1] -> [size, size, 3]: bilinear, antialiased when shrinking."""
     image = tf.image.resize(image[None], [size, size], method="bilinear", antialias=True)[0]
     image = tf.clip_by_value(image, 0.0, 1.0)
     image.set_shape([size, size, 3])
@@ -437,8 +443,19 @@ def heatmaps_and_boxes(attention: tf.Tensor, size: int,
     y2 = tf.reduce_max(tf.where(rows, pixels, -1), axis=1) + 1
     x1 = tf.reduce_min(tf.where(cols, pixels, size), axis=1)
     x2 = tf.reduce_max(tf.where(cols, pixels, -1), axis=1) + 1
-    box = tf.cast(tf.stack([x1, y1, x2, y2], axis=1), tf.float32) / float(size)
-    return heatmap, box
+    return heatmap, edges_to_unit(tf.stack([x1, y1, x2, y2], axis=1), size)
+
+
+def edges_to_unit(edges: tf.Tensor, size: int) -> tf.Tensor:
+    """Integer pixel edges in [0, size] -> float32 e / size with floor(value * size) == e.
+
+    The nearest float32 to e / size can fall just below it, and `metrics.box_masks`
+    (floor in float32) would then lose a pixel row; such values move up one ulp.
+    """
+    edges = tf.convert_to_tensor(edges)
+    unit = tf.cast(tf.cast(edges, tf.float64) / float(size), tf.float32)
+    short = tf.floor(unit * float(size)) < tf.cast(edges, tf.float32)
+    return tf.where(short, tf.math.nextafter(unit, tf.ones_like(unit) * 2.0), unit)
 
 
 def localize_fn(model: keras.Model, config: Config,

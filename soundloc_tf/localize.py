@@ -88,10 +88,11 @@ class Localizer:
     """
 
     def __init__(self, config: Config, run: Callable[[tf.Tensor, tf.Tensor], dict],
-                 heatmap_size: int):
+                 heatmap_size: int, owner: Any = None):
         self.config = config
         self.heatmap_size = heatmap_size
         self._run = run
+        self._owner = owner  # keeps what `run` needs alive (a loaded SavedModel)
         s, sr, t = config.image_size, config.sample_rate, config.num_samples
         self._decode_image = tf.function(
             lambda contents: export.decode_image(contents, s),
@@ -104,9 +105,7 @@ class Localizer:
             input_signature=[tf.TensorSpec([None], tf.float32), tf.TensorSpec([], tf.int64)],
             autograph=False)
         self._resize = tf.function(
-            lambda image: tf.clip_by_value(
-                tf.image.resize(image[None], [s, s], method="bilinear", antialias=True)[0],
-                0.0, 1.0),
+            lambda image: export.resize_image(image, s),
             input_signature=[tf.TensorSpec([None, None, 3], tf.float32)], autograph=False)
 
     # -- construction ----------------------------------------------------------
@@ -141,9 +140,7 @@ class Localizer:
         def run(images, waveforms):
             return signature(image=images, waveform=waveforms)
 
-        localizer = cls(config, run, int(info["heatmap_size"]))
-        localizer._saved_model = loaded  # keeps the variables alive
-        return localizer
+        return cls(config, run, int(info["heatmap_size"]), owner=loaded)
 
     @classmethod
     def from_path(cls, path: PathLike, heatmap_size: int | None = None) -> "Localizer":

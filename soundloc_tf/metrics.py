@@ -157,3 +157,181 @@ def score_heatmaps(heatmaps: np.ndarray, boxes: np.ndarray, size: int, rule: str
     result.update(rule=rule, threshold=threshold if rule == "fixed" else None,
                   eval_size=size, baselines=baselines(gt))
     return result, per_image
+
+
+# ---------------------------------------------------------------------------
+# Beyond the follow-up papers' numbers: a random baseline, the audio-dependence
+# gap, detection of negative audio, per-class results and "where is the peak".
+
+SUMMARY_KEYS = ("ciou_at_0_5", "mean_ciou", "auc", "pointing_game")
+RANDOM_BOX_SIDES = (0.25, 0.75)  # each side of the random box, a fraction of the image
+RANDOM_BOX_DEFINITION = (
+    "per image, a box whose width and height are drawn independently and uniformly from "
+    f"[{RANDOM_BOX_SIDES[0]}, {RANDOM_BOX_SIDES[1]}] of the image side (mean 0.5, the centre "
+    "box's side), placed uniformly at random inside the image; numpy default_rng(seed); its "
+    "pointing game uses the box centre")
+
+
+def random_box_predictions(count: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`count` random boxes as binary masks [count, size, size] and their centres [count, 2].
+
+    The centre-box baseline without its central prior: if a model only
+    learned "objects are somewhere", it should beat this clearly.
+    """
+    if count < 1 or size < 1:
+        raise ValueError(f"need count >= 1 and size >= 1. Received: count={count}, size={size}")
+    rng = np.random.default_rng(seed)
+    sides = rng.uniform(*RANDOM_BOX_SIDES, size=[count, 2])  # width, height
+    corners = rng.uniform(size=[count, 2]) * (1.0 - sides)
+    boxes = np.concatenate([corners, corners + sides], axis=1).astype(np.float32)
+    masks = box_masks(boxes, size).numpy()
+    centres = np.minimum(np.floor((corners + sides / 2) * size), size - 1).astype(np.int64)
+    return masks, centres  # centres as (x, y) pixel indices
+
+
+def random_baseline(gt: np.ndarray, seed: int) -> tuple[dict, np.ndarray]:
+    """The random-box baseline scored like a model: (summary with seed, per-image cIoU)."""
+    gt = np.asarray(gt, np.float32)
+    masks, centres = random_box_predictions(len(gt), gt.shape[1], seed)
+    per_image = ciou(masks, gt)
+    hits = (gt[np.arange(len(gt)), centres[:, 1], centres[:, 0]] > 0).astype(np.float64)
+    summary = summarize(per_image, hits)
+    summary.update(seed=int(seed), definition=RANDOM_BOX_DEFINITION)
+    return summary, per_image
+
+
+def baseline_cious(gt: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """Per-image cIoU of the whole-image, centre-box and random-box predictions."""
+    gt = np.asarray(gt, np.float32)
+    centre = np.broadcast_to(center_box_prediction(gt.shape[1]), gt.shape)
+    return {"whole_image": ciou(np.ones_like(gt), gt), "center_box": ciou(centre, gt),
+            "random_box": random_baseline(gt, seed)[1]}
+
+
+def peak_indices(heatmaps: np.ndarray, size: int | None = None) -> np.ndarray:
+    """Flat index of each map's first maximum, on the map itself or resized to `size`."""
+    maps = np.asarray(heatmaps, np.float32)
+    if size is not None:
+        maps = normalize_heatmaps(maps, size).numpy()
+    return maps.reshape(len(maps), -1).argmax(axis=1)
+
+
+def audio_dependence_gap(matched: dict, mismatched: dict,
+                         peak_moved: float | None = None) -> dict:
+    """matched - mismatched for each summary metric (0 for a map that ignores the audio).
+
+    `peak_moved`, when given, is the fraction of images whose map peak moved
+    when the sound was swapped: also 0 for a map that ignores the audio.
+    """
+    gap = {k: float(matched[k]) - float(mismatched[k]) for k in SUMMARY_KEYS}
+    if peak_moved is not None:
+        gap["peak_moved"] = float(peak_moved)
+    return gap
+
+
+def peak_in_boxes(heatmaps: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+    """Whether each map's peak (at `size`, as the pointing game) lies in its box.
+
+    `boxes` is one box per map [N, 4] or several [N, B, 4] (their union);
+    images without a box (all rows zero) give NaN.
+    """
+    boxes = np.asarray(boxes, np.float32)
+    if boxes.ndim == 2:
+        boxes = boxes[:, None]
+    if boxes.ndim != 3 or boxes.shape[-1] != 4 or len(boxes) != len(heatmaps):
+        raise ValueError("need [x1, y1, x2, y2] boxes [N, 4] or [N, B, 4] for N maps. "
+                         f"Received: boxes of shape {boxes.shape} for {len(heatmaps)} maps")
+    peaks = peak_indices(heatmaps, size)
+    masks = box_masks(boxes, size).numpy().max(axis=1).reshape(len(boxes), -1)
+    inside = masks[np.arange(len(boxes)), peaks].astype(np.float64)
+    empty = masks.sum(axis=1) == 0
+    return np.where(empty, np.nan, inside)
+
+
+def peak_region_rates(heatmaps: np.ndarray, regions: dict[str, np.ndarray],
+                      size: int) -> dict[str, dict]:
+    """How often the map's peak falls in each named region (e.g. the object vs a context cue).
+
+    Per region: `rate` over the images that have that region, and `n`. A
+    region may overlap another (a peak there counts for both); `elsewhere`
+    is the fraction of images whose peak is in none of them.
+    """
+    if not regions:
+        raise ValueError("need at least one region. Received: regions={}")
+    result, inside_any = {}, np.zeros(len(heatmaps), bool)
+    for name, boxes in regions.items():
+        inside = peak_in_boxes(heatmaps, boxes, size)
+        valid = ~np.isnan(inside)
+        result[name] = {"rate": float(inside[valid].mean()) if valid.any() else None,
+                        "n": int(valid.sum())}
+        inside_any |= np.nan_to_num(inside) > 0
+    result["elsewhere"] = {"rate": float(1.0 - inside_any.mean()), "n": int(len(heatmaps))}
+    return result
+
+
+def per_class_summary(cious: np.ndarray, pointing: np.ndarray,
+                      class_ids: np.ndarray) -> dict[str, dict[str, float]]:
+    """`summarize` per sounding class (keys are class ids as strings; -1, unknown, is left out)."""
+    cious, pointing, class_ids = (np.asarray(cious), np.asarray(pointing),
+                                  np.asarray(class_ids).astype(np.int64))
+    if not len(cious) == len(pointing) == len(class_ids):
+        raise ValueError(f"need one class id per image. Received: {len(cious)} cIoU values, "
+                         f"{len(pointing)} pointing hits, {len(class_ids)} class ids")
+    return {str(c): summarize(cious[class_ids == c], pointing[class_ids == c])
+            for c in np.unique(class_ids) if c >= 0}
+
+
+def precision_recall(confidence: np.ndarray, positive: np.ndarray,
+                     correct: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Precision and recall at every distinct confidence threshold (detect when c >= t).
+
+    Counting as SLAVC (Mo & Morgado, 2022) does, positives and negatives
+    together: a detected negative is a false positive; a detected positive
+    is a true positive when `correct` (e.g. cIoU >= 0.5), else a false
+    positive; an undetected positive is a false negative. With `correct`
+    None every positive counts as correct: plain positive-vs-negative
+    detection. Thresholds run from the highest confidence down.
+    """
+    confidence = np.asarray(confidence, np.float64)
+    positive = np.asarray(positive, bool)
+    correct = positive if correct is None else (np.asarray(correct, bool) & positive)
+    if not len(confidence) == len(positive) == len(correct) or len(confidence) == 0:
+        raise ValueError("need the same, non-zero number of confidences, labels and "
+                         f"correctness flags. Received: {len(confidence)}, {len(positive)}, "
+                         f"{len(correct)}")
+    if not np.isfinite(confidence).all():
+        raise ValueError("confidences must be finite. Received: "
+                         f"{confidence[~np.isfinite(confidence)][:3]}")
+    if not positive.any():
+        raise ValueError("need at least one positive sample. Received: 0 positives")
+    order = np.argsort(-confidence, kind="stable")
+    c, pos, hit = confidence[order], positive[order], correct[order]
+    last_of_tie = np.r_[c[1:] != c[:-1], True]  # a threshold detects a whole tie group
+    tp = np.cumsum(hit)[last_of_tie]
+    detected = np.arange(1, len(c) + 1)[last_of_tie]
+    missed = pos.sum() - np.cumsum(pos)[last_of_tie]  # positives below the threshold
+    precision = tp / detected
+    recall = np.where(tp + missed > 0, tp / np.maximum(tp + missed, 1), 1.0)
+    return {"threshold": c[last_of_tie], "precision": precision, "recall": recall}
+
+
+def average_precision(confidence: np.ndarray, positive: np.ndarray,
+                      correct: np.ndarray | None = None) -> float:
+    """AP = sum_k (R_k - R_{k-1}) P_k over the thresholds of `precision_recall` (R_0 = 0).
+
+    The step-wise (non-interpolated) area, as sklearn's average_precision_score.
+    """
+    curve = precision_recall(confidence, positive, correct)
+    steps = np.diff(np.r_[0.0, curve["recall"]])
+    return float(np.sum(steps * curve["precision"]))
+
+
+def max_f1(confidence: np.ndarray, positive: np.ndarray,
+           correct: np.ndarray | None = None) -> dict[str, float]:
+    """The best F1 over thresholds, with the threshold, precision and recall that reach it."""
+    curve = precision_recall(confidence, positive, correct)
+    p, r = curve["precision"], curve["recall"]
+    f1 = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)
+    best = int(np.argmax(f1))
+    return {"max_f1": float(f1[best]), "threshold": float(curve["threshold"][best]),
+            "precision": float(p[best]), "recall": float(r[best])}

@@ -1,0 +1,551 @@
+"""The one on-disk format: sharded TFRecords plus a manifest with checksums.
+
+Every importer writes, and training and evaluation read, this format, so the
+model code only ever sees `data.element_spec(config)`.
+
+Layout of a record directory:
+
+  manifest.json                    counts, per-shard sha256, source, feature parameters
+  <prefix>-00000-of-00004.tfrecord ...
+
+One tf.train.Example per sample:
+
+  image         bytes    the encoded image (JPEG or PNG, as imported: no re-encoding loss)
+  audio         bytes    mono PCM at the manifest's sample_rate: little-endian int16
+                         (manifest audio_dtype "int16", 2 bytes a sample) or float32
+  audio_scale   float    int16 only: waveform = pcm / 32767 * audio_scale (scale >= the peak)
+  sample_rate   int64    the audio's rate (equal to the manifest's)
+  boxes         float[]  4 per box: normalised x1, y1, x2, y2 in the image
+  box_annotator int64[]  the annotator (0, 1, 2, ...) of each box
+  labeled       int64    1 if training may use the boxes
+  class_id      int64    the sounding class, -1 when unknown
+  id            bytes    unique within the directory
+
+Shards are written to a temporary name and renamed when complete, and the
+manifest is written last (also atomically), so a directory with a manifest is
+a complete one.  `read_records` checks every shard's size and sha256 against
+the manifest before reading and refuses a corrupted or truncated shard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import io
+import json
+import os
+import tempfile
+import time
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from soundloc_tf import data
+from soundloc_tf.config import Config
+
+FORMAT_NAME = "soundloc-records"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+AUDIO_DTYPES = ("int16", "float32")
+# Random resized crop when training: fraction of the image area and aspect range.
+CROP_AREA = (0.5, 1.0)
+CROP_ASPECT = (3.0 / 4.0, 4.0 / 3.0)
+# A box keeps this fraction of its area inside the crop or is dropped.
+MIN_BOX_VISIBLE = 0.25
+SHUFFLE_BUFFER = 2048
+
+_FEATURES = {
+    "image": tf.io.FixedLenFeature([], tf.string),
+    "audio": tf.io.FixedLenFeature([], tf.string),
+    "audio_scale": tf.io.FixedLenFeature([], tf.float32, default_value=1.0),
+    "sample_rate": tf.io.FixedLenFeature([], tf.int64),
+    "boxes": tf.io.VarLenFeature(tf.float32),
+    "box_annotator": tf.io.VarLenFeature(tf.int64),
+    "labeled": tf.io.FixedLenFeature([], tf.int64, default_value=0),
+    "class_id": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+    "id": tf.io.FixedLenFeature([], tf.string),
+}
+
+
+# ---------------------------------------------------------------------------
+# Writing.
+
+
+def encode_image(image: Any, fmt: str = "jpeg", quality: int = 95) -> bytes:
+    """An HxWx3 array (uint8, or float in [0, 1]) or already-encoded bytes -> encoded bytes."""
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image)
+    from PIL import Image
+
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        array = np.clip(np.round(array.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"image must be [height, width, 3]. Received: shape={array.shape}")
+    out = io.BytesIO()
+    if fmt == "jpeg":
+        Image.fromarray(array).save(out, format="JPEG", quality=quality)
+    elif fmt == "png":
+        Image.fromarray(array).save(out, format="PNG")
+    else:
+        raise ValueError(f"fmt must be 'jpeg' or 'png'. Received: fmt={fmt!r}")
+    return out.getvalue()
+
+
+def normalize_boxes(boxes: Any) -> tuple[list[float], list[int]]:
+    """Boxes in one of the accepted shapes -> (flat coordinates, annotator per box).
+
+    Accepted: an array [annotators, boxes, 4] with all-zero rows as padding
+    (the element-spec layout), or a list with one list of [x1, y1, x2, y2]
+    per annotator.  Coordinates must be normalised with x1 < x2, y1 < y2.
+    """
+    flat, owners = [], []
+    if boxes is None:
+        return flat, owners
+    for annotator, annotator_boxes in enumerate(boxes):
+        for box in annotator_boxes:
+            box = [float(v) for v in box]
+            if len(box) != 4:
+                raise ValueError(f"a box has 4 numbers x1, y1, x2, y2. Received: box={box}")
+            if not any(box):
+                continue  # padding
+            x1, y1, x2, y2 = box
+            if not (all(np.isfinite(box)) and -1e-6 <= x1 < x2 <= 1 + 1e-6
+                    and -1e-6 <= y1 < y2 <= 1 + 1e-6):
+                raise ValueError("box coordinates must be normalised with x1 < x2 and y1 < y2. "
+                                 f"Received: box={box}")
+            flat.extend(float(np.clip(v, 0.0, 1.0)) for v in box)
+            owners.append(annotator)
+    return flat, owners
+
+
+def encode_audio(waveform: np.ndarray, dtype: str) -> tuple[bytes, float]:
+    waveform = np.asarray(waveform, dtype=np.float32).reshape(-1)
+    if dtype == "float32":
+        return waveform.astype("<f4").tobytes(), 1.0
+    scale = max(float(np.max(np.abs(waveform), initial=0.0)), 1.0)
+    pcm = np.round(waveform / scale * 32767.0).astype("<i2")
+    return pcm.tobytes(), scale
+
+
+def make_example(sample: Mapping[str, Any], audio_dtype: str = "int16",
+                 image_format: str = "jpeg") -> tf.train.Example:
+    """One sample dict -> tf.train.Example.
+
+    Keys: image (encoded bytes or an array), waveform (float array),
+    sample_rate, boxes (see `normalize_boxes`; optional), labeled (default:
+    whether there are boxes), class_id (default -1), id.
+    """
+    missing = {"image", "waveform", "sample_rate", "id"} - set(sample)
+    if missing:
+        raise ValueError(f"a sample needs the keys image, waveform, sample_rate, id. "
+                         f"Received: missing {sorted(missing)} (id={sample.get('id')!r})")
+    flat, owners = normalize_boxes(sample.get("boxes"))
+    audio, scale = encode_audio(sample["waveform"], audio_dtype)
+    labeled = bool(sample.get("labeled", bool(owners)))
+    feature = {
+        "image": _bytes(encode_image(sample["image"], image_format)),
+        "audio": _bytes(audio),
+        "audio_scale": tf.train.Feature(float_list=tf.train.FloatList(value=[scale])),
+        "sample_rate": _int64([int(sample["sample_rate"])]),
+        "boxes": tf.train.Feature(float_list=tf.train.FloatList(value=flat)),
+        "box_annotator": _int64(owners),
+        "labeled": _int64([int(labeled)]),
+        "class_id": _int64([int(sample.get("class_id", -1))]),
+        "id": _bytes(str(sample["id"]).encode("utf-8")),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def _bytes(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int64(values: Iterable[int]) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=list(values)))
+
+
+def sha256_of(path: str, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise
+
+
+@dataclasses.dataclass
+class WriteSummary:
+    directory: str
+    count: int
+    labeled: int
+    shards: list[str]
+    bytes: int
+    seconds: float
+
+
+def write_records(samples: Iterable[Mapping[str, Any]], directory: str, *, sample_rate: int,
+                  clip_seconds: float, source: str, samples_per_shard: int = 1000,
+                  audio_dtype: str = "int16", image_format: str = "jpeg", prefix: str = "data",
+                  extra: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None
+                  ) -> WriteSummary:
+    """Writes samples into `directory` as sharded TFRecords plus manifest.json.
+
+    Every sample's waveform must be at `sample_rate` (importers resample);
+    ids must be unique.  The directory must not hold a manifest already.
+    `extra` is stored in the manifest as is (e.g. class names, import summary);
+    a callable is called once every sample is written (an import's report).
+    Images given as arrays are encoded as `image_format` ("jpeg" or "png");
+    encoded bytes are stored unchanged.
+    """
+    if audio_dtype not in AUDIO_DTYPES:
+        raise ValueError(f"audio_dtype must be one of {AUDIO_DTYPES}. Received: "
+                         f"audio_dtype={audio_dtype!r}")
+    if samples_per_shard < 1:
+        raise ValueError(f"samples_per_shard must be >= 1. Received: "
+                         f"samples_per_shard={samples_per_shard}")
+    os.makedirs(directory, exist_ok=True)
+    if os.path.exists(os.path.join(directory, MANIFEST)):
+        raise ValueError(f"the directory already holds records; choose an empty one. "
+                         f"Received: directory={directory!r}")
+    started = time.perf_counter()
+    temps: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    labeled = 0
+    writer, count_in_shard, temp = None, 0, None
+    try:
+        for sample in samples:
+            sid = str(sample.get("id"))
+            if sid in seen:
+                raise ValueError(f"duplicate sample id. Received: id={sid!r}")
+            seen.add(sid)
+            rate = int(sample.get("sample_rate", -1))
+            if rate != sample_rate:
+                raise ValueError(f"every waveform must be at the directory's sample rate "
+                                 f"{sample_rate}. Received: sample_rate={rate} (id={sid!r})")
+            example = make_example(sample, audio_dtype, image_format)
+            labeled += int(example.features.feature["labeled"].int64_list.value[0])
+            if writer is None:
+                fd, temp = tempfile.mkstemp(prefix=".tmp-", suffix=".tfrecord", dir=directory)
+                os.close(fd)
+                writer, count_in_shard = tf.io.TFRecordWriter(temp), 0
+            writer.write(example.SerializeToString())
+            count_in_shard += 1
+            if count_in_shard == samples_per_shard:
+                writer.close()
+                temps.append((temp, count_in_shard))
+                writer, temp = None, None
+        if writer is not None:
+            writer.close()
+            temps.append((temp, count_in_shard))
+            writer, temp = None, None
+        if not temps:
+            raise ValueError(f"no samples to write. Received: directory={directory!r}")
+        shards = []
+        for i, (path, n) in enumerate(temps):
+            name = f"{prefix}-{i:05d}-of-{len(temps):05d}.tfrecord"
+            final = os.path.join(directory, name)
+            os.replace(path, final)
+            shards.append({"file": name, "count": n, "bytes": os.path.getsize(final),
+                           "sha256": sha256_of(final)})
+        temps = []
+    finally:
+        if writer is not None:
+            writer.close()
+        for path in [t for t, _ in temps] + ([temp] if temp else []):
+            if path and os.path.exists(path):
+                os.remove(path)
+    manifest = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "source": source,
+        "count": len(seen),
+        "labeled": labeled,
+        "features": {"sample_rate": int(sample_rate), "clip_seconds": float(clip_seconds),
+                     "audio_dtype": audio_dtype, "boxes": "normalised x1,y1,x2,y2 per annotator"},
+        "shards": shards,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **({"extra": dict(extra() if callable(extra) else extra)} if extra else {}),
+    }
+    _atomic_write_text(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=1))
+    return WriteSummary(directory, len(seen), labeled, [s["file"] for s in shards],
+                        sum(s["bytes"] for s in shards), time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------------
+# Reading.
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordSet:
+    """The shards one call reads, with their manifest."""
+
+    directory: str
+    manifest: dict
+    files: tuple[str, ...]
+
+    @property
+    def count(self) -> int:
+        names = {os.path.basename(f) for f in self.files}
+        return sum(s["count"] for s in self.manifest["shards"] if s["file"] in names)
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.manifest["features"]["sample_rate"])
+
+
+def load_manifest(directory: str) -> dict:
+    path = os.path.join(directory, MANIFEST)
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"no {MANIFEST} beside the records (an import that did not finish, "
+                         f"or not a record directory). Received: {directory!r}") from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"unreadable {MANIFEST}. Received: {path!r} ({error})") from None
+    if manifest.get("format") != FORMAT_NAME or manifest.get("version") != FORMAT_VERSION:
+        raise ValueError(f"not a {FORMAT_NAME} v{FORMAT_VERSION} manifest. Received: {path!r} "
+                         f"(format={manifest.get('format')!r}, version={manifest.get('version')!r})")
+    return manifest
+
+
+def resolve(path_or_pattern: str) -> RecordSet:
+    """A record directory, or a glob of shard files in one directory -> RecordSet."""
+    if os.path.isdir(path_or_pattern):
+        directory = path_or_pattern
+        manifest = load_manifest(directory)
+        files = tuple(os.path.join(directory, s["file"]) for s in manifest["shards"])
+        return RecordSet(directory, manifest, files)
+    matches = sorted(glob.glob(path_or_pattern))
+    if not matches:
+        raise ValueError(f"no record files match. Received: path_or_pattern={path_or_pattern!r}")
+    directories = {os.path.dirname(os.path.abspath(m)) for m in matches}
+    if len(directories) != 1:
+        raise ValueError(f"a pattern must match shards of one directory (one manifest). "
+                         f"Received: {sorted(directories)}")
+    directory = directories.pop()
+    manifest = load_manifest(directory)
+    listed = {s["file"] for s in manifest["shards"]}
+    unknown = [os.path.basename(m) for m in matches if os.path.basename(m) not in listed]
+    if unknown:
+        raise ValueError(f"files not listed in {MANIFEST} (a stray or half-written shard?). "
+                         f"Received: {unknown[:5]}")
+    return RecordSet(directory, manifest, tuple(matches))
+
+
+def verify_shards(records: RecordSet) -> None:
+    """Checks each shard's size and sha256; a ValueError names the first bad one."""
+    by_name = {s["file"]: s for s in records.manifest["shards"]}
+    for path in records.files:
+        entry = by_name[os.path.basename(path)]
+        if not os.path.isfile(path):
+            raise ValueError(f"shard missing. Received: {path!r}")
+        size = os.path.getsize(path)
+        if "bytes" in entry and size != entry["bytes"]:
+            raise ValueError(f"corrupted shard (size {size} bytes, manifest says "
+                             f"{entry['bytes']}); re-import or restore it. Received: {path!r}")
+        if sha256_of(path) != entry["sha256"]:
+            raise ValueError(f"corrupted shard (sha256 differs from the manifest); re-import or "
+                             f"restore it. Received: {path!r}")
+
+
+def _parse(serialized: tf.Tensor, audio_dtype: str) -> dict[str, tf.Tensor]:
+    f = tf.io.parse_single_example(serialized, _FEATURES)
+    if audio_dtype == "int16":
+        pcm = tf.io.decode_raw(f["audio"], tf.int16, little_endian=True)
+        waveform = tf.cast(pcm, tf.float32) * (f["audio_scale"] / 32767.0)
+    else:
+        waveform = tf.io.decode_raw(f["audio"], tf.float32, little_endian=True)
+    return {
+        "image_bytes": f["image"],
+        "waveform": waveform,
+        "boxes_flat": tf.reshape(tf.sparse.to_dense(f["boxes"]), [-1, 4]),
+        "box_annotator": tf.sparse.to_dense(f["box_annotator"]),
+        "labeled": f["labeled"] > 0,
+        "class_id": tf.cast(f["class_id"], tf.int32),
+        "id": f["id"],
+    }
+
+
+def pack_boxes(boxes: tf.Tensor, annotator: tf.Tensor) -> tf.Tensor:
+    """Boxes [K, 4] with annotator [K] -> [MAX_ANNOTATORS, MAX_BOXES, 4], zero-padded.
+
+    Boxes of annotators beyond MAX_ANNOTATORS, and an annotator's boxes beyond
+    MAX_BOXES, are dropped (the import summary reports how many).
+    """
+    annotator = tf.cast(annotator, tf.int32)
+    one_hot = tf.one_hot(annotator, data.MAX_ANNOTATORS, dtype=tf.int32)  # [K, A]
+    rank = tf.reduce_sum((tf.cumsum(one_hot, axis=0) - 1) * one_hot, axis=1)  # k-th box of its annotator
+    keep = (annotator < data.MAX_ANNOTATORS) & (rank < data.MAX_BOXES)
+    indices = tf.stack([tf.boolean_mask(annotator, keep), tf.boolean_mask(rank, keep)], axis=1)
+    return tf.scatter_nd(indices, tf.boolean_mask(boxes, keep),
+                         [data.MAX_ANNOTATORS, data.MAX_BOXES, 4])
+
+
+def _crop_boxes(boxes: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
+    """Boxes [K, 4] in the image -> the same boxes in the crop `window` (x1, y1, x2, y2).
+
+    A box that keeps less than MIN_BOX_VISIBLE of its area is removed.
+    """
+    x1, y1, x2, y2 = tf.unstack(window)
+    scale = tf.stack([x2 - x1, y2 - y1, x2 - x1, y2 - y1])
+    moved = (boxes - tf.stack([x1, y1, x1, y1])) / scale
+    clipped = tf.clip_by_value(moved, 0.0, 1.0)
+    area = lambda b: tf.maximum(b[:, 2] - b[:, 0], 0.0) * tf.maximum(b[:, 3] - b[:, 1], 0.0)
+    visible = area(clipped) >= MIN_BOX_VISIBLE * area(moved)
+    visible &= area(clipped) > 0
+    return clipped, visible
+
+
+def _decode(element: dict, config: Config, training: bool, source_rate: int,
+            key: tf.Tensor | None) -> dict[str, tf.Tensor]:
+    size, n = config.image_size, config.num_samples
+    image = tf.io.decode_image(element["image_bytes"], channels=3, expand_animations=False)
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    boxes, annotator = element["boxes_flat"], element["box_annotator"]
+    waveform = element["waveform"]
+    if source_rate != config.sample_rate:
+        waveform = _resample(waveform, source_rate, config.sample_rate)
+    length = tf.shape(waveform)[0]
+    if training:
+        keys = tf.random.experimental.stateless_split(key, 4)
+        begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            tf.shape(image), bounding_boxes=tf.zeros([1, 0, 4]), seed=keys[0],
+            min_object_covered=0.0, aspect_ratio_range=CROP_ASPECT, area_range=CROP_AREA,
+            max_attempts=20, use_image_if_no_bounding_boxes=True)
+        full_hw = tf.cast(tf.shape(image)[:2], tf.float32)
+        image = tf.slice(image, begin, crop_size)
+        top, left = tf.cast(begin[0], tf.float32), tf.cast(begin[1], tf.float32)
+        crop_hw = tf.cast(crop_size[:2], tf.float32)
+        window = tf.stack([left / full_hw[1], top / full_hw[0],
+                           (left + crop_hw[1]) / full_hw[1], (top + crop_hw[0]) / full_hw[0]])
+        boxes, visible = _crop_boxes(boxes, window)
+        boxes, annotator = tf.boolean_mask(boxes, visible), tf.boolean_mask(annotator, visible)
+        flip = tf.random.stateless_uniform([], keys[1]) < 0.5
+        image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
+        boxes = tf.cond(flip, lambda: tf.stack([1.0 - boxes[:, 2], boxes[:, 1],
+                                                1.0 - boxes[:, 0], boxes[:, 3]], axis=1),
+                        lambda: boxes)
+        extra = tf.maximum(length - n, 0)
+        offset = tf.random.stateless_uniform([], keys[2], 0, extra + 1, dtype=tf.int32)
+    else:
+        offset = tf.maximum(length - n, 0) // 2  # the centre of a longer clip
+    image = tf.image.resize(image, [size, size], method="bilinear", antialias=True)
+    image = tf.clip_by_value(image, 0.0, 1.0)
+    waveform = waveform[offset:offset + n]
+    waveform = tf.pad(waveform, [[0, n - tf.shape(waveform)[0]]])
+    out = {
+        "image": tf.ensure_shape(image, [size, size, 3]),
+        "waveform": tf.ensure_shape(waveform, [n]),
+        "boxes": tf.ensure_shape(pack_boxes(boxes, annotator),
+                                 [data.MAX_ANNOTATORS, data.MAX_BOXES, 4]),
+        "labeled": tf.ensure_shape(element["labeled"], []),
+        "class_id": tf.ensure_shape(element["class_id"], []),
+        "id": tf.ensure_shape(element["id"], []),
+    }
+    return out
+
+
+def _resample(waveform: tf.Tensor, source_rate: int, target_rate: int) -> tf.Tensor:
+    """Resamples with soxr in a numpy_function (records made for another preset)."""
+    from soundloc_tf.audio_io import resample
+
+    out = tf.numpy_function(lambda x: resample(x, source_rate, target_rate), [waveform],
+                            tf.float32, stateful=False)
+    return tf.reshape(out, [-1])
+
+
+def read_records(config: Config, path_or_pattern: str, training: bool, seed: int = 0,
+                 start: int = 0, repeat: bool | None = None, verify: bool = True,
+                 num_shards: int = 1, shard_index: int = 0) -> tf.data.Dataset:
+    """Records -> an unbatched dataset of exactly `data.element_spec(config)`.
+
+    Images are decoded in parallel and resized to config.image_size; audio is
+    resampled to config.sample_rate when the records were made at another rate
+    and cropped (centre; random offset when training) or zero-padded to
+    config.num_samples.  With `training`, shards and samples are shuffled
+    (seeded), every epoch reshuffled, and each sample gets a random resized
+    crop and horizontal flip that move its boxes with the image; the stream
+    repeats forever unless `repeat=False`.  The order is deterministic for a
+    given seed and file set, so `start` (skip that many samples, cheaply,
+    before decoding) resumes a run where it stopped.
+
+    Sharding across workers: tf.distribute's auto-sharding applies (policy
+    AUTO: by file when there are enough shards, else by element); pass
+    `num_shards`/`shard_index` to shard explicitly instead (policy OFF).
+    """
+    if start < 0:
+        raise ValueError(f"start must be >= 0. Received: start={start}")
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"need 0 <= shard_index < num_shards. Received: "
+                         f"shard_index={shard_index}, num_shards={num_shards}")
+    records = resolve(os.fspath(path_or_pattern))
+    if verify:
+        verify_shards(records)
+    features = records.manifest["features"]
+    audio_dtype = features.get("audio_dtype", "int16")
+    if audio_dtype not in AUDIO_DTYPES:
+        raise ValueError(f"unknown audio_dtype in the manifest. Received: {audio_dtype!r}")
+    repeat = training if repeat is None else repeat
+
+    files = tf.data.Dataset.from_tensor_slices(list(records.files))
+    if num_shards > 1:
+        files = files.shard(num_shards, shard_index) if len(records.files) >= num_shards \
+            else files
+    if training:
+        files = files.shuffle(len(records.files), seed=seed, reshuffle_each_iteration=True)
+    # Evaluation reads the shards in order (ids come out as written); training mixes 4.
+    cycle = min(4, len(records.files)) if training else 1
+    if training:
+        dataset = files.interleave(tf.data.TFRecordDataset, cycle_length=cycle,
+                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        dataset = files.interleave(tf.data.TFRecordDataset, cycle_length=cycle)
+    if num_shards > 1 and len(records.files) < num_shards:
+        dataset = dataset.shard(num_shards, shard_index)
+    if training:
+        dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    dataset = dataset.enumerate()
+    if start:
+        dataset = dataset.skip(start)
+
+    source_rate = records.sample_rate
+
+    def decode(position, serialized):
+        key = tf.stack([tf.constant(seed, tf.int64), position]) if training else None
+        return _decode(_parse(serialized, audio_dtype), config, training, source_rate, key)
+
+    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.OFF if num_shards > 1
+        else tf.data.experimental.AutoShardPolicy.AUTO)
+    return dataset.with_options(options)
+
+
+def iterate_examples(path_or_pattern: str, verify: bool = True) -> Iterator[dict[str, Any]]:
+    """Raw records as numpy dicts (for inspection and tests; no resizing)."""
+    records = resolve(os.fspath(path_or_pattern))
+    if verify:
+        verify_shards(records)
+    dtype = records.manifest["features"].get("audio_dtype", "int16")
+    for serialized in tf.data.TFRecordDataset(list(records.files)):
+        element = _parse(serialized, dtype)
+        yield {k: v.numpy() for k, v in element.items()}
