@@ -307,8 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 stem = os.path.splitext(os.path.basename(path))[0]
                 overlay_path = os.path.join(args.output_dir, f"{stem}_overlay.png")
                 box_path = os.path.join(args.output_dir, f"{stem}_box.json")
-                entry = {"image": path, "sound": sound, "box": result["box"],
-                         "score": result["score"], "overlay": overlay_path}
+                entry = {"image": path, "sound": sound,
+                         "box": [round(v, 6) for v in result["box"]],
+                         "score": round(result["score"], 6), "overlay": overlay_path}
                 try:
                     picture = load_rgb(data)
                 except Exception as error:  # Pillow raises many types for unreadable files

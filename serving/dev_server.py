@@ -461,6 +461,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             raise _bad(f"Malformed request: {method} {path}")
         raise RequestError(404, f"Not found: {method} {path} (the API is under /v1/models/)")
 
+    def log_request(self, code: Any = "-", size: Any = "-") -> None:
+        pass  # _handle logs one line per request, with its duration
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's name)
         if not self.server.quiet:
             super().log_message(format, *args)

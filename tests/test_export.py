@@ -198,6 +198,19 @@ def _reference_box(heatmap: np.ndarray, threshold: float) -> np.ndarray:
     return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]) / heatmap.shape[0]
 
 
+@pytest.mark.parametrize("size", [32, 96, 224, 1000])
+def test_box_edges_survive_box_masks_exactly(size):
+    from soundloc_tf.metrics import box_masks
+
+    edges = tf.range(size + 1)
+    unit = export.edges_to_unit(edges, size)
+    np.testing.assert_array_equal(tf.floor(unit * size).numpy(), edges.numpy())
+    assert np.abs(unit.numpy() - np.arange(size + 1) / size).max() < 1e-6
+    box = export.edges_to_unit(tf.constant([[3, 29, size - 1, size]]), size)
+    mask = box_masks(box, size).numpy()[0]
+    assert mask.sum() == (size - 4) * (size - 29) and mask[29, 3] == 1 and mask[28, 3] == 0
+
+
 def test_box_follows_the_peak_blob_not_the_larger_one():
     # Two blobs above 0.5: a large one (peak 0.8) and a small one holding the maximum.
     attention = np.full([1, 12, 12], 0.1, np.float32)

@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -111,7 +112,7 @@ def test_every_sound_form_gives_the_same_waveform(from_workdir):
     (np.zeros([4, 4, 3], np.int64), "uint8, uint16 or float"),
 ])
 def test_bad_images_raise_value_errors(from_workdir, image, fragment):
-    with pytest.raises(ValueError, match=__import__("re").escape(fragment)):
+    with pytest.raises(ValueError, match=re.escape(fragment)):
         from_workdir.prepare_image(image)
 
 
@@ -125,7 +126,7 @@ def test_bad_images_raise_value_errors(from_workdir, image, fragment):
     ("a string that is no file", "No such file"),
 ])
 def test_bad_sounds_raise_clear_errors(from_workdir, sound, fragment):
-    with pytest.raises((ValueError, OSError), match=__import__("re").escape(fragment)):
+    with pytest.raises((ValueError, OSError), match=re.escape(fragment)):
         from_workdir.prepare_sound(sound)
 
 

@@ -277,7 +277,8 @@ def test_client_program_writes_overlays_and_boxes(server, pairs, tmp_path):
     from PIL import Image
 
     for i, entry in enumerate(summary):
-        assert entry["box"] == direct[i]["box"] and entry["score"] == direct[i]["score"]
+        np.testing.assert_allclose(entry["box"], direct[i]["box"], atol=1e-6)
+        assert entry["score"] == pytest.approx(direct[i]["score"], abs=1e-6)
         with Image.open(out / f"scene{i}_overlay.png") as overlay:
             assert overlay.size == (96, 96) and overlay.mode == "RGB"
         assert json.loads((out / f"scene{i}_box.json").read_text())["box"] == entry["box"]

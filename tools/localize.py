@@ -215,8 +215,10 @@ def _localize_video(localizer) -> None:
         first = max(int(round((entries[0]["time"] - audio_start) * config.sample_rate)), 0)
         span = int(round(len(entries) / writer.fps * config.sample_rate))
         path = writer.finish(audio[first:first + span])
-    except BaseException:
+    except BaseException as error:
         writer.abort()
+        if type(error).__module__.split(".")[0] == "av":  # PyAV's FFmpeg errors
+            raise ValueError(f"cannot write the overlay video ({error})") from None
         raise
     summary = {"video": os.path.abspath(FLAGS.video), "frames": len(entries),
                "fps": writer.fps, "clip_seconds": config.clip_seconds,
