@@ -14,7 +14,12 @@ import math
 from typing import Any
 
 IMAGE_TOWERS = ("vgg16", "tiny_vgg")
-AUDIO_TOWERS = ("logmel",)
+AUDIO_TOWERS = ("logmel", "soundnet8")
+# SoundNet-8's fixed input: 22,050 Hz, and at least one conv8 step (about 9.5 s);
+# soundnet.min_samples() computes it from the layer geometry (a test checks they agree).
+SOUNDNET8_SAMPLE_RATE = 22050
+SOUNDNET8_MIN_SAMPLES = 209374
+SOUNDNET8_FEATURE_DIM = 1000
 UNSUPERVISED_LOSSES = ("triplet", "infonce", "none")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
@@ -47,6 +52,10 @@ class Config:
     # Width of the audio feature the visual branch must reconstruct
     # (SoundNet-8 conv8's 1000 object classes in the paper).
     audio_feature_dim: int = 1000
+    # audio_tower="soundnet8": "none" (random init) or a .weights.h5 written by
+    # tools/convert_soundnet.py.
+    audio_weights: str = "none"
+    freeze_audio_tower: bool = False
 
     # --- localizer ----------------------------------------------------------
     # Hidden width of the fc heads (fc 1000->1000 sound, fc 512->512 visual).
@@ -161,7 +170,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "audio_feature_dim": 128,
         "sound_hidden_dim": 128,
         "visual_hidden_dim": 64,
-        "attention_temperature": 0.1,
+        "attention_temperature": 0.2,
         "attention_relu": False,
         "unsupervised_loss": "infonce",
         "label_fraction": 0.1,
@@ -272,6 +281,20 @@ def _validate(c: Config) -> None:
         _require(getattr(c, name) >= 1, f"{name} must be >= 1", **{name: getattr(c, name)})
     _require(c.num_summary_images >= 0, "num_summary_images must be >= 0",
              num_summary_images=c.num_summary_images)
+    _require(c.audio_weights == "none" or c.audio_tower == "soundnet8",
+             "audio_weights apply only to audio_tower='soundnet8'",
+             audio_weights=c.audio_weights, audio_tower=c.audio_tower)
+    if c.audio_tower == "soundnet8":
+        _require(c.sample_rate == SOUNDNET8_SAMPLE_RATE,
+                 f"audio_tower='soundnet8' needs sample_rate={SOUNDNET8_SAMPLE_RATE}",
+                 sample_rate=c.sample_rate)
+        _require(c.num_samples >= SOUNDNET8_MIN_SAMPLES,
+                 f"audio_tower='soundnet8' needs clips of at least {SOUNDNET8_MIN_SAMPLES} "
+                 f"samples ({SOUNDNET8_MIN_SAMPLES / SOUNDNET8_SAMPLE_RATE:.2f} s)",
+                 clip_seconds=c.clip_seconds)
+        _require(c.audio_feature_dim == SOUNDNET8_FEATURE_DIM,
+                 f"audio_tower='soundnet8' gives {SOUNDNET8_FEATURE_DIM}-d features",
+                 audio_feature_dim=c.audio_feature_dim)
     _require(c.image_weights == "none" or c.image_tower == "vgg16",
              "pretrained image_weights apply only to image_tower='vgg16'",
              image_weights=c.image_weights, image_tower=c.image_tower)

@@ -33,7 +33,7 @@ import os
 import sys
 import time
 import xml.etree.ElementTree as ElementTree
-from typing import Any, Callable, Iterable, Iterator, Sequence, TextIO
+from typing import Any, Iterable, Iterator, Sequence, TextIO
 
 import numpy as np
 

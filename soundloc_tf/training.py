@@ -110,7 +110,6 @@ def compute_losses(config: Config, outputs: dict, batch: dict, global_batch: int
         labeled = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(mask))
         per_example = losses.attention_supervision_loss(outputs["attention"], target) * mask
         terms["supervised"] = tf.reduce_sum(per_example) / tf.maximum(labeled, 1.0)
-        terms["labeled_fraction"] = tf.reduce_sum(mask) / global_batch
     else:
         terms["supervised"] = tf.constant(0.0)
     terms["total"] = terms["unsupervised"] + config.supervised_weight * terms["supervised"]

@@ -1,0 +1,238 @@
+"""A feature cache for frozen towers: run VGG16 and the audio tower once, train the rest.
+
+With both towers frozen (the paper's re-implementation freezes VGG16; a
+pretrained SoundNet-8 is usually frozen too), every step recomputes the same
+conv maps.  `write_cache` stores, per sample, the visual map [m, m, C] and the
+audio feature [D] (float16 by default: half the bytes; float32 for exact
+replay) next to the boxes, flags and id, in checksummed TFRecord shards like
+`records`.  `read_cache` streams them back and `CachedStep` trains the
+localiser and heads on them with the trainer's own loss (`compute_losses`), so
+a cached step optimises the same objective as a live one.
+
+The cache fixes the image crop and audio window of each sample: no per-step
+augmentation.  Its manifest holds a fingerprint of the towers' weights, and
+`read_cache` refuses a cache made by other towers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from typing import Iterable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from soundloc_tf import data, records
+from soundloc_tf.config import Config
+from soundloc_tf.training import compute_losses, make_optimizer
+
+CACHE_FORMAT = "soundloc-feature-cache"
+DTYPES = {"float16": tf.float16, "float32": tf.float32}
+
+
+def towers(model: keras.Model) -> tuple[keras.Model, keras.Model, keras.Model]:
+    """The image tower, audio tower and localiser inside a `build_model` model."""
+    return (model.get_layer("image_tower"), model.get_layer("audio_tower"),
+            model.get_layer("localizer"))
+
+
+def fingerprint(*models: keras.Model) -> str:
+    """sha256 over the towers' weights: a cache is valid only for these exact weights."""
+    digest = hashlib.sha256()
+    for model in models:
+        for weight in model.weights:
+            digest.update(weight.path.encode())
+            digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()
+
+
+def write_cache(model: keras.Model, config: Config, dataset: tf.data.Dataset, directory: str,
+                batch_size: int = 16, dtype: str = "float16",
+                samples_per_shard: int = 2000) -> dict:
+    """Runs the frozen towers over an unbatched `dataset` once and stores the features."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}. Received: dtype={dtype!r}")
+    if not (config.freeze_image_tower and config.freeze_audio_tower):
+        raise ValueError("a feature cache is only valid for frozen towers. Received: "
+                         f"freeze_image_tower={config.freeze_image_tower}, "
+                         f"freeze_audio_tower={config.freeze_audio_tower}")
+    os.makedirs(directory, exist_ok=True)
+    if os.path.exists(os.path.join(directory, records.MANIFEST)):
+        raise ValueError(f"the directory already holds a cache. Received: {directory!r}")
+    image_tower, audio_tower, _ = towers(model)
+
+    @tf.function(reduce_retracing=True)
+    def features(batch):
+        return (tf.cast(image_tower(batch["image"], training=False), DTYPES[dtype]),
+                tf.cast(audio_tower(batch["waveform"], training=False), DTYPES[dtype]))
+
+    started = time.perf_counter()
+    shards, writer, temp, in_shard, count = [], None, None, 0, 0
+    try:
+        for batch in dataset.batch(batch_size).prefetch(2):
+            visual, audio = (t.numpy() for t in features(batch))
+            for i in range(visual.shape[0]):
+                if writer is None:
+                    fd, temp = tempfile.mkstemp(prefix=".tmp-", suffix=".tfrecord",
+                                                dir=directory)
+                    os.close(fd)
+                    writer, in_shard = tf.io.TFRecordWriter(temp), 0
+                feature = {
+                    "visual": records._bytes(visual[i].tobytes()),
+                    "audio": records._bytes(audio[i].tobytes()),
+                    "boxes": tf.train.Feature(float_list=tf.train.FloatList(
+                        value=batch["boxes"][i].numpy().reshape(-1))),
+                    "labeled": records._int64([int(batch["labeled"][i])]),
+                    "class_id": records._int64([int(batch["class_id"][i])]),
+                    "id": records._bytes(batch["id"][i].numpy()),
+                }
+                writer.write(tf.train.Example(features=tf.train.Features(
+                    feature=feature)).SerializeToString())
+                in_shard += 1
+                count += 1
+                if in_shard == samples_per_shard:
+                    writer.close()
+                    shards.append((temp, in_shard))
+                    writer, temp = None, None
+        if writer is not None:
+            writer.close()
+            shards.append((temp, in_shard))
+            writer, temp = None, None
+        if not shards:
+            raise ValueError("the dataset is empty; nothing to cache")
+        entries = []
+        for i, (path, n) in enumerate(shards):
+            name = f"features-{i:05d}-of-{len(shards):05d}.tfrecord"
+            final = os.path.join(directory, name)
+            os.replace(path, final)
+            entries.append({"file": name, "count": n, "bytes": os.path.getsize(final),
+                            "sha256": records.sha256_of(final)})
+        shards = []
+    finally:
+        if writer is not None:
+            writer.close()
+        for path in [p for p, _ in shards] + ([temp] if temp else []):
+            if path and os.path.exists(path):
+                os.remove(path)
+    manifest = {
+        "format": CACHE_FORMAT, "version": 1, "count": count, "dtype": dtype,
+        "visual_shape": [config.map_size, config.map_size, config.visual_dim],
+        "audio_dim": config.audio_feature_dim,
+        "towers_sha256": fingerprint(image_tower, audio_tower),
+        "shards": entries, "seconds": round(time.perf_counter() - started, 2),
+    }
+    records._atomic_write_text(os.path.join(directory, records.MANIFEST),
+                               json.dumps(manifest, indent=1))
+    return manifest
+
+
+def read_cache(config: Config, directory: str, training: bool, seed: int = 0, start: int = 0,
+               model: keras.Model | None = None) -> tf.data.Dataset:
+    """Cached features -> {visual_map, audio_feature, boxes, labeled, class_id, id}.
+
+    Verifies the shard checksums, and with `model` that the cache was made by
+    its towers.  Training streams are shuffled (seeded), repeated, and skip
+    `start` samples, as `records.read_records` does.
+    """
+    path = os.path.join(directory, records.MANIFEST)
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"no readable feature-cache manifest. Received: {path!r} "
+                         f"({error})") from None
+    if manifest.get("format") != CACHE_FORMAT:
+        raise ValueError(f"not a feature cache. Received: {directory!r}")
+    shape = [config.map_size, config.map_size, config.visual_dim]
+    if manifest["visual_shape"] != shape or manifest["audio_dim"] != config.audio_feature_dim:
+        raise ValueError(f"the cache was made for other towers: visual {manifest['visual_shape']}"
+                         f", audio {manifest['audio_dim']}; this config needs {shape}, "
+                         f"{config.audio_feature_dim}. Received: {directory!r}")
+    if model is not None and fingerprint(*towers(model)[:2]) != manifest["towers_sha256"]:
+        raise ValueError(f"the cache was made with other tower weights; rebuild it. "
+                         f"Received: {directory!r}")
+    files = tuple(os.path.join(directory, s["file"]) for s in manifest["shards"])
+    records.verify_shards(records.RecordSet(directory, manifest, files))
+    dtype = DTYPES[manifest["dtype"]]
+    spec = {
+        "visual": tf.io.FixedLenFeature([], tf.string),
+        "audio": tf.io.FixedLenFeature([], tf.string),
+        "boxes": tf.io.FixedLenFeature([data.MAX_ANNOTATORS * data.MAX_BOXES * 4], tf.float32),
+        "labeled": tf.io.FixedLenFeature([], tf.int64),
+        "class_id": tf.io.FixedLenFeature([], tf.int64),
+        "id": tf.io.FixedLenFeature([], tf.string),
+    }
+
+    def parse(serialized):
+        f = tf.io.parse_single_example(serialized, spec)
+        return {
+            "visual_map": tf.reshape(tf.cast(tf.io.decode_raw(f["visual"], dtype), tf.float32),
+                                     shape),
+            "audio_feature": tf.reshape(tf.cast(tf.io.decode_raw(f["audio"], dtype),
+                                                tf.float32), [config.audio_feature_dim]),
+            "boxes": tf.reshape(f["boxes"], [data.MAX_ANNOTATORS, data.MAX_BOXES, 4]),
+            "labeled": f["labeled"] > 0,
+            "class_id": tf.cast(f["class_id"], tf.int32),
+            "id": f["id"],
+        }
+
+    dataset = tf.data.TFRecordDataset(list(files))
+    if training:
+        dataset = dataset.shuffle(records.SHUFFLE_BUFFER, seed=seed,
+                                  reshuffle_each_iteration=True).repeat()
+    if start:
+        dataset = dataset.skip(start)
+    return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+class CachedStep:
+    """One optimisation step of the localiser and heads on cached features.
+
+    Uses `training.compute_losses`, so the objective is the live trainer's.
+    `localizer` is the model's own localiser (trained in place).
+    """
+
+    def __init__(self, config: Config, localizer: keras.Model,
+                 optimizer: keras.optimizers.Optimizer | None = None):
+        self.config = config
+        self.localizer = localizer
+        self.optimizer = optimizer or make_optimizer(config)
+        self.optimizer.build(localizer.trainable_variables)
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    def outputs(self, batch: dict) -> dict[str, tf.Tensor]:
+        out = dict(self.localizer([batch["visual_map"], batch["audio_feature"]], training=True))
+        out["audio_feature"] = batch["audio_feature"]
+        return out
+
+    def losses(self, batch: dict) -> dict[str, tf.Tensor]:
+        global_batch = int(batch["visual_map"].shape[0])
+        return compute_losses(self.config, self.outputs(batch), batch, global_batch, self.step)
+
+    @tf.function
+    def __call__(self, batch: dict) -> dict[str, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            terms = self.losses(batch)
+        variables = self.localizer.trainable_variables
+        gradients = tape.gradient(terms["total"], variables)
+        self.optimizer.apply_gradients(
+            [(g, v) for g, v in zip(gradients, variables) if g is not None])
+        self.step.assign_add(1)
+        return terms
+
+
+def train_from_cache(config: Config, model: keras.Model, directory: str, steps: int,
+                     seed: int = 0, log_every: int = 50) -> Iterable[dict[str, float]]:
+    """Trains `model`'s localiser for `steps` on the cache; yields the logged losses."""
+    step = CachedStep(config, towers(model)[2])
+    dataset = read_cache(config, directory, training=True, seed=seed, model=model)
+    iterator = iter(dataset.batch(config.batch_size, drop_remainder=True).prefetch(2))
+    for i in range(1, steps + 1):
+        terms = step(next(iterator))
+        if i % log_every == 0 or i == steps:
+            yield {"step": i, **{k: float(v) for k, v in terms.items()}}

@@ -1,0 +1,109 @@
+"""Feature cache: the same loss as through the frozen towers, checked shards, right towers."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from soundloc_tf import data, feature_cache, training
+from soundloc_tf.config import get_config
+from soundloc_tf.models import build_model
+
+CONFIG = get_config("tiny", freeze_image_tower=True, freeze_audio_tower=True, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def model():
+    tf.keras.utils.set_random_seed(3)
+    return build_model(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def caches(model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    dataset = data.synthetic_dataset(CONFIG, 0, count=40)
+    made = {}
+    for dtype in ("float32", "float16"):
+        made[dtype] = str(root / dtype)
+        manifest = feature_cache.write_cache(model, CONFIG, dataset, made[dtype], dtype=dtype,
+                                             samples_per_shard=16)
+        assert manifest["count"] == 40 and len(manifest["shards"]) == 3
+    return made
+
+
+def _live_losses(model, batch):
+    outputs = model({"image": batch["image"], "waveform": batch["waveform"]}, training=True)
+    return training.compute_losses(CONFIG, outputs, batch, CONFIG.batch_size,
+                                   tf.constant(0, tf.int64))
+
+
+def _cached_losses(model, directory):
+    batch = next(iter(feature_cache.read_cache(CONFIG, directory, training=False, model=model)
+                      .batch(CONFIG.batch_size)))
+    step = feature_cache.CachedStep(CONFIG, feature_cache.towers(model)[2])
+    return step.losses(batch), batch
+
+
+def test_cached_loss_equals_the_live_loss(model, caches):
+    batch = next(iter(data.synthetic_dataset(CONFIG, 0, count=CONFIG.batch_size)
+                      .batch(CONFIG.batch_size)))
+    live = {k: float(v) for k, v in _live_losses(model, batch).items()}
+    assert live["supervised"] > 0  # both terms are exercised
+    exact, cached_batch = _cached_losses(model, caches["float32"])
+    assert [i.decode() for i in cached_batch["id"].numpy()] == \
+        [i.decode() for i in batch["id"].numpy()]
+    for key, value in live.items():
+        assert float(exact[key]) == pytest.approx(value, rel=1e-5, abs=1e-6)
+    half, _ = _cached_losses(model, caches["float16"])
+    for key, value in live.items():
+        assert float(half[key]) == pytest.approx(value, rel=2e-3, abs=1e-4)
+
+
+def test_float16_halves_the_bytes(caches):
+    sizes = {k: sum(os.path.getsize(os.path.join(v, f)) for f in os.listdir(v)
+                    if f.endswith(".tfrecord")) for k, v in caches.items()}
+    # Per sample: a 12x12x64 map and a 128-d feature, 4 or 2 bytes per number.
+    numbers = 12 * 12 * 64 + 128
+    assert sizes["float32"] / 40 == pytest.approx(numbers * 4, rel=0.05)
+    assert sizes["float16"] / 40 == pytest.approx(numbers * 2, rel=0.08)
+
+
+def test_training_from_the_cache_trains_the_models_localizer(tmp_path):
+    config = CONFIG.replace(learning_rate=3e-3)
+    model = build_model(config)
+    directory = str(tmp_path / "cache")
+    feature_cache.write_cache(model, config, data.synthetic_dataset(config, 0, count=16),
+                              directory)
+    before, _ = _cached_losses_for(config, model, directory)
+    logged = list(feature_cache.train_from_cache(config, model, directory, steps=30,
+                                                 log_every=10))
+    assert len(logged) == 3
+    after, batch = _cached_losses_for(config, model, directory)
+    assert float(after["total"]) < 0.9 * float(before["total"])  # measured: 8.06 -> 6.74
+    # The localiser was trained in place: the live model computes the same loss.
+    live = _live_losses(model, next(iter(data.synthetic_dataset(config, 0, count=16).batch(16))))
+    assert float(live["total"]) == pytest.approx(float(after["total"]), rel=2e-3)
+
+
+def _cached_losses_for(config, model, directory):
+    batch = next(iter(feature_cache.read_cache(config, directory, training=False).batch(16)))
+    return feature_cache.CachedStep(config, feature_cache.towers(model)[2]).losses(batch), batch
+
+
+def test_cache_refuses_other_towers_corruption_and_unfrozen_towers(model, caches, tmp_path):
+    other = build_model(CONFIG)
+    with pytest.raises(ValueError, match="other tower weights"):
+        feature_cache.read_cache(CONFIG, caches["float16"], training=False, model=other)
+    with pytest.raises(ValueError, match="frozen towers"):
+        feature_cache.write_cache(model, CONFIG.replace(freeze_audio_tower=False),
+                                  data.synthetic_dataset(CONFIG, 0, count=2), str(tmp_path))
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in os.listdir(caches["float16"]):
+        content = open(os.path.join(caches["float16"], name), "rb").read()
+        if name.startswith("features-00001"):
+            content = content[:-10] + bytes(10)
+        (copy / name).write_bytes(content)
+    with pytest.raises(ValueError, match="corrupted shard.*features-00001-of-00003"):
+        feature_cache.read_cache(CONFIG, str(copy), training=True)
