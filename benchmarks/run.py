@@ -1,0 +1,890 @@
+"""Benchmarks of soundloc on the current machine: peak, towers, training, cache, input, serving.
+
+    python -m benchmarks.run [--quick] [--output=benchmarks/results.json]
+
+Prints a table and writes JSON whose `figures` object holds named numbers.
+Every figure is the median of `repeats` timed runs after warm-up runs;
+ratios are computed from figures of the same invocation.  Each stage runs in
+its own subprocess by default (`--isolate`), so its peak resident memory
+(`ru_maxrss`) is its own; `--quick` runs the stages in this process instead
+(TensorFlow's import alone costs 5-25 s) and resets the peak between stages
+through /proc/self/clear_refs, so a stage's peak there includes what earlier
+stages still hold.
+
+Why each measurement is shaped the way it is:
+
+* Peak: the best median rate of square tf.linalg.matmul in fp32 and in
+  tf.bfloat16 (2 N^3 FLOP each).  A conv tower cannot beat the GEMM kernel
+  it lowers to, so "% of peak" is against what TF itself reaches here, not
+  against a datasheet number.
+* Tower GFLOP/s come from `benchmarks.flops.count_macs` (layer shapes), not
+  from a profiler, so they compare with the paper's 31.32 GMAC per image.
+* Training steps are fed a fixed in-memory batch (or a cached, repeated
+  dataset) so the figure is the step's compute; the input pipeline is
+  measured alone and compared with what the fastest training mode consumes.
+* bf16 runs set the Keras policy `mixed_bfloat16` before building and
+  restore the previous policy afterwards; XLA runs wrap the heads-only step
+  in tf.function(jit_compile=True).  A variant that fails is listed under
+  `skipped` with its error instead of a figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import urllib.request
+import wave
+from typing import Any, Callable, Iterator
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+STAGES = ("peak", "tower", "cache_build", "train_e2e", "train_live", "train_cache", "pipeline",
+          "serving")
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """Sizes of one run: `quick` is a smoke test, `full` gives steadier numbers."""
+
+    repeats: int
+    warmup: int
+    matmul_sizes: tuple[int, ...]
+    tower_batch_paper: int
+    tower_batch_tiny: int
+    live_batch_paper: int
+    e2e_batch_tiny: int
+    cache_samples_paper: int
+    cache_samples_tiny: int
+    heads_batch: int
+    heads_steps: int
+    records_paper: int
+    records_tiny: int
+    pipeline_batches: int
+    serving_calls: int
+    serving_batches: tuple[int, ...]
+    serving_repeats: int
+    cache_warmup: bool
+
+
+QUICK = Scale(repeats=3, warmup=1, matmul_sizes=(2048,), tower_batch_paper=1,
+              tower_batch_tiny=16, live_batch_paper=2, e2e_batch_tiny=16,
+              cache_samples_paper=2, cache_samples_tiny=32, heads_batch=30, heads_steps=5,
+              records_paper=8, records_tiny=32, pipeline_batches=2, serving_calls=10,
+              serving_batches=(8, 32), serving_repeats=2, cache_warmup=False)
+FULL = Scale(repeats=5, warmup=2, matmul_sizes=(1024, 2048, 3072), tower_batch_paper=4,
+             tower_batch_tiny=64, live_batch_paper=8, e2e_batch_tiny=32,
+             cache_samples_paper=32, cache_samples_tiny=256, heads_batch=30, heads_steps=20,
+             records_paper=32, records_tiny=128, pipeline_batches=8, serving_calls=100,
+             serving_batches=(8, 32), serving_repeats=5, cache_warmup=True)
+
+# Every figure a complete run must produce (tests/test_benchmarks.py checks them).
+REQUIRED_FIGURES = (
+    "peak_fp32_gflops", "peak_bf16_gflops",
+    *(f"tower_{p}_{d}_{k}" for p in ("paper", "tiny") for d in ("fp32", "bf16")
+      for k in ("images_per_s", "gflops", "pct_of_peak")),
+    "tower_paper_gmac_per_image", "tower_tiny_gmac_per_image",
+    "cache_build_paper_images_per_s", "cache_paper_bytes_per_sample",
+    "cache_build_tiny_images_per_s", "cache_tiny_bytes_per_sample",
+    "train_e2e_tiny_fp32_pairs_per_s", "train_e2e_tiny_bf16_pairs_per_s",
+    "train_live_paper_fp32_pairs_per_s", "train_live_paper_bf16_pairs_per_s",
+    *(f"train_cache_{p}_{d}{x}_pairs_per_s" for p in ("paper", "tiny") for d in ("fp32", "bf16")
+      for x in ("", "_xla")),
+    "cache_read_paper_pairs_per_s", "cache_read_tiny_pairs_per_s",
+    "pipeline_paper_pairs_per_s", "pipeline_tiny_pairs_per_s",
+    "pipeline_paper_over_live_training", "pipeline_tiny_over_e2e_training",
+    "cache_read_paper_over_heads_training",
+    "paper_10_epoch_speedup_cache_vs_live_fp32",
+    "serving_default_b1_p50_ms", "serving_default_b1_p99_ms",
+    "serving_default_b8_pairs_per_s", "serving_default_b32_pairs_per_s",
+    "bare_model_b1_p50_ms", "bare_model_b1_p99_ms",
+    "bare_model_b8_pairs_per_s", "bare_model_b32_pairs_per_s",
+    "rest_b1_p50_ms", "rest_b1_p99_ms", "rest_b8_pairs_per_s", "rest_b32_pairs_per_s",
+    "serving_b1_p50_over_bare",
+    *(f"peak_rss_mb_{s}" for s in STAGES),
+)
+
+
+# ---------------------------------------------------------------------------
+# Measuring.
+
+
+def median_rate(run: Callable[[], Any], units: float, repeats: int, warmup: int) -> float:
+    """Median of `units` / seconds over `repeats` calls of `run`, after `warmup` calls."""
+    for _ in range(warmup):
+        run()
+    rates = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        rates.append(units / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def latencies_ms(run: Callable[[], Any], calls: int, warmup: int) -> tuple[float, float]:
+    """(p50, p99) in milliseconds of `calls` single calls after `warmup` calls."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - started) * 1000.0)
+    times.sort()
+    p99 = times[min(len(times) - 1, int(round(0.99 * (len(times) - 1))))]
+    return statistics.median(times), p99
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory since start (or since `reset_peak_rss`), in MiB."""
+    try:
+        with open("/proc/self/status") as f:
+            match = re.search(r"VmHWM:\s+(\d+)\s+kB", f.read())
+        if match:
+            return int(match.group(1)) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def reset_peak_rss() -> bool:
+    """Resets VmHWM to the current RSS (Linux >= 4.0); False where that is not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def precision(dtype: str) -> Iterator[None]:
+    """Builds under Keras's `mixed_bfloat16` policy for "bf16"; restores the old policy after."""
+    import keras
+
+    from soundloc_tf import audio, models, training
+
+    previous = keras.mixed_precision.global_policy()
+    float32_layers = (models.ImageNormalization, audio.LogMel)
+    original_inits = [cls.__init__ for cls in float32_layers]
+    original_build = training.build_model
+    if dtype == "bf16":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+
+        # soundloc_tf's ImageNormalization (float32 constants) and LogMel (STFT) fail
+        # on the policy-cast bfloat16 input under mixed_bfloat16; keeping these
+        # pre-processing layers in float32 lets every conv and dense layer run in bf16.
+        def float32_init(original):
+            def init(self, *args, **kwargs):
+                kwargs.setdefault("dtype", "float32")
+                original(self, *args, **kwargs)
+            return init
+        for cls, original in zip(float32_layers, original_inits):
+            cls.__init__ = float32_init(original)
+        # The losses mix the model's outputs with float32 tensors; Keras's mixed-precision
+        # guide casts a model's outputs to float32, which soundloc_tf does not, so the
+        # Trainer here gets build_model's model with float32 outputs.
+        training.build_model = lambda config: float32_outputs(original_build(config))
+    try:
+        yield
+    finally:
+        training.build_model = original_build
+        for cls, original in zip(float32_layers, original_inits):
+            cls.__init__ = original
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def float32_outputs(model):
+    """`model` wrapped so every output is float32 (Keras's mixed-precision recipe)."""
+    import keras
+
+    inputs = {t.name: keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name)
+              for t in model.inputs}
+    if not isinstance(model.input, dict):
+        inputs = list(inputs.values())  # positional, in the model's own order
+    outputs = model(inputs)
+    cast = {k: keras.layers.Activation("linear", dtype="float32", name=f"{k}_float32")(v)
+            for k, v in outputs.items()}
+    return keras.Model(inputs, cast, name=f"{model.name}_float32")
+
+
+class Stage:
+    """Collects one stage's figures, notes and skipped variants."""
+
+    def __init__(self, name: str, scale: Scale, workdir: str, log: Callable[[str], None]):
+        self.name, self.scale, self.workdir, self.log = name, scale, workdir, log
+        self.figures: dict[str, float] = {}
+        self.notes: dict[str, Any] = {}
+        self.skipped: dict[str, str] = {}
+
+    def put(self, key: str, value: float) -> None:
+        self.figures[key] = float(value)
+        self.log(f"  {key} = {value:.4g}")
+
+    def attempt(self, key: str, fn: Callable[[], None]) -> None:
+        """Runs one variant; a failure is recorded under `skipped`, not raised."""
+        try:
+            fn()
+        except Exception as error:  # a variant that does not run on this stack
+            lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+            useful = [ln for ln in lines if not ln.startswith(("in user code", "File ", "["))]
+            message = f"{type(error).__name__}: {(useful or lines or [''])[-1][:300]}"
+            self.skipped[key] = message
+            self.log(f"  {key} skipped: {message}")
+            if os.environ.get("SOUNDLOC_BENCH_TRACEBACK"):
+                traceback.print_exc()
+
+
+# ---------------------------------------------------------------------------
+# Stages.
+
+
+def stage_peak(st: Stage) -> None:
+    """Best median square matmul rate, fp32 and bf16 (method noted in the results)."""
+    import tensorflow as tf
+
+    for dtype, name in ((tf.float32, "fp32"), (tf.bfloat16, "bf16")):
+        best, best_n = 0.0, 0
+        for n in st.scale.matmul_sizes:
+            a = tf.random.normal([n, n], dtype=tf.float32)
+            a, b = tf.cast(a, dtype), tf.cast(tf.transpose(a), dtype)
+            inner = max(1, int(4e9 // (2 * n ** 3)))  # >= ~4 GFLOP a timed call
+
+            @tf.function
+            def chain(a=a, b=b, inner=inner):
+                out = tf.zeros([], tf.float32)
+                for _ in range(inner):  # unrolled: one graph, no Python between matmuls
+                    out += tf.cast(tf.linalg.matmul(a, b)[0, 0], tf.float32)
+                return out
+
+            rate = median_rate(lambda: chain().numpy(), 2 * n ** 3 * inner / 1e9,
+                               st.scale.repeats, st.scale.warmup)
+            if rate > best:
+                best, best_n = rate, n
+        st.put(f"peak_{name}_gflops", best)
+        st.notes[f"peak_{name}_matrix_size"] = best_n
+    st.notes["peak_method"] = ("median rate of tf.linalg.matmul of square NxN matrices "
+                               f"(N in {list(st.scale.matmul_sizes)}, best N kept), 2N^3 FLOP, "
+                               "in one tf.function; bf16 = tf.bfloat16 inputs")
+
+
+def stage_tower(st: Stage) -> None:
+    """Image tower forward, paper (VGG16 at 320, random weights) and tiny, fp32 and bf16."""
+    import tensorflow as tf
+
+    from benchmarks.flops import count_macs
+    from soundloc_tf.config import get_config
+    from soundloc_tf.models import build_image_tower
+
+    for preset, batch in (("paper", st.scale.tower_batch_paper),
+                          ("tiny", st.scale.tower_batch_tiny)):
+        config = get_config(preset, image_weights="none")
+        images = tf.random.uniform([batch, config.image_size, config.image_size, 3])
+        for dtype in ("fp32", "bf16"):
+            def run(dtype=dtype, config=config, images=images, batch=batch, preset=preset):
+                with precision(dtype):
+                    tower = build_image_tower(config)
+                macs = count_macs(tower)
+                forward = tf.function(lambda x: tower(x, training=False))
+                rate = median_rate(lambda: forward(images).numpy(), batch, st.scale.repeats,
+                                   st.scale.warmup)
+                st.put(f"tower_{preset}_gmac_per_image", macs / 1e9)
+                st.put(f"tower_{preset}_{dtype}_images_per_s", rate)
+                st.put(f"tower_{preset}_{dtype}_gflops", rate * 2 * macs / 1e9)
+            st.attempt(f"tower_{preset}_{dtype}", run)
+        st.notes[f"tower_{preset}_batch"] = batch
+
+
+def _frozen_config(preset: str, **overrides: Any):
+    from soundloc_tf.config import get_config
+
+    return get_config(preset, image_weights="none", freeze_image_tower=True,
+                      freeze_audio_tower=True, **overrides)
+
+
+def _cache_dir(st: Stage, preset: str) -> str:
+    return os.path.join(st.workdir, f"cache_{preset}")
+
+
+def stage_cache_build(st: Stage) -> None:
+    """write_cache over synthetic scenes: images/s written to disk and bytes per sample."""
+    import keras
+
+    from soundloc_tf import data, feature_cache
+    from soundloc_tf.models import build_model
+
+    for preset, count in (("paper", st.scale.cache_samples_paper),
+                          ("tiny", st.scale.cache_samples_tiny)):
+        config = _frozen_config(preset)
+        keras.utils.set_random_seed(0)  # train_cache rebuilds the same towers
+        model = build_model(config)
+        dataset = data.synthetic_dataset(config, config.train_seed, count=count).cache()
+        for _ in dataset:  # scenes generated before timing: the figure is the towers + writes
+            pass
+        directory = _cache_dir(st, preset)
+        shutil.rmtree(directory, ignore_errors=True)
+        if st.scale.cache_warmup:  # oneDNN primitives warmed; write_cache traces per call
+            warm = os.path.join(st.workdir, f"cache_warmup_{preset}")
+            shutil.rmtree(warm, ignore_errors=True)
+            feature_cache.write_cache(model, config, dataset.take(2), warm, batch_size=16)
+            shutil.rmtree(warm, ignore_errors=True)
+        started = time.perf_counter()
+        manifest = feature_cache.write_cache(model, config, dataset, directory, batch_size=16,
+                                             dtype="float16")
+        seconds = time.perf_counter() - started
+        total = sum(s["bytes"] for s in manifest["shards"])
+        st.put(f"cache_build_{preset}_images_per_s", count / seconds)
+        st.put(f"cache_{preset}_bytes_per_sample", total / count)
+        st.notes[f"cache_{preset}_samples"] = count
+        st.notes[f"cache_{preset}_dtype"] = manifest["dtype"]
+        st.notes["cache_build_method"] = ("one write_cache pass (fp32 towers, float16 features, "
+                                          "batch 16) over pre-generated scenes; single timing")
+
+
+def _fixed_batches(config, count: int, batch: int):
+    """A small synthetic dataset, cached and repeated: steps see no generation cost."""
+    from soundloc_tf import data
+
+    return data.synthetic_dataset(config, config.train_seed, count=count).cache().repeat()
+
+
+def _trainer_rate(st: Stage, config, steps: int, tag: str) -> float:
+    """Pairs/s of `Trainer`'s own distributed step on a cached, repeated batch."""
+    import tensorflow as tf
+
+    from soundloc_tf import data
+    from soundloc_tf.training import Trainer
+
+    workdir = tempfile.mkdtemp(prefix=f"trainer-{tag}-", dir=st.workdir)
+    strategy = tf.distribute.OneDeviceStrategy(tf.config.list_logical_devices("CPU")[0].name)
+    trainer = Trainer(config, workdir, strategy,
+                      dataset_fn=lambda start: _fixed_batches(config, config.batch_size,
+                                                              config.batch_size),
+                      validation=data.synthetic_dataset(config, config.eval_seed, count=2),
+                      log=lambda _: None)
+    iterator = iter(strategy.experimental_distribute_dataset(trainer.train_dataset()))
+
+    def run():
+        for _ in range(steps):
+            terms = trainer._distributed_step(iterator)
+        float(terms["total"])
+
+    return median_rate(run, steps * config.batch_size, st.scale.repeats, st.scale.warmup)
+
+
+def stage_train_e2e(st: Stage) -> None:
+    """End-to-end training (both towers trained) on the tiny preset."""
+    from soundloc_tf.config import get_config
+
+    for dtype in ("fp32", "bf16"):
+        def run(dtype=dtype):
+            config = get_config("tiny", batch_size=st.scale.e2e_batch_tiny)
+            with precision(dtype):
+                rate = _trainer_rate(st, config, 2, f"e2e-{dtype}")
+            st.put(f"train_e2e_tiny_{dtype}_pairs_per_s", rate)
+        st.attempt(f"train_e2e_tiny_{dtype}", run)
+    st.notes["train_e2e_tiny_batch"] = st.scale.e2e_batch_tiny
+
+
+def stage_train_live(st: Stage) -> None:
+    """Frozen towers computed live every step (paper preset, random VGG16 weights)."""
+    for dtype in ("fp32", "bf16"):
+        def run(dtype=dtype):
+            config = _frozen_config("paper", batch_size=st.scale.live_batch_paper)
+            with precision(dtype):
+                rate = _trainer_rate(st, config, 1, f"live-{dtype}")
+            st.put(f"train_live_paper_{dtype}_pairs_per_s", rate)
+        st.attempt(f"train_live_paper_{dtype}", run)
+    st.notes["train_live_paper_batch"] = st.scale.live_batch_paper
+
+
+def stage_train_cache(st: Stage) -> None:
+    """Heads-only steps on cached features, fp32/bf16, with and without XLA, paper and tiny."""
+    import functools
+
+    import keras
+    import tensorflow as tf
+
+    from soundloc_tf import feature_cache
+    from soundloc_tf.models import build_localizer, build_model
+
+    batch_size, steps = st.scale.heads_batch, st.scale.heads_steps
+    for preset in ("paper", "tiny"):
+        directory = _cache_dir(st, preset)
+        if not os.path.exists(directory):
+            raise RuntimeError(f"stage cache_build must run first. Missing: {directory!r}")
+        config = _frozen_config(preset, batch_size=batch_size)
+        keras.utils.set_random_seed(0)
+        model = build_model(config)
+        dataset = feature_cache.read_cache(config, directory, training=True, model=model)
+        batched = dataset.batch(batch_size, drop_remainder=True).prefetch(2)
+        iterator = iter(batched)
+        batch = next(iterator)
+
+        # The cache's own read pipeline (parse + float16 -> float32), alone.
+        def read(iterator=iterator, n=max(4, steps)):
+            for _ in range(n):
+                next(iterator)
+        st.put(f"cache_read_{preset}_pairs_per_s",
+               median_rate(read, max(4, steps) * batch_size, st.scale.repeats, 1))
+
+        for dtype in ("fp32", "bf16"):
+            for xla in (False, True):
+                key = f"train_cache_{preset}_{dtype}{'_xla' if xla else ''}"
+
+                def run(dtype=dtype, xla=xla, key=key, config=config, batch=batch):
+                    step_config = config
+                    if xla and config.label_fraction > 0:
+                        # The supervised term picks annotators by hashing string ids, which
+                        # XLA cannot compile; the XLA figure of such a preset is without it.
+                        step_config = config.replace(label_fraction=0.0)
+                        st.notes[f"{key}_label_fraction"] = 0.0
+                    with precision(dtype):
+                        keras.utils.set_random_seed(0)
+                        localizer = build_localizer(step_config)
+                        if dtype == "bf16":
+                            localizer = float32_outputs(localizer)
+                        step = feature_cache.CachedStep(step_config, localizer)
+                    feed = dict(batch)
+                    if xla:
+                        raw = type(step).__call__.python_function
+                        fn = tf.function(functools.partial(raw, step), jit_compile=True)
+                        feed.pop("id")  # strings cannot enter an XLA cluster; unused here
+                    else:
+                        fn = step
+
+                    def go():
+                        for _ in range(steps):
+                            terms = fn(feed)
+                        float(terms["total"])
+                    st.put(f"{key}_pairs_per_s",
+                           median_rate(go, steps * batch_size, st.scale.repeats,
+                                       st.scale.warmup))
+                st.attempt(key, run)
+    st.notes["train_cache_batch"] = batch_size
+    st.notes["train_cache_method"] = ("CachedStep (training.compute_losses) on one fixed batch "
+                                      "read from the cache; XLA = tf.function(jit_compile=True) "
+                                      "around the same step")
+
+
+def _write_synthetic_records(config, directory: str, count: int) -> None:
+    """Synthetic scenes -> records (JPEG images, int16 audio), as an importer writes them."""
+    from soundloc_tf import data, records
+
+    def samples():
+        for i, s in enumerate(data.synthetic_dataset(config, config.train_seed, count=count)):
+            yield {"image": s["image"].numpy(), "waveform": s["waveform"].numpy(),
+                   "sample_rate": config.sample_rate, "boxes": s["boxes"].numpy(),
+                   "labeled": bool(s["labeled"].numpy()), "class_id": int(s["class_id"]),
+                   "id": f"bench-{i}"}
+    shutil.rmtree(directory, ignore_errors=True)
+    records.write_records(samples(), directory, sample_rate=config.sample_rate,
+                          clip_seconds=config.clip_seconds, source="benchmark",
+                          samples_per_shard=max(1, count // 4))
+
+
+def stage_pipeline(st: Stage) -> None:
+    """read_records(training=True): parse, JPEG decode, crop/flip, resize, batch; pairs/s."""
+    from soundloc_tf import records
+    from soundloc_tf.config import get_config
+
+    for preset, count in (("paper", st.scale.records_paper), ("tiny", st.scale.records_tiny)):
+        config = get_config(preset, image_weights="none")
+        directory = os.path.join(st.workdir, f"records_{preset}")
+        _write_synthetic_records(config, directory, count)
+        dataset = records.read_records(config, directory, training=True)
+        iterator = iter(dataset.batch(config.batch_size, drop_remainder=True)
+                        .prefetch(2))
+        n = st.scale.pipeline_batches
+
+        def run(iterator=iterator, n=n):
+            for _ in range(n):
+                next(iterator)
+        st.put(f"pipeline_{preset}_pairs_per_s",
+               median_rate(run, n * config.batch_size, st.scale.repeats, st.scale.warmup))
+        st.notes[f"pipeline_{preset}_records"] = count
+        st.notes[f"pipeline_{preset}_batch"] = config.batch_size
+
+
+def _wav_bytes(samples, rate: int) -> bytes:
+    import numpy as np
+
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return out.getvalue()
+
+
+def stage_serving(st: Stage) -> None:
+    """Exported tiny model: serving_default, the bare Keras call, and the dev REST server."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from serving.client import localize_request
+    from serving.dev_server import DevServer
+    from soundloc_tf import data, export, records
+    from soundloc_tf.config import get_config
+    from soundloc_tf.models import build_model
+
+    config = get_config("tiny")
+    keras.utils.set_random_seed(0)
+    model = build_model(config)
+    base = os.path.join(st.workdir, "exports")
+    shutil.rmtree(base, ignore_errors=True)
+    version_dir = export.export_model(model, config, base, version=1)
+    loaded = tf.saved_model.load(version_dir)
+    signature = loaded.signatures[export.BYTES_SIGNATURE]
+
+    scenes = list(data.synthetic_dataset(config, config.eval_seed, count=4))
+    image_files = [records.encode_image(s["image"].numpy()) for s in scenes]
+    wav_files = [_wav_bytes(s["waveform"].numpy(), config.sample_rate) for s in scenes]
+    images = np.stack([s["image"].numpy() for s in scenes])
+    waves = np.stack([s["waveform"].numpy() for s in scenes])
+    bare = tf.function(lambda i, w: model({"image": i, "waveform": w}, training=False))
+    calls, warm = st.scale.serving_calls, max(2, st.scale.warmup)
+
+    def pick(n, items):
+        return [items[i % len(items)] for i in range(n)]
+
+    def saved(n):
+        i, w = tf.constant(pick(n, image_files)), tf.constant(pick(n, wav_files))
+        return lambda: signature(image_bytes=i, wav_bytes=w)["score"].numpy()
+
+    def keras_call(n):
+        i = tf.constant(np.take(images, np.arange(n) % len(images), axis=0))
+        w = tf.constant(np.take(waves, np.arange(n) % len(waves), axis=0))
+        return lambda: bare(i, w)["score"].numpy()
+
+    server = DevServer(os.path.join(base, "soundloc"), port=0, quiet=True).start()
+    try:
+        url = f"{server.url}/v1/models/soundloc:predict"
+
+        def rest(n):
+            body = json.dumps(localize_request(pick(n, image_files), pick(n, wav_files),
+                                               "row")).encode()
+
+            def post():
+                request = urllib.request.Request(url, data=body, method="POST",
+                                                 headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=120) as response:
+                    answer = json.loads(response.read())
+                if len(answer["predictions"]) != n:
+                    raise RuntimeError(f"the server answered {len(answer['predictions'])} "
+                                       f"predictions for {n} pairs")
+            return post
+
+        for name, make in (("serving_default", saved), ("bare_model", keras_call),
+                           ("rest", rest)):
+            p50, p99 = latencies_ms(make(1), calls, warm)
+            st.put(f"{name}_b1_p50_ms", p50)
+            st.put(f"{name}_b1_p99_ms", p99)
+            for n in st.scale.serving_batches:
+                st.put(f"{name}_b{n}_pairs_per_s",
+                       median_rate(make(n), n, st.scale.serving_repeats, 1))
+    finally:
+        server.stop()
+    st.notes["serving_model"] = "tiny preset, random weights, exported by soundloc_tf.export"
+    st.notes["serving_latency_calls"] = calls
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[Stage], None]] = {
+    "peak": stage_peak, "tower": stage_tower, "cache_build": stage_cache_build,
+    "train_e2e": stage_train_e2e, "train_live": stage_train_live,
+    "train_cache": stage_train_cache, "pipeline": stage_pipeline, "serving": stage_serving,
+}
+
+
+# ---------------------------------------------------------------------------
+# Orchestration.
+
+
+def configure_threads(intra: int, inter: int) -> None:
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError as error:  # TF already initialised (e.g. inside pytest)
+        print(f"note: thread settings unchanged ({error}); the results record the actual ones",
+              file=sys.stderr)
+
+
+def run_stage(name: str, scale: Scale, workdir: str, log: Callable[[str], None]) -> dict:
+    """Runs one stage in this process; returns its figures, notes, skipped, time and peak."""
+    st = Stage(name, scale, workdir, log)
+    reset_peak_rss()
+    started = time.perf_counter()
+    STAGE_FUNCTIONS[name](st)
+    st.figures[f"peak_rss_mb_{name}"] = peak_rss_mb()
+    return {"figures": st.figures, "notes": st.notes, "skipped": st.skipped,
+            "seconds": round(time.perf_counter() - started, 2)}
+
+
+def machine_info(args: argparse.Namespace) -> dict:
+    import keras
+    import tensorflow as tf
+
+    flags = ""
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        model = re.search(r"model name\s*:\s*(.*)", text).group(1).strip()
+        flags = re.search(r"flags\s*:\s*(.*)", text).group(1)
+    except (OSError, AttributeError):
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni")
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = (-1.0, -1.0, -1.0)
+    return {
+        "cpu": model, "cpus": os.cpu_count(),
+        "cpu_flags": [f for f in wanted if f in flags.split()],
+        "platform": platform.platform(), "python": platform.python_version(),
+        "tensorflow": tf.__version__, "keras": keras.__version__,
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on for x86)"),
+        "threads": {"intra_op": args.intra_op_threads, "inter_op": args.inter_op_threads,
+                    "tf_intra_op_setting": tf.config.threading.get_intra_op_parallelism_threads(),
+                    "tf_inter_op_setting": tf.config.threading.get_inter_op_parallelism_threads()},
+        "load_average_at_start": [round(x, 2) for x in load],
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+    }
+
+
+def derive(figures: dict[str, float]) -> None:
+    """Ratios and targets computed from figures of the same run."""
+    f = figures
+    for preset in ("paper", "tiny"):
+        for dtype in ("fp32", "bf16"):
+            rate = f.get(f"tower_{preset}_{dtype}_gflops")
+            peak = f.get(f"peak_{dtype}_gflops")
+            if rate and peak:
+                f[f"tower_{preset}_{dtype}_pct_of_peak"] = 100.0 * rate / peak
+    live = [f[k] for k in ("train_live_paper_fp32_pairs_per_s",
+                           "train_live_paper_bf16_pairs_per_s") if k in f]
+    if live and "pipeline_paper_pairs_per_s" in f:
+        f["pipeline_paper_over_live_training"] = f["pipeline_paper_pairs_per_s"] / max(live)
+    e2e = [f[k] for k in ("train_e2e_tiny_fp32_pairs_per_s", "train_e2e_tiny_bf16_pairs_per_s")
+           if k in f]
+    if e2e and "pipeline_tiny_pairs_per_s" in f:
+        f["pipeline_tiny_over_e2e_training"] = f["pipeline_tiny_pairs_per_s"] / max(e2e)
+    heads = [v for k, v in f.items() if k.startswith("train_cache_paper_")]
+    if heads and "cache_read_paper_pairs_per_s" in f:
+        f["cache_read_paper_over_heads_training"] = f["cache_read_paper_pairs_per_s"] / max(heads)
+    # 10 epochs of N pairs: live = 10 N / live_fp32; cached = N / build + 10 N / best heads.
+    if heads and "train_live_paper_fp32_pairs_per_s" in f and \
+            "cache_build_paper_images_per_s" in f:
+        live_time = 10.0 / f["train_live_paper_fp32_pairs_per_s"]
+        cache_time = 1.0 / f["cache_build_paper_images_per_s"] + 10.0 / max(heads)
+        f["paper_10_epoch_speedup_cache_vs_live_fp32"] = live_time / cache_time
+    if "serving_default_b1_p50_ms" in f and "bare_model_b1_p50_ms" in f:
+        f["serving_b1_p50_over_bare"] = f["serving_default_b1_p50_ms"] / f["bare_model_b1_p50_ms"]
+
+
+TABLE_ROWS = (
+    ("Peak matmul fp32 / bf16 (GFLOP/s)", ("peak_fp32_gflops", "peak_bf16_gflops")),
+    ("Tower paper fp32: img/s, GFLOP/s, % peak",
+     ("tower_paper_fp32_images_per_s", "tower_paper_fp32_gflops", "tower_paper_fp32_pct_of_peak")),
+    ("Tower paper bf16: img/s, GFLOP/s, % peak",
+     ("tower_paper_bf16_images_per_s", "tower_paper_bf16_gflops", "tower_paper_bf16_pct_of_peak")),
+    ("Tower tiny fp32: img/s, GFLOP/s, % peak",
+     ("tower_tiny_fp32_images_per_s", "tower_tiny_fp32_gflops", "tower_tiny_fp32_pct_of_peak")),
+    ("Tower tiny bf16: img/s, GFLOP/s, % peak",
+     ("tower_tiny_bf16_images_per_s", "tower_tiny_bf16_gflops", "tower_tiny_bf16_pct_of_peak")),
+    ("Train end-to-end tiny fp32 / bf16 (pairs/s)",
+     ("train_e2e_tiny_fp32_pairs_per_s", "train_e2e_tiny_bf16_pairs_per_s")),
+    ("Train frozen live paper fp32 / bf16 (pairs/s)",
+     ("train_live_paper_fp32_pairs_per_s", "train_live_paper_bf16_pairs_per_s")),
+    ("Train from cache paper fp32 / +XLA (pairs/s)",
+     ("train_cache_paper_fp32_pairs_per_s", "train_cache_paper_fp32_xla_pairs_per_s")),
+    ("Train from cache paper bf16 / +XLA (pairs/s)",
+     ("train_cache_paper_bf16_pairs_per_s", "train_cache_paper_bf16_xla_pairs_per_s")),
+    ("Train from cache tiny fp32 / +XLA (pairs/s)",
+     ("train_cache_tiny_fp32_pairs_per_s", "train_cache_tiny_fp32_xla_pairs_per_s")),
+    ("Train from cache tiny bf16 / +XLA (pairs/s)",
+     ("train_cache_tiny_bf16_pairs_per_s", "train_cache_tiny_bf16_xla_pairs_per_s")),
+    ("Cache build paper: img/s, bytes/sample",
+     ("cache_build_paper_images_per_s", "cache_paper_bytes_per_sample")),
+    ("Cache build tiny: img/s, bytes/sample",
+     ("cache_build_tiny_images_per_s", "cache_tiny_bytes_per_sample")),
+    ("Cache read paper / tiny (pairs/s)",
+     ("cache_read_paper_pairs_per_s", "cache_read_tiny_pairs_per_s")),
+    ("Input pipeline paper / tiny (pairs/s)",
+     ("pipeline_paper_pairs_per_s", "pipeline_tiny_pairs_per_s")),
+    ("Pipeline / fastest live paper, / e2e tiny (x)",
+     ("pipeline_paper_over_live_training", "pipeline_tiny_over_e2e_training")),
+    ("Cache read / fastest heads step, paper (x)", ("cache_read_paper_over_heads_training",)),
+    ("10-epoch paper speed-up, cache vs live fp32 (x)",
+     ("paper_10_epoch_speedup_cache_vs_live_fp32",)),
+    ("serving_default b1 p50 / p99 (ms)", ("serving_default_b1_p50_ms",
+                                            "serving_default_b1_p99_ms")),
+    ("serving_default b8 / b32 (pairs/s)", ("serving_default_b8_pairs_per_s",
+                                             "serving_default_b32_pairs_per_s")),
+    ("Bare Keras b1 p50 / p99 (ms)", ("bare_model_b1_p50_ms", "bare_model_b1_p99_ms")),
+    ("Bare Keras b8 / b32 (pairs/s)", ("bare_model_b8_pairs_per_s", "bare_model_b32_pairs_per_s")),
+    ("REST b1 p50 / p99 (ms)", ("rest_b1_p50_ms", "rest_b1_p99_ms")),
+    ("REST b8 / b32 (pairs/s)", ("rest_b8_pairs_per_s", "rest_b32_pairs_per_s")),
+    ("serving_default b1 p50 / bare (x)", ("serving_b1_p50_over_bare",)),
+    ("Peak RSS MiB: peak, tower, cache_build, train_e2e",
+     ("peak_rss_mb_peak", "peak_rss_mb_tower", "peak_rss_mb_cache_build",
+      "peak_rss_mb_train_e2e")),
+    ("Peak RSS MiB: train_live, train_cache, pipeline, serving",
+     ("peak_rss_mb_train_live", "peak_rss_mb_train_cache", "peak_rss_mb_pipeline",
+      "peak_rss_mb_serving")),
+)
+
+
+def format_value(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def format_table(figures: dict[str, float]) -> str:
+    """A Markdown table, one row per measurement group."""
+    lines = ["| Measurement | Value(s) |", "|---|---|"]
+    for label, keys in TABLE_ROWS:
+        lines.append(f"| {label} | {' / '.join(format_value(figures.get(k)) for k in keys)} |")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="Measures soundloc's throughput, latency and memory on this machine.")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke scale (every figure, noisy); stages in-process")
+    parser.add_argument("--output", default=os.path.join("benchmarks", "results.json"),
+                        help="JSON results path (default %(default)s)")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help="comma-separated subset of: " + ", ".join(STAGES))
+    isolate = parser.add_mutually_exclusive_group()
+    isolate.add_argument("--isolate", dest="isolate", action="store_true", default=None,
+                         help="each stage in its own subprocess (default without --quick)")
+    isolate.add_argument("--no-isolate", dest="isolate", action="store_false",
+                         help="all stages in this process (default with --quick)")
+    parser.add_argument("--intra_op_threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--inter_op_threads", type=int, default=1)
+    parser.add_argument("--workdir", default=None,
+                        help="scratch directory (default: a temporary one, removed after)")
+    parser.add_argument("--stage_output", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        print(f"error: unknown stage(s) {unknown}; choose from {list(STAGES)}", file=sys.stderr)
+        return 2
+    if "train_cache" in stages and "cache_build" not in stages and args.workdir is None:
+        print("error: train_cache reads the caches of cache_build; run both or pass the "
+              "--workdir of an earlier run", file=sys.stderr)
+        return 2
+    if args.intra_op_threads < 1 or args.inter_op_threads < 1:
+        print("error: thread counts must be >= 1", file=sys.stderr)
+        return 2
+    scale = QUICK if args.quick else FULL
+    log = lambda message: print(message, flush=True)  # noqa: E731
+
+    if args.stage_output:  # child process: one stage, results to a file
+        configure_threads(args.intra_op_threads, args.inter_op_threads)
+        result = run_stage(stages[0], scale, args.workdir, log)
+        with open(args.stage_output, "w") as f:
+            json.dump(result, f)
+        return 0
+
+    isolate = (not args.quick) if args.isolate is None else args.isolate
+    workdir = args.workdir or tempfile.mkdtemp(prefix="soundloc-bench-")
+    os.makedirs(workdir, exist_ok=True)
+    if not isolate:
+        configure_threads(args.intra_op_threads, args.inter_op_threads)
+    started = time.perf_counter()
+    figures: dict[str, float] = {}
+    report: dict[str, Any] = {"stages": {}, "notes": {}, "skipped": {}}
+    try:
+        for name in stages:
+            log(f"[{name}]")
+            if isolate:
+                out = os.path.join(workdir, f"stage-{name}.json")
+                command = [sys.executable, "-m", "benchmarks.run", f"--stages={name}",
+                           f"--workdir={workdir}", f"--stage_output={out}",
+                           f"--intra_op_threads={args.intra_op_threads}",
+                           f"--inter_op_threads={args.inter_op_threads}"] + \
+                    (["--quick"] if args.quick else [])
+                done = subprocess.run(command, cwd=os.path.dirname(os.path.dirname(
+                    os.path.abspath(__file__))))
+                if done.returncode != 0 or not os.path.exists(out):
+                    report["skipped"][name] = f"stage process exited with {done.returncode}"
+                    continue
+                with open(out) as f:
+                    result = json.load(f)
+            else:
+                try:
+                    result = run_stage(name, scale, workdir, log)
+                except Exception as error:
+                    traceback.print_exc()
+                    report["skipped"][name] = f"{type(error).__name__}: {error}"
+                    continue
+            figures.update(result["figures"])
+            report["notes"].update(result["notes"])
+            report["skipped"].update(result["skipped"])
+            report["stages"][name] = {"seconds": result["seconds"],
+                                      "peak_rss_mb": result["figures"].get(f"peak_rss_mb_{name}")}
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    derive(figures)
+    report["notes"]["peak_rss_method"] = (
+        "VmHWM of each stage's own subprocess" if isolate else
+        "VmHWM after resetting it through /proc/self/clear_refs at the stage's start "
+        "(includes memory earlier stages still hold)")
+    missing = [k for k in REQUIRED_FIGURES if k not in figures] if stages == list(STAGES) else []
+    results = {
+        "mode": "quick" if args.quick else "full",
+        "scale": dataclasses.asdict(scale),
+        "isolated_stages": isolate,
+        "machine": machine_info(args),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "figures": {k: round(v, 4) for k, v in sorted(figures.items())},
+        "missing_figures": missing,
+        **report,
+    }
+    table = format_table(figures)
+    results["table_markdown"] = table
+    print("\n" + table)
+    print(f"\n{len(figures)} figures in {results['total_seconds']} s; "
+          f"skipped: {sorted(report['skipped']) or 'none'}; missing: {missing or 'none'}")
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w") as f:
+        json.dump(results, f, indent=1)
+        f.write("\n")
+    return 0 if not missing else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
