@@ -122,23 +122,50 @@ def _format_seconds(seconds: float) -> str:
         f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def restore_model(workdir: str) -> tuple[Config, keras.Model, int]:
-    """The config, model weights and step of the latest checkpoint in `workdir`."""
+_UNREADABLE = (tf.errors.OpError, ValueError, AssertionError, IndexError, KeyError)
+
+
+def restore_newest_readable(checkpoint: tf.train.Checkpoint, paths: list[str],
+                            log: Callable[[str], None], partial: bool) -> str | None:
+    """Restores the newest readable checkpoint of `paths` (oldest first); returns its path.
+
+    An unreadable one (a kill or a full disk during a write, a damaged file)
+    is skipped with a log line and the next older one tried; if none reads,
+    a ValueError lists why each failed.  `partial` allows objects of the
+    checkpoint that `checkpoint` does not track (the optimiser, for a model).
+    """
+    failures = []
+    for path in reversed(paths):
+        try:
+            status = checkpoint.restore(path)
+            (status.expect_partial() if partial else status).assert_existing_objects_matched()
+        except _UNREADABLE as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            failures.append(f"{path} ({type(error).__name__}: {first_line})")
+            log(f"Skipped checkpoint {path}: it is unreadable or was written by another model "
+                f"({type(error).__name__}: {first_line}); trying an older one.")
+            continue
+        return path
+    if failures:
+        raise ValueError(f"could not restore the checkpoint; every one is unreadable or was "
+                         f"written by another model. Received: {'; '.join(failures)}")
+    return None
+
+
+def restore_model(workdir: str, log: Callable[[str], None] = print_line
+                  ) -> tuple[Config, keras.Model, int]:
+    """The config, model weights and step of the newest readable checkpoint in `workdir`."""
     config = load_saved_config(workdir)
     if config is None:
         raise ValueError(f"no training run found (config.json is missing). Received: "
                          f"workdir={workdir!r}")
-    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
-    if latest is None:
+    state = tf.train.get_checkpoint_state(os.path.join(workdir, "checkpoints"))
+    if state is None or not state.all_model_checkpoint_paths:
         raise ValueError(f"the run has no checkpoint yet. Received: workdir={workdir!r}")
     model = build_model(config)
     step = tf.Variable(0, dtype=tf.int64)
-    try:
-        status = tf.train.Checkpoint(model=model, step=step).restore(latest)
-        status.expect_partial().assert_existing_objects_matched()
-    except (tf.errors.OpError, ValueError, AssertionError) as error:
-        raise ValueError(f"could not restore the checkpoint; it is unreadable or was written "
-                         f"by another model. Received: {latest} ({type(error).__name__})") from None
+    restore_newest_readable(tf.train.Checkpoint(model=model, step=step),
+                            list(state.all_model_checkpoint_paths), log, partial=True)
     return config, model, int(step.numpy())
 
 
@@ -181,6 +208,8 @@ class Trainer:
             config, config.eval_seed, count=VALIDATION_SAMPLES_DURING_TRAINING)
         self._prepare_workdir()
         with self.strategy.scope():
+            # Seeded initial weights: the same command gives the same run.
+            keras.utils.set_random_seed(config.train_seed)
             self.model = build_model(config)
             self.optimizer = make_optimizer(config)
             # Built eagerly inside the scope: a lazily built optimiser fails under Mirrored.
@@ -214,17 +243,10 @@ class Trainer:
             json.dump(dataclasses.asdict(self.config), f, indent=1)
 
     def _restore(self) -> None:
-        latest = self.manager.latest_checkpoint
-        if latest is None:
-            return
-        try:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
-        except (tf.errors.OpError, ValueError, AssertionError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            raise ValueError(f"could not restore the checkpoint; it is unreadable or was "
-                             f"written by another model. Received: {latest} "
-                             f"({type(error).__name__}: {first_line})") from None
-        self.log(f"Resumed from {latest} at step {int(self.step.numpy())}.")
+        path = restore_newest_readable(self.checkpoint, self.manager.checkpoints, self.log,
+                                       partial=False)
+        if path is not None:
+            self.log(f"Resumed from {path} at step {int(self.step.numpy())}.")
 
     # -- one step ------------------------------------------------------------
 
@@ -241,11 +263,28 @@ class Trainer:
         return terms
 
     @tf.function
-    def _distributed_step(self, iterator) -> dict[str, tf.Tensor]:
-        terms = self.strategy.run(self._replica_step, args=(next(iterator),))
+    def _distributed_step(self, iterator) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+        """The summed loss terms, and the batch's ids (per replica) for a NaN report."""
+        batch = next(iterator)
+        terms = self.strategy.run(self._replica_step, args=(batch,))
         self.step.assign_add(1)
-        return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-                for k, v in terms.items()}
+        reduced = {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                   for k, v in terms.items()}
+        return reduced, batch["id"]
+
+    def _write_nan_report(self, step: int, ids, terms: dict[str, float]) -> str:
+        """<workdir>/nan_report.json: the step, this worker's batch ids, the loss terms."""
+        local_ids = [i.decode("utf-8", "replace")
+                     for part in self.strategy.experimental_local_results(ids)
+                     for i in part.numpy().tolist()]
+        report = {"step": step, "ids": local_ids, "losses": terms,
+                  "learning_rate": float(learning_rate_at(self.config, step)),
+                  "last_good_checkpoint": self.manager.latest_checkpoint}
+        path = os.path.join(self.workdir, "nan_report.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(report, f, indent=1)  # NaN/Infinity literals; json.load reads them
+        os.replace(path + ".tmp", path)
+        return path
 
     def train_dataset(self) -> tf.data.Dataset:
         start = int(self.step.numpy()) * self.global_batch
@@ -267,14 +306,15 @@ class Trainer:
         last: dict[str, float] = {}
         window_start, window_steps = time.perf_counter(), 0
         while int(self.step.numpy()) < target:
-            terms = self._distributed_step(iterator)
+            terms, ids = self._distributed_step(iterator)
             step = int(self.step.numpy())
             window_steps += 1
             last = {k: float(v) for k, v in terms.items()}
             if not np.isfinite(last["total"]):
+                report = self._write_nan_report(step, ids, last)
                 raise FloatingPointError(
-                    f"the loss became {last['total']} at step {step}; the last good "
-                    f"checkpoint is {self.manager.latest_checkpoint}")
+                    f"the loss became {last['total']} at step {step} (batch ids and loss terms "
+                    f"in {report}); the last good checkpoint is {self.manager.latest_checkpoint}")
             if step % c.log_every == 0 or step == target:
                 elapsed = time.perf_counter() - window_start
                 rate = window_steps * self.global_batch / max(elapsed, 1e-9)

@@ -96,3 +96,19 @@ def test_weights_file_that_does_not_match(tmp_path):
     result = _run("train", f"--workdir={tmp_path / 'run'}", "--preset=paper", "--image_size=32",
                   f"--image_weights={bad}")
     _assert_clean_failure(result, "error:", "does not fit keras.applications.VGG16")
+
+
+def test_switch_video_writes_a_clip_whose_sound_changes_objects(trained_run, tmp_path):
+    import av
+
+    output = tmp_path / "switch.mp4"
+    result = _run("switch_video", f"--workdir={trained_run}", f"--output={output}",
+                  "--seconds=2", "--fps=4", "--frame_size=64")
+    assert result.returncode == 0, result.stderr
+    boxes = json.loads((tmp_path / "switch.mp4.boxes.json").read_text())
+    assert boxes["first_half"] != boxes["second_half"]
+    with av.open(str(output)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 8
+    with av.open(str(output)) as container:
+        audio = sum(frame.samples for frame in container.decode(audio=0))
+    assert abs(audio - 2 * 8000) < 2048  # 2 s at 8 kHz, give or take AAC padding

@@ -75,6 +75,14 @@ def run_tool(main: Callable[[list[str]], None]) -> None:
             main(argv)
         except (ValueError, FloatingPointError, OSError) as error:
             fail(str(error))
+        except Exception as error:  # noqa: BLE001 (only TensorFlow's cluster errors)
+            if type(error).__name__ not in ("UnavailableError", "DeadlineExceededError",
+                                            "AbortedError", "CancelledError"):
+                raise
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            fail(f"lost contact with another worker of the job ({type(error).__name__}: "
+                 f"{first[:300]}); restart every worker with the same command: they resume "
+                 f"from the last checkpoint")
         except KeyboardInterrupt:
             fail("interrupted; the last checkpoint is kept and a rerun resumes from it")
 

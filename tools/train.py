@@ -36,8 +36,11 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     config = common.config_from_flags()
     workdir = FLAGS.workdir or os.path.join("runs", FLAGS.preset)
-    from soundloc_tf.training import Trainer  # after flag parsing: TF start-up is slow
+    from soundloc_tf.training import Trainer, make_strategy  # after flag parsing: slow
 
+    # First, before any op: MultiWorkerMirroredStrategy (TF_CONFIG set) configures the
+    # collectives at program start-up and refuses once an op has run (reading records does).
+    strategy = make_strategy()
     dataset_fn, validation = None, None
     if FLAGS.records or FLAGS.validation_records:
         from soundloc_tf import records
@@ -53,7 +56,7 @@ def main(argv: list[str]) -> None:
             validation = records.read_records(config, FLAGS.validation_records,
                                               training=False).take(
                 VALIDATION_SAMPLES_DURING_TRAINING)
-    trainer = Trainer(config, workdir, dataset_fn=dataset_fn, validation=validation)
+    trainer = Trainer(config, workdir, strategy, dataset_fn=dataset_fn, validation=validation)
     print(f"Training {config.train_steps} steps, batch {config.batch_size}, on "
           f"{trainer.strategy.num_replicas_in_sync} replica(s); logs in {workdir}", flush=True)
     trainer.train()
