@@ -379,7 +379,7 @@ def _trainer_rate(st: Stage, config, steps: int, tag: str) -> float:
 
     def run():
         for _ in range(steps):
-            terms = trainer._distributed_step(iterator)
+            terms, _ = trainer._distributed_step(iterator)
         float(terms["total"])
 
     return median_rate(run, steps * config.batch_size, st.scale.repeats, st.scale.warmup)

@@ -48,9 +48,9 @@ def test_mirrored_step_on_two_cpus_equals_single_device_step(tmp_path, objective
 
 
 def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(
-        tmp_path, mirrored_strategy):
+        tmp_path, single_device_strategy):
     config = _config(train_steps=6, checkpoint_every=2)
-    straight = Trainer(config, str(tmp_path / "straight"), mirrored_strategy, log=_silent)
+    straight = Trainer(config, str(tmp_path / "straight"), single_device_strategy, log=_silent)
     straight.train()
 
     interrupted_dir = str(tmp_path / "interrupted")
@@ -59,12 +59,12 @@ def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(
         if message.startswith("step 3/"):
             raise KeyboardInterrupt  # after step 3 ran, before it was checkpointed
 
-    first = Trainer(config.replace(log_every=1), interrupted_dir, mirrored_strategy,
+    first = Trainer(config.replace(log_every=1), interrupted_dir, single_device_strategy,
                     log=interrupt_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         first.train()
     messages = []
-    resumed = Trainer(config, interrupted_dir, mirrored_strategy, log=messages.append)
+    resumed = Trainer(config, interrupted_dir, single_device_strategy, log=messages.append)
     assert int(resumed.step.numpy()) == 2
     assert any("Resumed" in m and "step 2" in m for m in messages)
     resumed.train()
