@@ -21,7 +21,7 @@ batch with the localiser applied to every sound set.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Sequence
 
 import keras
 import numpy as np
@@ -191,6 +191,26 @@ def mismatch_partners(class_ids: np.ndarray) -> tuple[np.ndarray, str]:
     return partners, MISMATCH_FALLBACK_DEFINITION
 
 
+def group_ids(classes: Sequence[str], groups: dict[str, str] | None) -> list[int] | None:
+    """Group id per class id from class names and a name -> group mapping (records' manifests)."""
+    if not classes or not groups:
+        return None
+    names = sorted({groups.get(c, c) for c in classes})
+    return [names.index(groups.get(c, c)) for c in classes]
+
+
+def _groups_of(class_ids: np.ndarray, class_groups: Sequence[int] | None) -> np.ndarray:
+    """Class ids mapped to group ids (-1 stays -1); the ids themselves without groups."""
+    if class_groups is None:
+        return class_ids
+    table = np.asarray(class_groups, np.int64)
+    known = class_ids >= 0
+    if known.any() and class_ids[known].max() >= len(table):
+        raise ValueError(f"class_groups must give a group for every class id. Received: "
+                         f"{len(table)} groups, class id {int(class_ids[known].max())}")
+    return np.where(known, table[np.where(known, class_ids, 0)], -1)
+
+
 def matched_samples(dataset: tf.data.Dataset) -> int:
     """Samples per clip of a dataset of the common element spec."""
     length = dataset.element_spec["waveform"].shape[-1]
@@ -203,9 +223,15 @@ def matched_samples(dataset: tf.data.Dataset) -> int:
 def evaluate_detailed(model: keras.Model, config: Config, dataset: tf.data.Dataset,
                       rule: str = "fixed", progress: Callable[[int], None] | None = None, *,
                       all_rules: bool = False, with_negatives: bool = False,
-                      random_seed: int = 0, noise_seed: int = 0
+                      random_seed: int = 0, noise_seed: int = 0,
+                      class_groups: Sequence[int] | None = None
                       ) -> tuple[dict, EvaluationDetails]:
-    """`evaluate`, also returning the per-image arrays (see `EvaluationDetails`)."""
+    """`evaluate`, also returning the per-image arrays (see `EvaluationDetails`).
+
+    `class_groups[c]` is the group of class c (classes that sound alike, e.g.
+    hen and rooster): mismatched and off-screen sounds are then chosen by
+    group, so an image never "mismatches" with a sound of its own group.
+    """
     if rule not in metrics.BINARIZE_RULES:
         raise ValueError(f"rule must be one of {metrics.BINARIZE_RULES}. Received: rule={rule!r}")
     towers = split_model(model)
@@ -213,13 +239,18 @@ def evaluate_detailed(model: keras.Model, config: Config, dataset: tf.data.Datas
     features, info = _audio_pass(towers, batched, noise_seed if with_negatives else None)
     n = len(info["id"])
     class_ids = info["class_id"].astype(np.int64)
-    partners, partner_definition = mismatch_partners(class_ids)
+    groups = _groups_of(class_ids, class_groups)
+    partners, partner_definition = mismatch_partners(groups)
+    if class_groups is not None:
+        partner_definition += " (compared by class group)"
     has_partner = partners >= 0
     matched = features["matched"]
     sound_sets = {"matched": matched, "mismatched": matched[np.where(has_partner, partners, 0)]}
     if with_negatives:
         forbidden = info.get("object_classes")
-        offscreen = negatives.partner_indices(class_ids, forbidden)
+        if forbidden is not None:
+            forbidden = _groups_of(forbidden.astype(np.int64), class_groups)
+        offscreen = negatives.partner_indices(groups, forbidden)
         silent = audio_features(towers, negatives.silence(matched_samples(dataset)))
         sound_sets.update(silence=np.repeat(silent, n, axis=0),
                           white_noise=features["white_noise"],
@@ -294,7 +325,7 @@ def evaluate_detailed(model: keras.Model, config: Config, dataset: tf.data.Datas
 def evaluate(model: keras.Model, config: Config, dataset: tf.data.Dataset,
              rule: str = "fixed", progress: Callable[[int], None] | None = None, *,
              all_rules: bool = False, with_negatives: bool = False, random_seed: int = 0,
-             noise_seed: int = 0) -> dict:
+             noise_seed: int = 0, class_groups: Sequence[int] | None = None) -> dict:
     """Scores `model` on an unbatched dataset of the common element spec.
 
     The headline numbers are on the attention map alpha; the raw cosine map,
@@ -303,4 +334,4 @@ def evaluate(model: keras.Model, config: Config, dataset: tf.data.Dataset,
     """
     return evaluate_detailed(model, config, dataset, rule, progress, all_rules=all_rules,
                              with_negatives=with_negatives, random_seed=random_seed,
-                             noise_seed=noise_seed)[0]
+                             noise_seed=noise_seed, class_groups=class_groups)[0]

@@ -12,6 +12,11 @@ evaluation frame, min-max normalised, then binarised by one of three rules:
   "top50":  the top 50% of pixels (EZ-VSL).
 
 cIoU = sum(pred * gt) / (sum(gt) + sum(pred * [gt == 0])).
+
+Beyond those: a seeded random-box baseline beside the whole-image and
+centre-box ones, the audio-dependence gap (matched minus mismatched sound),
+where the map peak falls (object, context cue, distractors), per-class
+summaries, and AP / max-F1 for telling positive from negative audio.
 """
 
 from __future__ import annotations

@@ -35,8 +35,9 @@ DEFINITIONS = {
                     "scaled to), numpy default_rng([noise_seed, image index])"),
     "offscreen": ("the clip of the first later scene (cyclically, in evaluation order) whose "
                   "sounding class is absent from the image: not among its object classes when "
-                  "the data gives them, else not its sounding class; images without such a "
-                  "scene, or of unknown class, are left out"),
+                  "the data gives them, else not its sounding class (compared by class group "
+                  "when groups are known); images without such a scene, or of unknown class, "
+                  "are left out"),
     "score": "max over locations of cos(v_i, h), the model's 'score' output",
     "map_peak": "max over locations of the attention alpha",
     "ap": ("sum_k (R_k - R_{k-1}) P_k over the distinct confidence thresholds (detect when "

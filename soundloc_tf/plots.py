@@ -7,6 +7,7 @@ can run on headless machines and in threads.
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Sequence
 
@@ -95,7 +96,7 @@ def overlay_grid(images: np.ndarray, heatmaps: np.ndarray, boxes: np.ndarray,
     tiles = draw_boxes(overlay(images, heatmaps), boxes).numpy()
     columns = min(columns, len(tiles))
     rows = int(np.ceil(len(tiles) / columns))
-    figure = Figure(figsize=(1.6 * columns, 1.8 * rows + (0.3 if suptitle else 0)))
+    figure = Figure(figsize=(1.6 * columns, 2.0 * rows + (0.3 if suptitle else 0)))
     for i, (tile, title) in enumerate(zip(tiles, titles)):
         axes = figure.add_subplot(rows, columns, i + 1)
         axes.imshow(np.clip(tile, 0, 1))
@@ -115,14 +116,16 @@ def per_class(per_class_results: dict[str, dict], path: str,
     keys = sorted(per_class_results, key=lambda k: (len(k), k))
     names = [(class_names or {}).get(k, f"class {k}") for k in keys]
     labels = [f"{name}\n(n={per_class_results[k]['n']})" for name, k in zip(names, keys)]
-    figure = Figure(figsize=(max(5, 1.0 * len(keys) + 2), 4))
+    crowded = len(keys) > 10
+    figure = Figure(figsize=(min(16, max(5, (0.45 if crowded else 1.0) * len(keys) + 2)), 4.5))
     axes = figure.add_subplot()
     x = np.arange(len(keys))
     for offset, (metric, label) in zip((-0.27, 0, 0.27), (("ciou_at_0_5", "cIoU@0.5"),
                                                            ("mean_ciou", "mean cIoU"),
                                                            ("pointing_game", "pointing game"))):
         axes.bar(x + offset, [per_class_results[k][metric] for k in keys], 0.27, label=label)
-    axes.set_xticks(x, labels, fontsize=7)
+    axes.set_xticks(x, labels, fontsize=7, rotation=60 if crowded else 0,
+                    ha="right" if crowded else "center")
     axes.set(ylim=(0, 1.05), ylabel="score", title=title or "per sounding class")
     axes.legend(fontsize=8)
     axes.grid(axis="y", alpha=0.3)
@@ -181,8 +184,11 @@ def write_evaluation_plots(result: dict, details, dataset: tf.data.Dataset, outp
         best, worst = best_and_worst(details.ciou, count)
         indices = np.concatenate([best, worst])
         elements = gather_elements(dataset, indices)
+        def name(class_id: int) -> str:
+            return (class_names or {}).get(str(class_id), f"class {class_id}")
+
         titles = [f"{'best' if i < count else 'worst'} #{index}\ncIoU {details.ciou[index]:.2f}"
-                  f" class {details.class_id[index]}" for i, index in enumerate(indices)]
+                  f" {name(details.class_id[index])}" for i, index in enumerate(indices)]
         paths["best_worst"] = overlay_grid(
             elements["image"], details.attention[indices], details.boxes[indices, 0], titles,
             os.path.join(output_dir, "best_worst.png"), columns=count,
@@ -198,3 +204,37 @@ def write_evaluation_plots(result: dict, details, dataset: tf.data.Dataset, outp
     if tensorboard_dir:
         log_images(tensorboard_dir, {f"evaluation/{k}": v for k, v in paths.items()}, step)
     return paths
+
+
+def metric_vs_fraction(series: dict[str, list[tuple[float, float, float]]], path: str,
+                       ylabel: str, title: str = "",
+                       references: dict[str, float] | None = None) -> str:
+    """Lines of (label fraction, mean, sd) per series, fractions on evenly spaced ticks.
+
+    `references` draws horizontal lines (e.g. a baseline or a control run).
+    Fractions span 0 to 1 with most of the interest below 0.1, so the x axis
+    is categorical rather than linear or logarithmic (0 has no logarithm).
+    """
+    if not series:
+        raise ValueError("need at least one series. Received: series={}")
+    fractions = sorted({f for points in series.values() for f, _, _ in points})
+    position = {f: i for i, f in enumerate(fractions)}
+    figure = Figure(figsize=(6.5, 4.2))
+    axes = figure.add_subplot()
+    for name, points in series.items():
+        points = sorted(points)
+        x = [position[f] for f, _, _ in points]
+        mean = np.array([m for _, m, _ in points])
+        sd = np.array([s for _, _, s in points])
+        axes.errorbar(x, mean, yerr=sd, marker="o", capsize=3, label=name)
+    colours = itertools.cycle(("grey", "black", "brown"))
+    for (name, value), colour in zip((references or {}).items(), colours):
+        axes.axhline(value, linestyle=":", color=colour, label=f"{name} ({value:.2f})")
+    axes.set_xticks(range(len(fractions)), [f"{f:.0%}" if f >= 0.01 or f == 0 else f"{f:.1%}"
+                                            for f in fractions])
+    axes.set(xlabel="labelled fraction of training pairs", ylabel=ylabel, ylim=(0, 1.02),
+             title=title)
+    axes.legend(fontsize=8)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return _save(figure, path)

@@ -1,10 +1,18 @@
-"""Evaluates a trained run on held-out synthetic scenes (a seed never used in training).
+"""Evaluates a trained run on held-out scenes (a seed never used in training) or TFRecords.
 
-  soundloc-evaluate --workdir=runs/tiny [--rule=fixed|median|top50]
+  soundloc-evaluate --workdir=runs/tiny [--rule=fixed|median|top50] [--negatives] [--plots]
+                    [--records='data/test-*.tfrecord']
 
-Writes <workdir>/eval/metrics.json (cIoU@0.5, mean cIoU, AUC, pointing
-game, with the whole-image and centre-box baselines and the same numbers
-for mismatched sound) and an overlay grid PNG, and prints a table.
+Writes <output_dir>/metrics.json (default <workdir>/eval): cIoU@0.5, mean
+cIoU, AUC and pointing game on the attention map under the chosen binarising
+rule, the same under all three rules (`by_rule`), the whole-image, centre-box
+and random-box baselines, the mismatched-sound run and the audio-dependence
+gap, per-class results when class ids are known, where the map peak falls
+when scenes carry a context cue, and with --negatives the separation of
+positives from silence, white noise and off-screen sounds (AP, max-F1).
+Also an overlay grid PNG, with --plots the success-rate curve, best/worst
+cases, per-class bars and score distributions (also as TensorBoard images
+under <output_dir>/tensorboard), and prints a table.
 """
 
 from __future__ import annotations
@@ -20,47 +28,136 @@ from tools import common
 
 flags.DEFINE_string("workdir", None, "Run directory written by soundloc-train.", required=True)
 flags.DEFINE_enum("rule", "fixed", ["fixed", "median", "top50"],
-                  "Binarising rule: fixed threshold (config.ciou_threshold), LVS median, "
-                  "EZ-VSL top 50%.")
-flags.DEFINE_integer("num_samples", None, "Held-out scenes to score (default: config).",
-                     lower_bound=1)
+                  "Binarising rule of the headline numbers: fixed threshold "
+                  "(config.ciou_threshold), LVS median, EZ-VSL top 50%. All three are always "
+                  "reported under by_rule.")
+flags.DEFINE_integer("num_samples", None, "Scenes/records to score (default: config for "
+                     "synthetic scenes, all records with --records).", lower_bound=1)
 flags.DEFINE_integer("num_overlays", 16, "Scenes in the overlay grid PNG.", lower_bound=0)
 flags.DEFINE_string("output_dir", None, "Default: <workdir>/eval.")
+flags.DEFINE_boolean("negatives", False, "Also pair every image with silence, white noise and "
+                     "an off-screen sound, and report how well the model's score and map peak "
+                     "separate positives from them (AP, max-F1).")
+flags.DEFINE_boolean("plots", False, "Write the success-rate curve, best/worst overlays, "
+                     "per-class bars (and score distributions with --negatives) as PNGs and "
+                     "TensorBoard images.")
+flags.DEFINE_string("records", None, "Evaluate on these records (a record directory or a "
+                    "shard pattern, read by soundloc_tf.records.read_records) instead of "
+                    "synthetic scenes.")
+flags.DEFINE_integer("random_seed", 0, "Seed of the random-box baseline.")
+flags.DEFINE_integer("noise_seed", 0, "Seed of the white-noise negatives.")
+flags.DEFINE_integer("num_cases", 8, "Best and worst cases each in the --plots grid.",
+                     lower_bound=1)
 FLAGS = flags.FLAGS
+
+_ROW = "{:30s} {:>9s} {:>10s} {:>7s} {:>9s}"
+
+
+def _row(name: str, r: dict) -> str:
+    return _ROW.format(name, f"{r['ciou_at_0_5']:.3f}", f"{r['mean_ciou']:.3f}",
+                       f"{r['auc']:.3f}", f"{r['pointing_game']:.3f}")
 
 
 def _table(result: dict) -> str:
-    rows = [("model (attention map)", result), ("  with mismatched sound", result["mismatched_sound"]),
-            ("  raw cosine map", result["cosine_map"]),
-            ("baseline: whole image", result["baselines"]["whole_image"]),
-            ("baseline: centre box", result["baselines"]["center_box"])]
-    lines = [f"{'':26s} {'cIoU@0.5':>9s} {'mean cIoU':>10s} {'AUC':>7s} {'pointing':>9s}"]
-    for name, r in rows:
-        lines.append(f"{name:26s} {r['ciou_at_0_5']:9.3f} {r['mean_ciou']:10.3f} {r['auc']:7.3f} "
-                     f"{r['pointing_game']:9.3f}")
+    rows = [("model (attention map)", result)]
+    if "mismatched_sound" in result:
+        rows.append(("  with mismatched sound", result["mismatched_sound"]))
+    rows += [("  raw cosine map", result["cosine_map"]),
+             ("baseline: whole image", result["baselines"]["whole_image"]),
+             ("baseline: centre box", result["baselines"]["center_box"]),
+             (f"baseline: random box (seed {result['random_baseline']['seed']})",
+              result["random_baseline"])]
+    lines = [_ROW.format("", "cIoU@0.5", "mean cIoU", "AUC", "pointing")]
+    lines += [_row(name, r) for name, r in rows]
+    if "audio_dependence_gap" in result:
+        gap = result["audio_dependence_gap"]
+        lines.append(_ROW.format("audio-dependence gap", *(f"{gap[k]:+.3f}" for k in (
+            "ciou_at_0_5", "mean_ciou", "auc", "pointing_game"))) +
+            f"   (peak moved in {gap['peak_moved']:.1%} of images)")
+    for rule, r in result.get("by_rule", {}).items():
+        lines.append(_row(f"rule {rule}", r))
+    if "peak_location" in result:
+        where = result["peak_location"]
+        lines.append("map peak on: " + ", ".join(
+            f"{k} {v['rate']:.3f}" for k, v in where.items() if v["rate"] is not None))
+    if "negatives" in result:
+        lines.append(f"\n{'negative audio':30s} {'confidence':>10s} {'AP':>7s} {'max-F1':>7s} "
+                     f"{'loc. AP':>8s} {'loc. F1':>8s}")
+        report = result["negatives"]
+        for kind, by_confidence in [*report["kinds"].items(), ("all kinds pooled",
+                                                                report["pooled"])]:
+            for confidence, s in by_confidence.items():
+                lines.append(f"{kind:30s} {confidence:>10s} {s['ap']:7.3f} {s['max_f1']:7.3f} "
+                             f"{s['localized_ap']:8.3f} {s['localized_max_f1']:8.3f}")
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
+def _records_dataset(config, pattern: str):
+    """The records as an evaluation dataset, their class groups and class names (or None)."""
+    try:
+        from soundloc_tf import records
+    except ImportError as error:
+        raise ValueError("--records needs soundloc_tf.records (the TFRecord reader), which "
+                         "this installation does not have. Received: "
+                         f"--records={pattern!r} ({error})") from None
+    from soundloc_tf.evaluation import group_ids
+
+    extra = records.resolve(pattern).manifest.get("extra", {})
+    classes = extra.get("classes") or []
+    groups = group_ids(classes, extra.get("groups"))
+    names = {str(i): name for i, name in enumerate(classes)} or None
+    return records.read_records(config, pattern, training=False), groups, names
+
+
+def _write_overlay_grid(model, dataset, count: int, path: str) -> None:
     from PIL import Image
 
-    from soundloc_tf import data
-    from soundloc_tf.evaluation import evaluate, predict_maps
-    from soundloc_tf.training import restore_model
+    from soundloc_tf.evaluation import predict_maps
     from soundloc_tf.visualize import draw_boxes, overlay
 
+    batch = next(iter(dataset.batch(count)))
+    maps = predict_maps(model, [batch])
+    tiles = draw_boxes(overlay(batch["image"], maps["attention"]), batch["boxes"][:, 0]).numpy()
+    columns = int(np.ceil(np.sqrt(len(tiles))))
+    rows = int(np.ceil(len(tiles) / columns))
+    pad = np.ones([rows * columns - len(tiles), *tiles.shape[1:]], tiles.dtype)
+    grid = np.concatenate([tiles, pad]).reshape(rows, columns, *tiles.shape[1:])
+    grid = grid.transpose(0, 2, 1, 3, 4).reshape(rows * tiles.shape[1],
+                                                 columns * tiles.shape[2], 3)
+    Image.fromarray((grid * 255).round().astype(np.uint8)).save(path)
+
+
+def main(argv: list[str]) -> None:
+    from soundloc_tf import data, plots
+    from soundloc_tf.evaluation import evaluate_detailed
+    from soundloc_tf.training import restore_model
+
     config, model, step = restore_model(FLAGS.workdir)
-    count = FLAGS.num_samples or config.num_eval_samples
     output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir, "eval")
     os.makedirs(output_dir, exist_ok=True)
-    scenes = data.synthetic_dataset(config, config.eval_seed, count=count)
+    groups = class_names = None
+    if FLAGS.records:
+        scenes, groups, class_names = _records_dataset(config, FLAGS.records)
+        if FLAGS.num_samples:
+            scenes = scenes.take(FLAGS.num_samples)
+        source = f"TFRecords {FLAGS.records}"
+    else:
+        count = FLAGS.num_samples or config.num_eval_samples
+        scenes = data.synthetic_dataset(config, config.eval_seed, count=count, with_extras=True)
+        source = f"held-out synthetic scenes (seed {config.eval_seed})"
+    total = FLAGS.num_samples or (None if FLAGS.records else config.num_eval_samples)
 
     def progress(done: int) -> None:
-        print(f"\rscored {done}/{count} scenes", end="", file=sys.stderr, flush=True)
+        print(f"\rscored {done}/{total or '?'}", end="", file=sys.stderr, flush=True)
 
-    result = evaluate(model, config, scenes, rule=FLAGS.rule, progress=progress)
+    result, details = evaluate_detailed(model, config, scenes, FLAGS.rule, progress,
+                                        all_rules=True, with_negatives=FLAGS.negatives,
+                                        random_seed=FLAGS.random_seed,
+                                        noise_seed=FLAGS.noise_seed, class_groups=groups)
     print(file=sys.stderr)
-    result.update(step=step, eval_seed=config.eval_seed, workdir=os.path.abspath(FLAGS.workdir))
+    result.update(step=step, workdir=os.path.abspath(FLAGS.workdir), source=source,
+                  eval_seed=None if FLAGS.records else config.eval_seed,
+                  records=FLAGS.records)
     metrics_path = os.path.join(output_dir, "metrics.json")
     with open(metrics_path + ".tmp", "w") as f:
         json.dump(result, f, indent=1)
@@ -68,22 +165,19 @@ def main(argv: list[str]) -> None:
 
     paths = [metrics_path]
     if FLAGS.num_overlays:
-        batch = next(iter(scenes.batch(FLAGS.num_overlays)))
-        maps = predict_maps(model, [batch])
-        tiles = draw_boxes(overlay(batch["image"], maps["attention"]), batch["boxes"][:, 0]).numpy()
-        columns = int(np.ceil(np.sqrt(len(tiles))))
-        rows = int(np.ceil(len(tiles) / columns))
-        pad = np.ones([rows * columns - len(tiles), *tiles.shape[1:]], tiles.dtype)
-        grid = np.concatenate([tiles, pad]).reshape(rows, columns, *tiles.shape[1:])
-        grid = grid.transpose(0, 2, 1, 3, 4).reshape(rows * tiles.shape[1],
-                                                     columns * tiles.shape[2], 3)
         overlay_path = os.path.join(output_dir, "overlays.png")
-        Image.fromarray((grid * 255).round().astype(np.uint8)).save(overlay_path)
+        _write_overlay_grid(model, scenes, FLAGS.num_overlays, overlay_path)
         paths.append(overlay_path)
+    if FLAGS.plots:
+        written = plots.write_evaluation_plots(
+            result, details, scenes, output_dir, FLAGS.num_cases,
+            tensorboard_dir=os.path.join(output_dir, "tensorboard"), step=step,
+            class_names=class_names)
+        paths += list(written.values())
 
     rule = FLAGS.rule if FLAGS.rule != "fixed" else f"fixed threshold {config.ciou_threshold}"
-    print(f"Held-out synthetic scenes: {result['n']} (seed {config.eval_seed}), step {step}, "
-          f"binarising rule: {rule}, frame {config.eval_size}x{config.eval_size}")
+    print(f"{source}: {result['n']} pairs, step {step}, binarising rule: {rule}, frame "
+          f"{config.eval_size}x{config.eval_size}")
     print(_table(result))
     print("Wrote " + ", ".join(paths))
 

@@ -1,0 +1,820 @@
+"""Experiments, one command each: train every run (Trainer), evaluate, write JSON + markdown.
+
+  python -m tools.experiment --name=label_sweep  --output_dir=results/label_sweep  [--quick]
+  python -m tools.experiment --name=superstition --output_dir=results/superstition [--quick]
+      [--confound=0.9]
+  python -m tools.experiment --name=real_material --output_dir=results/real_material [--quick]
+
+label_sweep    built-in scenes, tiny preset: unsupervised (InfoNCE, triplet),
+               supervised only (unsupervised_loss=none) and semi-supervised
+               (InfoNCE + supervised) at 0/1/5/10/100% labels.
+superstition   scenes whose context cue announces the sounding class with
+               probability --confound: where does the map peak fall (object
+               vs cue), and how many labels correct an unsupervised model?
+real_material  the paper preset on composites of real photos and recordings
+               (../shared/realsets/stamps), built on first use with the importer of
+               tools/import_data.py --format=composites into <output_dir>/data.
+
+Writes <output_dir>/<name>.json and <name>.md (refreshed after every run),
+plots, and one directory per run under <output_dir>/runs/ (checkpoints,
+TensorBoard, metrics.json, evaluation plots). Re-running the same command
+resumes: finished runs (metrics.json present) are skipped and an interrupted
+run continues from its last checkpoint, so a long sweep can run in the
+background (nohup ... &) and be restarted at will. Every config field is also
+a flag (e.g. --train_steps, --batch_size); the scale (--quick or full) and
+the run's own settings are applied on top of the preset, flags on top of
+the scale, and the run's swept fields last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+from absl import flags
+
+from tools import common
+
+EXPERIMENTS = ("label_sweep", "superstition", "real_material")
+SCALES: dict[str, dict[str, Any]] = {
+    # A few hundred steps: the sweep's shape in well under an hour on 2 CPU cores.
+    "quick": {"train_steps": 200, "num_eval_samples": 200, "checkpoint_every": 100,
+              "log_every": 50},
+    # The preset's own training length.
+    "full": {"num_eval_samples": 500},
+}
+# real_material trains the paper preset (VGG16 at 320x320, 20 s of audio): its full scale
+# needs a GPU; the quick scale only shows that the pipeline runs.
+REAL_MATERIAL_SCALES: dict[str, dict[str, Any]] = {
+    "quick": {"train_steps": 20, "batch_size": 8, "checkpoint_every": 10, "log_every": 5},
+    "full": {"train_steps": 3000, "checkpoint_every": 500},
+}
+# Composite scenes imported per scale (train, test), stored as the stamps are (16 kHz, at most
+# 5 s; the reader resamples and pads to the preset), the training split with this fraction
+# marked labelled (the semi-supervised run's; the unsupervised runs ignore the marks).
+COMPOSITES = {"quick": (400, 100), "full": (5000, 500)}
+COMPOSITE_AUDIO = (16000, 5.0)
+COMPOSITE_TRAIN_LABELS = 0.1
+COMPOSITE_SEEDS = (0, 1)  # train, test: disjoint scene streams
+DEFAULT_SEEDS = {"quick": [0], "full": [0, 1, 2]}
+LABEL_FRACTIONS = (0.01, 0.05, 0.1, 1.0)
+SUPERSTITION_FRACTIONS = (0.01, 0.05, 0.1, 0.25)
+SUPERSTITION_CONFOUND = 0.9  # default of --confound for the superstition experiment
+CORRECTION_TOLERANCE = 0.05
+CONTROL_MIN_POINTING = 0.5  # about "point at one of the objects at random" (E[1/objects])
+AUDIO_GAP_FLOOR = 0.05  # a pointing gap below this: the map hardly depends on the sound
+VALIDATION_SCENES = 64  # the Trainer's end-of-run validation (logged to TensorBoard only)
+STAMPS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
+                          "shared", "realsets", "stamps")
+
+flags.DEFINE_enum("name", None, list(EXPERIMENTS), "Which experiment.", required=True)
+flags.DEFINE_string("output_dir", None, "Where the runs, the JSON and the markdown go.",
+                    required=True)
+flags.DEFINE_boolean("quick", False, f"Quick scale: {SCALES['quick']}, seed 0. Default: full "
+                     f"scale (the preset's steps, {SCALES['full']}), seeds 0,1,2.")
+flags.DEFINE_list("seeds", None, "Seeds (model initialisation and training scenes); each run "
+                  "is repeated per seed and tables give mean ± sd. Default: by scale.")
+flags.DEFINE_list("runs", None, "Only these runs (keys as in the tables' JSON, e.g. "
+                  "semi_infonce@0.1); default: all of the experiment's runs.")
+flags.DEFINE_string("train_records", None, "real_material: training records (directory or "
+                    "shard pattern); default: composites built into <output_dir>/data/train.")
+flags.DEFINE_string("test_records", None, "real_material: test records; default: composites "
+                    "built into <output_dir>/data/test.")
+flags.DEFINE_string("stamps", os.path.normpath(STAMPS_DIR), "real_material: the stamps folder "
+                    "(objects, sounds, backgrounds) the composites are built from.")
+flags.DEFINE_boolean("summarize_only", False, "Train nothing: rewrite the JSON, markdown and "
+                     "plots from the runs that finished (e.g. after the code or the preset "
+                     "changed); the tables then state the finished runs' own configuration.")
+flags.DEFINE_integer("num_cases", 8, "Best and worst cases each in every run's overlay plot "
+                     "(0: no per-run plots).", lower_bound=0)
+common.define_config_flags()
+FLAGS = flags.FLAGS
+
+
+# ---------------------------------------------------------------------------
+# The runs of each experiment.
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One training run: a table row (`key`) at one seed."""
+
+    key: str
+    group: str
+    fraction: float
+    overrides: dict
+    seed: int
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.key}_seed{self.seed}"
+
+
+def _fraction_key(prefix: str, fraction: float) -> str:
+    return f"{prefix}@{fraction:g}"
+
+
+def label_sweep_runs(seeds: list[int]) -> list[RunSpec]:
+    rows = [(_fraction_key("unsupervised_infonce", 0), "unsupervised (InfoNCE)", 0.0,
+             {"unsupervised_loss": "infonce", "label_fraction": 0.0}),
+            (_fraction_key("unsupervised_triplet", 0), "unsupervised (triplet, the paper's)", 0.0,
+             {"unsupervised_loss": "triplet", "label_fraction": 0.0})]
+    for f in LABEL_FRACTIONS:
+        rows.append((_fraction_key("supervised_only", f), "supervised only", f,
+                     {"unsupervised_loss": "none", "label_fraction": f}))
+    for f in LABEL_FRACTIONS:
+        rows.append((_fraction_key("semi_infonce", f), "semi-supervised (InfoNCE + supervised)",
+                     f, {"unsupervised_loss": "infonce", "label_fraction": f}))
+    return [RunSpec(k, g, f, o, s) for s in seeds for k, g, f, o in rows]
+
+
+OBJECTIVE_NAMES = {"infonce": "InfoNCE", "triplet": "triplet"}
+
+
+def superstition_runs(seeds: list[int], confound: float,
+                      objective: str = "infonce") -> list[RunSpec]:
+    """A no-cue control, the unsupervised model and semi-supervised ones, all with `objective`."""
+    if objective not in OBJECTIVE_NAMES:
+        raise ValueError(f"the superstition experiment needs an unsupervised objective, one of "
+                         f"{sorted(OBJECTIVE_NAMES)}. Received: unsupervised_loss={objective!r}")
+    name = OBJECTIVE_NAMES[objective]
+    rows = [(_fraction_key("control_no_cue", 0), f"control: unsupervised ({name}), trained "
+             "without cue", 0.0, {"label_fraction": 0.0, "confound": 0.0}),
+            (_fraction_key("unsupervised", 0), f"unsupervised ({name})", 0.0,
+             {"label_fraction": 0.0, "confound": confound})]
+    for f in SUPERSTITION_FRACTIONS:
+        rows.append((_fraction_key(f"semi_{objective}", f),
+                     f"semi-supervised ({name} + supervised)", f,
+                     {"label_fraction": f, "confound": confound}))
+    return [RunSpec(k, g, f, {"unsupervised_loss": objective, **o}, s)
+            for s in seeds for k, g, f, o in rows]
+
+
+def real_material_runs(seeds: list[int]) -> list[RunSpec]:
+    rows = [(_fraction_key("unsupervised_triplet", 0), "unsupervised (triplet, the paper's)", 0.0,
+             {"unsupervised_loss": "triplet", "label_fraction": 0.0}),
+            (_fraction_key("unsupervised_infonce", 0), "unsupervised (InfoNCE)", 0.0,
+             {"unsupervised_loss": "infonce", "label_fraction": 0.0}),
+            (_fraction_key("semi_triplet", 0.1), "semi-supervised (triplet + supervised)", 0.1,
+             {"unsupervised_loss": "triplet", "label_fraction": 0.1})]
+    return [RunSpec(k, g, f, o, s) for s in seeds for k, g, f, o in rows]
+
+
+# ---------------------------------------------------------------------------
+# Provenance.
+
+
+def _git(*args: str) -> str | None:
+    try:
+        return subprocess.run(["git", *args], cwd=os.path.dirname(os.path.abspath(__file__)),
+                              capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def environment() -> dict:
+    """Versions, machine and code revision, recorded with every result."""
+    import keras
+    import matplotlib
+    import numpy
+    import tensorflow as tf
+
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    return {
+        "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
+                     "keras": keras.__version__, "numpy": numpy.__version__,
+                     "matplotlib": matplotlib.__version__},
+        "machine": f"{_cpu_model()}, {cores} usable cores of {os.cpu_count()}, "
+                   f"{platform.system()} {platform.machine()}"
+                   + (f", GPUs: {', '.join(gpus)}" if gpus else ", no GPU"),
+        "git": {"commit": _git("rev-parse", "HEAD"),
+                "dirty": bool(_git("status", "--porcelain", "--untracked-files=no"))},
+    }
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: str, value: Any) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def _plain(value: Any) -> Any:
+    """JSON's view of a value (tuples become lists), for comparisons with saved files."""
+    return json.loads(json.dumps(value))
+
+
+# Fields that do not change what a run learns or how it is scored.
+BOOKKEEPING_FIELDS = frozenset({"log_every", "eval_every", "checkpoint_every",
+                                "max_checkpoints", "num_summary_images"})
+
+
+def config_differences(saved: dict, config) -> list[str]:
+    """Fields whose saved value differs from `config`'s, ignoring bookkeeping.
+
+    A field the saved run predates counts only if `config` does not leave it
+    at its default, so finished runs stay valid while Config gains fields.
+    """
+    current = _plain(dataclasses.asdict(config))
+    defaults = _plain({f.name: f.default for f in dataclasses.fields(config)})
+    return sorted(name for name, value in current.items()
+                  if name not in BOOKKEEPING_FIELDS
+                  and (saved[name] != value if name in saved else value != defaults[name]))
+
+
+# ---------------------------------------------------------------------------
+# One run.
+
+
+@dataclasses.dataclass
+class Setting:
+    """What an experiment needs besides its runs: data, evaluation and the shared strategy."""
+
+    name: str
+    output_dir: str
+    base_config: Any  # Config
+    seeds: list[int]
+    scale: str
+    preset: str = "tiny"
+    strategy: Any = None  # tf.distribute.Strategy; one per process
+    eval_changes: dict = dataclasses.field(default_factory=dict)
+    train_dataset_fn: Callable | None = None  # (config) -> (start -> dataset)
+    eval_dataset_fn: Callable | None = None  # (eval config) -> dataset
+    evaluation_text: str = ""
+    num_cases: int = 8
+    class_groups: list[int] | None = None
+    class_names: dict[str, str] | None = None
+    validation_scenes: int = VALIDATION_SCENES
+    log: Callable[[str], None] = print
+    # Set when summarising finished runs only: the configuration they recorded.
+    recorded_config: dict | None = None
+
+
+def run_config(setting: Setting, spec: RunSpec):
+    return setting.base_config.replace(
+        **spec.overrides, train_seed=setting.base_config.train_seed + spec.seed)
+
+
+def execute(setting: Setting, spec: RunSpec) -> dict:
+    """Trains and evaluates one run, or returns its saved record if it already finished."""
+    import keras
+
+    from soundloc_tf import data, plots
+    from soundloc_tf.evaluation import evaluate_detailed
+    from soundloc_tf.training import Trainer
+
+    config = run_config(setting, spec)
+    run_dir = os.path.join(setting.output_dir, "runs", spec.name)
+    metrics_path = os.path.join(run_dir, "metrics.json")
+    if os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+            saved = json.load(f)
+        differing = config_differences(saved.get("config") or {}, config)
+        if differing:
+            raise ValueError(
+                "the output directory holds a finished run with another configuration (another "
+                "scale or flags?); use a new --output_dir or the same settings. Received: "
+                f"{metrics_path} differs in {differing}")
+        setting.log(f"[{spec.name}] finished earlier; skipped")
+        return saved
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(spec.seed)
+    eval_config = config.replace(**setting.eval_changes)
+    validation = (setting.eval_dataset_fn(eval_config).take(setting.validation_scenes)
+                  if setting.eval_dataset_fn else
+                  data.synthetic_dataset(config, config.eval_seed,
+                                         count=setting.validation_scenes))
+    train_fn = setting.train_dataset_fn(config) if setting.train_dataset_fn else None
+    trainer = Trainer(config, os.path.join(run_dir, "train"), setting.strategy,
+                      dataset_fn=train_fn, validation=validation,
+                      log=lambda message: setting.log(f"[{spec.name}] {message}"))
+    first_step = int(trainer.step.numpy())
+    started = time.perf_counter()
+    losses = trainer.train()
+    train_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    scenes = (setting.eval_dataset_fn(eval_config) if setting.eval_dataset_fn else
+              data.synthetic_dataset(eval_config, eval_config.eval_seed,
+                                     count=config.num_eval_samples, with_extras=True))
+    result, details = evaluate_detailed(trainer.model, eval_config, scenes, "fixed",
+                                        all_rules=True, with_negatives=True,
+                                        class_groups=setting.class_groups)
+    eval_seconds = time.perf_counter() - started
+    plot_paths = {}
+    if setting.num_cases:
+        plot_paths = plots.write_evaluation_plots(
+            result, details, scenes, os.path.join(run_dir, "eval"), setting.num_cases,
+            tensorboard_dir=os.path.join(run_dir, "train", "tensorboard"),
+            step=config.train_steps, class_names=setting.class_names)
+    record = {"run": spec.name, "key": spec.key, "group": spec.group, "fraction": spec.fraction,
+              "seed": spec.seed, "note": spec.note, "overrides": spec.overrides,
+              "config": _plain(dataclasses.asdict(config)),
+              "eval_changes": setting.eval_changes, "resumed_from_step": first_step,
+              "train_wall_s": train_seconds, "eval_wall_s": eval_seconds,
+              "final_losses": losses, "finished": _now(), "plots": plot_paths,
+              "metrics": result}
+    os.makedirs(run_dir, exist_ok=True)
+    _write_json(metrics_path, record)
+    setting.log(f"[{spec.name}] cIoU@0.5 {result['ciou_at_0_5']:.3f}  AUC {result['auc']:.3f}  "
+                f"pointing {result['pointing_game']:.3f}  (train {train_seconds:.0f}s, "
+                f"eval {eval_seconds:.0f}s)")
+    return record
+
+
+# ---------------------------------------------------------------------------
+# Summaries.
+
+TABLE_METRICS: dict[str, Callable[[dict], float | None]] = {
+    "ciou_at_0_5": lambda m: m["ciou_at_0_5"],
+    "mean_ciou": lambda m: m["mean_ciou"],
+    "auc": lambda m: m["auc"],
+    "pointing_game": lambda m: m["pointing_game"],
+    "gap_pointing": lambda m: m.get("audio_dependence_gap", {}).get("pointing_game"),
+    "gap_ciou_at_0_5": lambda m: m.get("audio_dependence_gap", {}).get("ciou_at_0_5"),
+    "negative_ap_score": lambda m: m.get("negatives", {}).get("pooled", {}).get(
+        "score", {}).get("ap"),
+    "negative_ap_map_peak": lambda m: m.get("negatives", {}).get("pooled", {}).get(
+        "map_peak", {}).get("ap"),
+    "peak_on_object": lambda m: m.get("peak_location", {}).get("object", {}).get("rate"),
+    "peak_on_cue": lambda m: m.get("peak_location", {}).get("cue", {}).get("rate"),
+    "peak_on_distractors": lambda m: m.get("peak_location", {}).get("distractors", {}).get(
+        "rate"),
+    "peak_elsewhere": lambda m: m.get("peak_location", {}).get("elsewhere", {}).get("rate"),
+}
+
+
+def stats(values: list[float | None]) -> dict | None:
+    """mean, sample sd (None for one value) and the values, skipping missing ones."""
+    import numpy as np
+
+    present = [float(v) for v in values if v is not None]
+    if not present:
+        return None
+    return {"mean": float(np.mean(present)),
+            "sd": float(np.std(present, ddof=1)) if len(present) > 1 else None,
+            "n": len(present), "values": present}
+
+
+def summarize_runs(records: list[dict], specs: list[RunSpec]) -> list[dict]:
+    """One row per run key (in the specs' order), metrics as mean ± sd over seeds."""
+    rows, order = [], []
+    for spec in specs:
+        if spec.key not in order:
+            order.append(spec.key)
+    for key in order:
+        mine = [r for r in records if r["key"] == key]
+        if not mine:
+            continue
+        first = mine[0]
+        rows.append({
+            "key": key, "group": first["group"], "fraction": first["fraction"],
+            "note": first.get("note", ""), "seeds": [r["seed"] for r in mine],
+            "metrics": {name: stats([get(r["metrics"]) for r in mine])
+                        for name, get in TABLE_METRICS.items()},
+            "train_wall_s": stats([r["train_wall_s"] for r in mine]),
+        })
+    return rows
+
+
+def _row_metric(rows: list[dict], key: str, metric: str) -> dict | None:
+    for row in rows:
+        if row["key"] == key:
+            return row["metrics"].get(metric)
+    return None
+
+
+def superstition_conclusions(rows: list[dict], confound: float) -> dict:
+    """Where the peaks fall; whether the cue misled the unsupervised model; what corrects it.
+
+    Only a control that localises (trained without any cue, its peak on the
+    sounding object in at least CONTROL_MIN_POINTING of the same cue scenes)
+    can show a superstition. "Misled": the unsupervised model's peak lands on
+    the object less often than the control's minus CORRECTION_TOLERANCE;
+    "corrected": the smallest label fraction whose model is within it again.
+    """
+    def metric(key: str, name: str) -> float | None:
+        value = _row_metric(rows, _fraction_key(key, 0), name)
+        return value["mean"] if value else None
+
+    control, control_cue = metric("control_no_cue", "peak_on_object"), metric(
+        "control_no_cue", "peak_on_cue")
+    unsupervised, unsupervised_cue = metric("unsupervised", "peak_on_object"), metric(
+        "unsupervised", "peak_on_cue")
+    verdict, corrected_at, lines = "incomplete", None, []
+    if control is not None and unsupervised is not None:
+        lines.append(
+            f"With a cue announcing the sound in {confound:.0%} of scenes, the unsupervised "
+            f"model's map peak falls on the sounding object in {unsupervised:.1%} and on the cue "
+            f"in {unsupervised_cue:.1%} of evaluation scenes; the control (trained without cue, "
+            f"same evaluation scenes): object {control:.1%}, cue {control_cue:.1%}.")
+        target = control - CORRECTION_TOLERANCE
+        if control < CONTROL_MIN_POINTING:
+            verdict = "inconclusive"
+            lines.append(f"Inconclusive: the control did not learn to localise (its peak is on "
+                         f"the object in under {CONTROL_MIN_POINTING:.0%} of scenes), so no "
+                         "superstition can show; train longer.")
+        elif unsupervised >= target:
+            verdict = "not misled"
+            lines.append(f"Not misled: the unsupervised model points at the object within "
+                         f"{CORRECTION_TOLERANCE} of the control.")
+        else:
+            verdict = "misled"
+            semi = sorted((row["fraction"], row["metrics"]["peak_on_object"]["mean"])
+                          for row in rows if row["key"].startswith("semi_")
+                          and row["metrics"].get("peak_on_object"))
+            corrected_at = next((f for f, value in semi if value >= target), None)
+            lines.append(
+                "Misled by the cue; corrected (peak on the object at least as often as the "
+                f"control minus {CORRECTION_TOLERANCE}) "
+                + (f"from {_labels(corrected_at)} labels on." if corrected_at is not None
+                   else "by none of the label fractions run."))
+    return {"verdict": verdict, "corrected_at_fraction": corrected_at,
+            "tolerance": CORRECTION_TOLERANCE, "control_min_pointing": CONTROL_MIN_POINTING,
+            "lines": lines}
+
+
+def _labels(fraction: float) -> str:
+    return f"{fraction:.0%}" if fraction >= 0.01 or fraction == 0 else f"{fraction:.1%}"
+
+
+def label_sweep_conclusions(rows: list[dict]) -> dict:
+    """Which runs beat the best baseline, and which maps hardly depend on the sound."""
+    deaf = [f"{row['group']} at {_labels(row['fraction'])}" for row in rows
+            if row["metrics"].get("gap_pointing")
+            and abs(row["metrics"]["gap_pointing"]["mean"]) < AUDIO_GAP_FLOOR]
+    lines = []
+    if deaf:
+        lines.append(f"Maps that hardly depend on the sound (pointing gap below "
+                     f"{AUDIO_GAP_FLOOR}): " + "; ".join(deaf) + ". Their localisation comes "
+                     "from the image alone.")
+    lines.append("The semi-supervised model at 0% labels is the unsupervised InfoNCE run (the "
+                 "same configuration), listed once.")
+    return {"audio_gap_floor": AUDIO_GAP_FLOOR, "deaf_runs": deaf, "lines": lines}
+
+
+COLUMNS = {
+    "label_sweep": [("ciou_at_0_5", "cIoU@0.5"), ("mean_ciou", "mean cIoU"), ("auc", "AUC"),
+                    ("pointing_game", "pointing"), ("gap_pointing", "gap (pointing)"),
+                    ("negative_ap_score", "neg. AP (score)"),
+                    ("negative_ap_map_peak", "neg. AP (map peak)")],
+    "superstition": [("peak_on_object", "peak on object"), ("peak_on_cue", "peak on cue"),
+                     ("peak_on_distractors", "peak on distractors"),
+                     ("peak_elsewhere", "peak elsewhere"), ("pointing_game", "pointing"),
+                     ("ciou_at_0_5", "cIoU@0.5"), ("auc", "AUC")],
+    "real_material": [("ciou_at_0_5", "cIoU@0.5"), ("mean_ciou", "mean cIoU"), ("auc", "AUC"),
+                      ("pointing_game", "pointing"), ("gap_pointing", "gap (pointing)"),
+                      ("negative_ap_score", "neg. AP (score)")],
+}
+COLUMN_NOTES = (
+    "gap = matched minus mismatched-sound pointing game; neg. AP = average precision of "
+    "telling positives from silence, white noise and off-screen sounds (pooled) by the model's "
+    "score (max cosine) or map peak (max attention), chance level = the positives' share, about "
+    "0.25 with one negative of each kind per image; peak on X = fraction of evaluation images "
+    "whose attention peak lies in X's box.")
+DESCRIPTIONS = {
+    "label_sweep": "How much do labels help? The same tiny model trained without labels "
+                   "(InfoNCE, or the paper's triplet loss), with labels only, and with both.",
+    "superstition": "A context patch whose colour announces the sounding class: does an "
+                    "unsupervised model look at the patch instead of the object, and how many "
+                    "labelled pairs put its attention back on the object?",
+    "real_material": "Trained and evaluated on composites of real photo cut-outs, real "
+                     "recordings of the same classes and real backgrounds (the paper preset "
+                     "unless the preset below says otherwise).",
+}
+
+
+def write_outputs(setting: Setting, specs: list[RunSpec], records: list[dict],
+                  command: str, env: dict, started: str) -> tuple[str, str]:
+    """<name>.json and <name>.md (and sweep plots) from the records so far."""
+    from soundloc_tf import plots
+    from tools import make_results
+
+    rows = summarize_runs(records, specs)
+    name = setting.name
+    plot_paths = []
+    if name == "superstition":
+        conclusions = superstition_conclusions(rows, setting.eval_changes.get("confound", 0.0))
+    elif name == "label_sweep":
+        conclusions = label_sweep_conclusions(rows)
+    else:
+        conclusions = {"lines": []}
+    if rows and name in ("label_sweep", "superstition"):
+        plot_paths = _sweep_plots(setting, rows, plots)
+    first = records[0]["metrics"] if records else {}
+    baselines = ({**first["baselines"], "random_box": first["random_baseline"]}
+                 if first else {})
+    doc = {
+        "schema": make_results.SCHEMA, "experiment": name, "description": DESCRIPTIONS[name],
+        "command": command, "scale": setting.scale, "preset": setting.preset,
+        "seeds": setting.seeds,
+        "base_config": setting.recorded_config or _plain(dataclasses.asdict(setting.base_config)),
+        "summarized_from_records": setting.recorded_config is not None,
+        "eval_changes": setting.eval_changes,
+        "evaluation": setting.evaluation_text,
+        "columns": COLUMNS[name], "column_notes": COLUMN_NOTES,
+        "summary": rows, "baselines": baselines, "conclusions": conclusions,
+        "runs_planned": len(specs), "runs_done": len(records),
+        "complete": len(records) == len(specs),
+        "wall_s": sum(r["train_wall_s"] + r["eval_wall_s"] for r in records),
+        "started": started, "finished": max(r["finished"] for r in records) if records else _now(),
+        "environment": env, "plots": plot_paths,
+        "runs": [{k: v for k, v in r.items() if k != "config"} for r in records],
+    }
+    json_path = os.path.join(setting.output_dir, f"{name}.json")
+    md_path = os.path.join(setting.output_dir, f"{name}.md")
+    _write_json(json_path, doc)
+    with open(md_path + ".tmp", "w") as f:
+        f.write(make_results.render_experiment(doc, level=1) + "\n")
+    os.replace(md_path + ".tmp", md_path)
+    return json_path, md_path
+
+
+def _sweep_plots(setting: Setting, rows: list[dict], plots) -> list[str]:
+    """Metric against label fraction, one line per run family (keys before '@')."""
+    def series(families: dict[str, tuple[str, ...]], metric: str) -> dict:
+        out = {}
+        for label, members in families.items():
+            points = [(r["fraction"], r["metrics"][metric]["mean"],
+                       r["metrics"][metric]["sd"] or 0.0) for r in rows
+                      if r["key"].split("@")[0] in members and r["metrics"].get(metric)]
+            if points:
+                out[label] = points
+        return out
+
+    paths = []
+    if setting.name == "label_sweep":
+        groups = {"semi-supervised (InfoNCE + sup.)": ("semi_infonce", "unsupervised_infonce"),
+                  "supervised only": ("supervised_only",),
+                  "unsupervised triplet": ("unsupervised_triplet",)}
+        for metric, label in (("ciou_at_0_5", "cIoU@0.5"), ("auc", "AUC")):
+            data = series(groups, metric)
+            if data:
+                paths.append(plots.metric_vs_fraction(
+                    data, os.path.join(setting.output_dir, f"{metric}_vs_fraction.png"), label,
+                    f"{label} vs labelled fraction (fixed threshold 0.5)"))
+    else:
+        semi = tuple({r["key"].split("@")[0] for r in rows
+                      if r["key"].startswith(("semi_", "unsupervised@"))})
+        data = {**series({"peak on object": semi}, "peak_on_object"),
+                **series({"peak on cue": semi}, "peak_on_cue")}
+        references = {}
+        for row in rows:
+            if row["key"].startswith("control_no_cue"):
+                references = {"control: peak on object": row["metrics"]["peak_on_object"]["mean"],
+                              "control: peak on cue": row["metrics"]["peak_on_cue"]["mean"]}
+        if data:
+            paths.append(plots.metric_vs_fraction(
+                data, os.path.join(setting.output_dir, "peak_vs_fraction.png"),
+                "fraction of evaluation scenes", "where the map peak falls", references))
+    return paths
+
+
+# ---------------------------------------------------------------------------
+# Setting up each experiment.
+
+
+def ensure_composites(directory: str, stamps: str, count: int, seed: int,
+                      label_fraction: float, log: Callable[[str], None] = print) -> str:
+    """The composite records in `directory`, built with tools/import_data's importer if absent."""
+    manifest_path = os.path.join(directory, "manifest.json")
+    if os.path.exists(manifest_path):
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+        if manifest.get("count") != count or manifest.get("source") != "composites":
+            raise ValueError(f"{directory} holds other records ({manifest.get('count')} of "
+                             f"{manifest.get('source')!r}, expected {count} composites); delete "
+                             f"it or use another --output_dir. Received: {manifest_path}")
+        return directory
+    if not os.path.isdir(stamps):
+        raise ValueError("the composites are built from the real-material stamps, which are "
+                         f"not there; pass --stamps. Received: stamps={stamps!r}")
+    try:
+        from soundloc_tf import importers
+    except ImportError as error:
+        raise ValueError("real_material needs the composites importer (soundloc_tf.importers, "
+                         "used by tools/import_data.py --format=composites), which this "
+                         f"checkout does not have. Received: ImportError: {error}") from None
+    if os.path.isdir(directory) and os.listdir(directory):
+        raise ValueError(f"an earlier import into {directory} did not finish; delete the "
+                         f"directory and rerun. Received: {sorted(os.listdir(directory))[:3]}")
+    log(f"building {count} composite scenes (seed {seed}) from {stamps} into {directory}")
+    rate, seconds = COMPOSITE_AUDIO
+    importers.run_import("composites", stamps, directory, sample_rate=rate,
+                         clip_seconds=seconds, count=count, seed=seed,
+                         label_fraction=label_fraction)
+    return directory
+
+
+def real_material_setting(base: Setting, train: str | None, test: str | None,
+                          stamps: str) -> Setting:
+    """Builds (or takes) the composite records and wires the record reader into the setting."""
+    scale = "quick" if base.scale.startswith("quick") else "full"
+    train_count, test_count = COMPOSITES[scale]
+    data_dir = os.path.join(base.output_dir, "data")
+    train = train or ensure_composites(os.path.join(data_dir, "train"), stamps, train_count,
+                                       COMPOSITE_SEEDS[0], COMPOSITE_TRAIN_LABELS, base.log)
+    test = test or ensure_composites(os.path.join(data_dir, "test"), stamps, test_count,
+                                     COMPOSITE_SEEDS[1], 1.0, base.log)
+    try:
+        from soundloc_tf import records
+    except ImportError as error:
+        raise ValueError("real_material needs soundloc_tf.records (the record reader), which "
+                         f"this checkout does not have. Received: ImportError: {error}") from None
+    from soundloc_tf.evaluation import group_ids
+
+    manifests = {}
+    for flag, path in (("train_records", train), ("test_records", test)):
+        try:
+            manifests[flag] = records.resolve(path).manifest
+        except ValueError as error:
+            raise ValueError(f"--{flag} is not a record set: {error}") from None
+    extra = manifests["test_records"].get("extra", {})
+    base.class_groups = group_ids(extra.get("classes") or [], extra.get("groups"))
+    base.class_names = {str(i): name for i, name in enumerate(extra.get("classes") or [])} or None
+    base.train_dataset_fn = lambda config: (
+        lambda start: records.read_records(config, train, training=True,
+                                           seed=config.train_seed, start=start))
+    base.eval_dataset_fn = lambda config: records.read_records(config, test, training=False)
+    groups = " (mismatched and off-screen sounds chosen by class group)" \
+        if base.class_groups else ""
+    base.evaluation_text = (
+        f"all {manifests['test_records'].get('count', '?')} pairs of {test}{groups}; attention "
+        f"map, fixed threshold {base.base_config.ciou_threshold}, frame "
+        f"{base.base_config.eval_size}x{base.base_config.eval_size}")
+    return base
+
+
+def plan(setting: Setting, runs_filter: list[str] | None = None) -> list[RunSpec]:
+    if setting.name == "label_sweep":
+        specs = label_sweep_runs(setting.seeds)
+    elif setting.name == "superstition":
+        specs = superstition_runs(setting.seeds, setting.eval_changes["confound"],
+                                  setting.base_config.unsupervised_loss)
+    else:
+        specs = real_material_runs(setting.seeds)
+    if runs_filter:
+        known = {s.key for s in specs}
+        unknown = sorted(set(runs_filter) - known)
+        if unknown:
+            raise ValueError(f"unknown run(s) for {setting.name}; expected some of "
+                             f"{sorted(known)}. Received: {unknown}")
+        specs = [s for s in specs if s.key in runs_filter]
+    return specs
+
+
+def load_finished(setting: Setting, specs: list[RunSpec]) -> list[dict]:
+    """The saved records of the runs that finished, whatever configuration they ran with."""
+    records = []
+    for spec in specs:
+        path = os.path.join(setting.output_dir, "runs", spec.name, "metrics.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                records.append(json.load(f))
+    return records
+
+
+def run_experiment(setting: Setting, command: str, runs_filter: list[str] | None = None,
+                   summarize_only: bool = False) -> tuple[str, str]:
+    """Every run of the experiment (skipping finished ones), then the JSON and markdown.
+
+    With `summarize_only`, trains nothing and summarises the finished runs.
+    """
+    specs = plan(setting, runs_filter)
+    os.makedirs(setting.output_dir, exist_ok=True)
+    env, started = environment(), _now()
+    if summarize_only:
+        records = load_finished(setting, specs)
+        if not records:
+            raise ValueError(f"no finished runs to summarise. Received: "
+                             f"output_dir={setting.output_dir!r}")
+        # Swept fields as the base configuration has them; everything else as the runs ran.
+        swept = {k: getattr(setting.base_config, k)
+                 for k in ("label_fraction", "unsupervised_loss", "confound")}
+        setting.recorded_config = {**records[0]["config"], **swept,
+                                   "train_seed": setting.base_config.train_seed}
+        # The command, machine and versions of the runs themselves, when their summary says so.
+        previous_path = os.path.join(setting.output_dir, f"{setting.name}.json")
+        if os.path.exists(previous_path):
+            with open(previous_path) as f:
+                previous = json.load(f)
+            command, env = previous.get("command", command), previous.get("environment", env)
+            started = previous.get("started", started)
+        return write_outputs(setting, specs, records, command, env, started)
+    records, paths = [], ("", "")
+    for i, spec in enumerate(specs, start=1):
+        setting.log(f"=== run {i}/{len(specs)}: {spec.name} ({spec.group}, "
+                    f"{spec.fraction:.0%} labels)")
+        records.append(execute(setting, spec))
+        paths = write_outputs(setting, specs, records, command, env, started)
+    return paths
+
+
+def make_setting(name: str, output_dir: str, base_config, seeds: list[int], scale: str,
+                 preset: str = "tiny", strategy=None, confound: float = 0.9, num_cases: int = 8,
+                 train_records: str | None = None, test_records: str | None = None,
+                 stamps: str = STAMPS_DIR, log: Callable[[str], None] = print) -> Setting:
+    setting = Setting(name=name, output_dir=output_dir, base_config=base_config, seeds=seeds,
+                      scale=scale, preset=preset, strategy=strategy, num_cases=num_cases, log=log)
+    if name == "superstition":
+        if not 0.0 < confound <= 1.0:
+            raise ValueError(f"confound must lie in (0, 1]. Received: confound={confound}")
+        setting.eval_changes = {"confound": confound}
+    if name == "real_material":
+        return real_material_setting(setting, train_records, test_records, stamps)
+    cue = (f", context cue announcing the sounding class with probability {confound}"
+           if name == "superstition" else "")
+    setting.evaluation_text = (
+        f"{base_config.num_eval_samples} held-out synthetic scenes (seed {base_config.eval_seed})"
+        f"{cue}; attention map, fixed threshold {base_config.ciou_threshold}, frame "
+        f"{base_config.eval_size}x{base_config.eval_size}; all rules, negatives and per-class "
+        "results in each run's metrics.json")
+    return setting
+
+
+def _explicit_overrides() -> dict[str, Any]:
+    """Config fields given on the command line, parsed like tools/common.config_from_flags."""
+    import typing
+
+    from soundloc_tf import config as config_lib
+
+    hints = typing.get_type_hints(config_lib.Config)
+    overrides = {}
+    for name in common.overridden_fields():
+        value = FLAGS[name].value
+        if hints[name] not in (bool, int, float, str):
+            try:
+                value = tuple(int(v) for v in value)
+            except ValueError:
+                raise ValueError(f"--{name} takes comma-separated integers. "
+                                 f"Received: {','.join(value)}") from None
+        overrides[name] = value
+    return overrides
+
+
+def main(argv: list[str]) -> None:
+    from soundloc_tf import config as config_lib
+
+    scale = "quick" if FLAGS.quick else "full"
+    preset = FLAGS.preset if FLAGS["preset"].present or FLAGS.name != "real_material" else "paper"
+    explicit = _explicit_overrides()
+    # superstition: --confound sets the cue's probability in the runs that have a cue (and in
+    # every run's evaluation scenes), not in the base configuration.
+    confound = explicit.pop("confound", SUPERSTITION_CONFOUND) if FLAGS.name == "superstition" \
+        else 0.0
+    scales = REAL_MATERIAL_SCALES if FLAGS.name == "real_material" else SCALES
+    base_config = config_lib.get_config(preset, **{**scales[scale], **explicit})
+    try:
+        seeds = [int(s) for s in FLAGS.seeds] if FLAGS.seeds else DEFAULT_SEEDS[scale]
+    except ValueError:
+        raise ValueError(f"--seeds takes comma-separated integers. Received: "
+                         f"{','.join(FLAGS.seeds)}") from None
+    if explicit:
+        scale += " (with " + ", ".join(f"{k}={v}" for k, v in sorted(explicit.items())) + ")"
+    setting = make_setting(FLAGS.name, FLAGS.output_dir, base_config, seeds, scale, preset,
+                           confound=confound, num_cases=FLAGS.num_cases,
+                           train_records=FLAGS.train_records, test_records=FLAGS.test_records,
+                           stamps=FLAGS.stamps)
+    from soundloc_tf.training import make_strategy
+
+    setting.strategy = make_strategy()
+    command = "python -m tools.experiment " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    json_path, md_path = run_experiment(setting, command, FLAGS.runs, FLAGS.summarize_only)
+    print(f"Wrote {json_path} and {md_path}")
+
+
+def run() -> None:
+    common.run_tool(main)
+
+
+if __name__ == "__main__":
+    run()
