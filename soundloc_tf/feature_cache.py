@@ -21,7 +21,7 @@ import json
 import os
 import tempfile
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 import keras
 import numpy as np
@@ -33,6 +33,7 @@ from soundloc_tf.training import compute_losses, make_optimizer
 
 CACHE_FORMAT = "soundloc-feature-cache"
 DTYPES = {"float16": tf.float16, "float32": tf.float32}
+PROGRESS_SECONDS = 5.0  # between progress lines while caching
 
 
 def towers(model: keras.Model) -> tuple[keras.Model, keras.Model, keras.Model]:
@@ -53,8 +54,12 @@ def fingerprint(*models: keras.Model) -> str:
 
 def write_cache(model: keras.Model, config: Config, dataset: tf.data.Dataset, directory: str,
                 batch_size: int = 16, dtype: str = "float16",
-                samples_per_shard: int = 2000) -> dict:
-    """Runs the frozen towers over an unbatched `dataset` once and stores the features."""
+                samples_per_shard: int = 2000,
+                progress: Callable[[int], None] | None = None) -> dict:
+    """Runs the frozen towers over an unbatched `dataset` once and stores the features.
+
+    `progress(samples_written)` is called after every batch.
+    """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}. Received: dtype={dtype!r}")
     if not (config.freeze_image_tower and config.freeze_audio_tower):
@@ -99,6 +104,8 @@ def write_cache(model: keras.Model, config: Config, dataset: tf.data.Dataset, di
                     writer.close()
                     shards.append((temp, in_shard))
                     writer, temp = None, None
+            if progress is not None:
+                progress(count)
         if writer is not None:
             writer.close()
             shards.append((temp, in_shard))
@@ -188,6 +195,47 @@ def read_cache(config: Config, directory: str, training: bool, seed: int = 0, st
     if start:
         dataset = dataset.skip(start)
     return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def ensure_cache(model: keras.Model, config: Config, source: tf.data.Dataset, directory: str,
+                 log: Callable[[str], None] = print, dtype: str = "float16") -> dict:
+    """The manifest of the cache in `directory`, written from `source` first if absent.
+
+    An existing cache is reused only if `model`'s towers made it (checked by
+    `read_cache`), so a rerun or a resumed run never recomputes the towers.
+    """
+    path = os.path.join(directory, records.MANIFEST)
+    if os.path.exists(path):
+        read_cache(config, directory, training=False, model=model)  # validates, or raises
+        with open(path) as f:
+            manifest = json.load(f)
+        log(f"Feature cache {directory}: {manifest['count']} samples (reused)")
+        return manifest
+    started = last = time.perf_counter()
+
+    def progress(done: int) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if now - last >= PROGRESS_SECONDS:
+            last = now
+            print(f"\rcaching tower outputs: {done} samples, "
+                  f"{done / (now - started):.1f}/s", end="", flush=True)
+
+    manifest = write_cache(model, config, source, directory, dtype=dtype, progress=progress)
+    print(flush=True)
+    size = sum(s["bytes"] for s in manifest["shards"])
+    log(f"Feature cache {directory}: {manifest['count']} samples in {manifest['seconds']:.0f} s "
+        f"({manifest['count'] / max(manifest['seconds'], 1e-9):.1f} samples/s), "
+        f"{size / manifest['count'] / 1e3:.0f} kB per sample ({dtype})")
+    return manifest
+
+
+def cache_dataset_fn(config: Config, directory: str, model: keras.Model
+                     ) -> Callable[[int], tf.data.Dataset]:
+    """A `Trainer` dataset function over the cache: seeded shuffle, resumable at `start`."""
+    read_cache(config, directory, training=False, model=model)  # fail before training starts
+    return lambda start: read_cache(config, directory, training=True, seed=config.train_seed,
+                                    start=start)
 
 
 class CachedStep:

@@ -215,6 +215,7 @@ class Trainer:
             # Built eagerly inside the scope: a lazily built optimiser fails under Mirrored.
             self.optimizer.build(self.model.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.from_features = False
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
                                               step=self.step)
         self.manager = tf.train.CheckpointManager(
@@ -248,12 +249,34 @@ class Trainer:
         if path is not None:
             self.log(f"Resumed from {path} at step {int(self.step.numpy())}.")
 
+    def use_feature_cache(self, dataset_fn: DatasetFn) -> None:
+        """Trains the localiser on cached tower outputs instead of images and waveforms.
+
+        `dataset_fn(start)` yields `feature_cache.read_cache` elements.  The
+        towers must be frozen (their outputs are fixed); checkpoints hold the
+        whole model as in live training, so evaluation and export are unchanged.
+        """
+        if not (self.config.freeze_image_tower and self.config.freeze_audio_tower):
+            raise ValueError("training from a feature cache needs both towers frozen. Received: "
+                             f"freeze_image_tower={self.config.freeze_image_tower}, "
+                             f"freeze_audio_tower={self.config.freeze_audio_tower}")
+        self.dataset_fn = dataset_fn
+        self.from_features = True
+
     # -- one step ------------------------------------------------------------
+
+    def _forward(self, batch: dict) -> dict[str, tf.Tensor]:
+        if not self.from_features:
+            return self.model({"image": batch["image"], "waveform": batch["waveform"]},
+                              training=True)
+        outputs = dict(self.model.get_layer("localizer")(
+            [batch["visual_map"], batch["audio_feature"]], training=True))
+        outputs["audio_feature"] = batch["audio_feature"]
+        return outputs
 
     def _replica_step(self, batch: dict) -> dict[str, tf.Tensor]:
         with tf.GradientTape() as tape:
-            outputs = self.model({"image": batch["image"], "waveform": batch["waveform"]},
-                                 training=True)
+            outputs = self._forward(batch)
             terms = compute_losses(self.config, outputs, batch, self.global_batch, self.step)
         variables = self.model.trainable_variables
         gradients = tape.gradient(terms["total"], variables)

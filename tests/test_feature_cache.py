@@ -107,3 +107,40 @@ def test_cache_refuses_other_towers_corruption_and_unfrozen_towers(model, caches
         (copy / name).write_bytes(content)
     with pytest.raises(ValueError, match="corrupted shard.*features-00001-of-00003"):
         feature_cache.read_cache(CONFIG, str(copy), training=True)
+
+
+def test_trainer_on_the_cache_takes_the_same_steps_as_live_frozen_training(tmp_path):
+    """Three Trainer steps from a float32 cache end at the weights of three live frozen steps."""
+    config = CONFIG.replace(batch_size=8, train_steps=3, learning_rate=3e-3, eval_every=100,
+                            checkpoint_every=100, num_summary_images=0)
+    validation = data.synthetic_dataset(config, config.eval_seed, count=4)
+    strategy = training.make_strategy()  # one per process, as tools/experiment.py does
+    live = training.Trainer(config, str(tmp_path / "live"), strategy, validation=validation,
+                            log=lambda message: None)
+    cached = training.Trainer(config, str(tmp_path / "cached"), strategy,
+                              validation=validation, log=lambda message: None)
+    directory = str(tmp_path / "cache")
+    feature_cache.write_cache(cached.model, config, data.synthetic_dataset(config, 0, count=24),
+                              directory, dtype="float32")
+    cached.use_feature_cache(lambda start: feature_cache.read_cache(
+        config, directory, training=False, start=start))
+    # Same seed, same initial weights; the live stream is the cached scenes in the same order.
+    live.dataset_fn = lambda start: data.synthetic_dataset(config, 0, start=start)
+    live_losses, cached_losses = live.train(), cached.train()
+    assert cached_losses["total"] == pytest.approx(live_losses["total"], rel=1e-4)
+    for a, b in zip(live.model.get_layer("localizer").weights,
+                    cached.model.get_layer("localizer").weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-5)
+    changed = [not np.allclose(a.numpy(), b.numpy()) for a, b in zip(
+        cached.model.get_layer("localizer").weights,
+        build_model(config).get_layer("localizer").weights)]
+    assert any(changed)  # the steps did train the localiser
+
+
+def test_trainer_refuses_a_cache_for_towers_that_train(tmp_path):
+    config = CONFIG.replace(freeze_image_tower=False)
+    trainer = training.Trainer(config, str(tmp_path), log=lambda message: None,
+                               validation=data.synthetic_dataset(config, config.eval_seed,
+                                                                 count=2))
+    with pytest.raises(ValueError, match="both towers frozen.*freeze_image_tower=False"):
+        trainer.use_feature_cache(lambda start: None)

@@ -112,3 +112,24 @@ def test_switch_video_writes_a_clip_whose_sound_changes_objects(trained_run, tmp
     with av.open(str(output)) as container:
         audio = sum(frame.samples for frame in container.decode(audio=0))
     assert abs(audio - 2 * 8000) < 2048  # 2 s at 8 kHz, give or take AAC padding
+
+
+def test_cached_tower_mode_builds_the_cache_once_then_reuses_it(tmp_path):
+    args = [f"--workdir={tmp_path}", "--tower_mode=cached", "--cache_samples=16",
+            "--batch_size=4", "--eval_every=100", "--num_summary_images=0"]
+    first = _run("train", *args, "--train_steps=2")
+    assert first.returncode == 0, first.stderr
+    assert "Feature cache" in first.stdout and "16 samples in" in first.stdout
+    manifest = json.loads((tmp_path / "feature_cache" / "manifest.json").read_text())
+    assert manifest["count"] == 16 and manifest["dtype"] == "float16"
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["freeze_image_tower"] is True and config["freeze_audio_tower"] is True
+    second = _run("train", *args, "--train_steps=4")
+    assert second.returncode == 0, second.stderr
+    assert "16 samples (reused)" in second.stdout and "Resumed" in second.stdout
+    assert "step 4/4" in second.stdout
+
+
+def test_tower_mode_that_contradicts_a_freeze_flag():
+    result = _run("train", "--tower_mode=fine_tuned", "--freeze_image_tower=true")
+    _assert_clean_failure(result, "--tower_mode=fine_tuned contradicts --freeze_image_tower")

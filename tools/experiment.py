@@ -11,9 +11,13 @@ label_sweep    built-in scenes, tiny preset: unsupervised (InfoNCE, triplet),
 superstition   scenes whose context cue announces the sounding class with
                probability --confound: where does the map peak fall (object
                vs cue), and how many labels correct an unsupervised model?
-real_material  the paper preset on composites of real photos and recordings
-               (../shared/realsets/stamps), built on first use with the importer of
-               tools/import_data.py --format=composites into <output_dir>/data.
+real_material  the paper preset (VGG16 320x320, SoundNet-8) on composites of real
+               photos and recordings (../shared/realsets/stamps), built on first use
+               with the importer of tools/import_data.py --format=composites into
+               <output_dir>/data: random vs pretrained (HED VGG16, SoundNet-8) frozen
+               towers, unsupervised and semi-supervised, trained from a feature cache
+               per tower set (<output_dir>/feature_cache). Needs
+               `python -m tools.fetch_weights --what=all` once.
 
 Writes <output_dir>/<name>.json and <name>.md (refreshed after every run),
 plots, and one directory per run under <output_dir>/runs/ (checkpoints,
@@ -51,19 +55,28 @@ SCALES: dict[str, dict[str, Any]] = {
     # The preset's own training length.
     "full": {"num_eval_samples": 500},
 }
-# real_material trains the paper preset (VGG16 at 320x320, 20 s of audio): its full scale
-# needs a GPU; the quick scale only shows that the pipeline runs.
+# real_material trains the paper preset (VGG16 at 320x320, SoundNet-8 on 20 s) with both
+# towers frozen, from a feature cache: the towers run once per tower set over the composites,
+# then every run trains only the localiser. Quick only shows that the pipeline runs.
 REAL_MATERIAL_SCALES: dict[str, dict[str, Any]] = {
     "quick": {"train_steps": 20, "batch_size": 8, "checkpoint_every": 10, "log_every": 5},
-    "full": {"train_steps": 3000, "checkpoint_every": 500},
+    "full": {"train_steps": 1000, "checkpoint_every": 250, "log_every": 100},
 }
-# Composite scenes imported per scale (train, test), stored as the stamps are (16 kHz, at most
-# 5 s; the reader resamples and pads to the preset), the training split with this fraction
-# marked labelled (the semi-supervised run's; the unsupervised runs ignore the marks).
-COMPOSITES = {"quick": (400, 100), "full": (5000, 500)}
-COMPOSITE_AUDIO = (16000, 5.0)
+# Composite scenes imported per scale (train, test), audio stored at 16 kHz and looped to the
+# preset's clip length (the reader resamples to SoundNet-8's 22,050 Hz), the training split
+# with this fraction marked labelled (the semi-supervised runs'; unsupervised runs ignore it).
+COMPOSITES = {"quick": (48, 24), "full": (1500, 250)}
+COMPOSITE_SAMPLE_RATE = 16000
 COMPOSITE_TRAIN_LABELS = 0.1
 COMPOSITE_SEEDS = (0, 1)  # train, test: disjoint scene streams
+# The two tower sets compared: random initialisation, and the best offline pretrained start
+# (HED VGG16, SoundNet-8 converted by tools/fetch_weights.py).
+SOUNDNET_WEIGHTS = os.path.join("~", ".keras", "models", "soundnet8.weights.h5")
+TOWER_SETS: dict[str, dict[str, Any]] = {
+    "random": {"image_weights": "none", "audio_tower": "soundnet8", "audio_weights": "none"},
+    "pretrained": {"image_weights": "hed", "audio_tower": "soundnet8",
+                   "audio_weights": SOUNDNET_WEIGHTS},
+}
 DEFAULT_SEEDS = {"quick": [0], "full": [0, 1, 2]}
 LABEL_FRACTIONS = (0.01, 0.05, 0.1, 1.0)
 SUPERSTITION_FRACTIONS = (0.01, 0.05, 0.1, 0.25)
@@ -160,12 +173,18 @@ def superstition_runs(seeds: list[int], confound: float,
 
 
 def real_material_runs(seeds: list[int]) -> list[RunSpec]:
-    rows = [(_fraction_key("unsupervised_triplet", 0), "unsupervised (triplet, the paper's)", 0.0,
-             {"unsupervised_loss": "triplet", "label_fraction": 0.0}),
-            (_fraction_key("unsupervised_infonce", 0), "unsupervised (InfoNCE)", 0.0,
-             {"unsupervised_loss": "infonce", "label_fraction": 0.0}),
-            (_fraction_key("semi_triplet", 0.1), "semi-supervised (triplet + supervised)", 0.1,
-             {"unsupervised_loss": "triplet", "label_fraction": 0.1})]
+    """Random vs pretrained frozen towers, each unsupervised and semi-supervised (10% labels)."""
+    frozen = {"freeze_image_tower": True, "freeze_audio_tower": True}
+    rows = []
+    for towers, weights in TOWER_SETS.items():
+        rows += [(_fraction_key(f"{towers}_unsupervised_infonce", 0),
+                  f"{towers} towers, unsupervised (InfoNCE)", 0.0,
+                  {**weights, **frozen, "unsupervised_loss": "infonce", "label_fraction": 0.0}),
+                 (_fraction_key(f"{towers}_semi_infonce", COMPOSITE_TRAIN_LABELS),
+                  f"{towers} towers, semi-supervised (InfoNCE + supervised)",
+                  COMPOSITE_TRAIN_LABELS,
+                  {**weights, **frozen, "unsupervised_loss": "infonce",
+                   "label_fraction": COMPOSITE_TRAIN_LABELS})]
     return [RunSpec(k, g, f, o, s) for s in seeds for k, g, f, o in rows]
 
 
@@ -273,6 +292,8 @@ class Setting:
     class_groups: list[int] | None = None
     class_names: dict[str, str] | None = None
     validation_scenes: int = VALIDATION_SCENES
+    # (config) -> unbatched training data for a feature cache; None trains through the towers.
+    cache_source_fn: Callable | None = None
     log: Callable[[str], None] = print
     # Set when summarising finished runs only: the configuration they recorded.
     recorded_config: dict | None = None
@@ -317,6 +338,19 @@ def execute(setting: Setting, spec: RunSpec) -> dict:
     trainer = Trainer(config, os.path.join(run_dir, "train"), setting.strategy,
                       dataset_fn=train_fn, validation=validation,
                       log=lambda message: setting.log(f"[{spec.name}] {message}"))
+    cache = None
+    if setting.cache_source_fn is not None:
+        from soundloc_tf import feature_cache
+
+        # One cache per tower weights: runs that share towers share it.
+        key = feature_cache.fingerprint(*feature_cache.towers(trainer.model)[:2])[:16]
+        cache_dir = os.path.join(setting.output_dir, "feature_cache", key)
+        cache = feature_cache.ensure_cache(trainer.model, config, setting.cache_source_fn(config),
+                                           cache_dir, log=setting.log)
+        cache = {"directory": cache_dir, "count": cache["count"], "seconds": cache["seconds"],
+                 "bytes": sum(s["bytes"] for s in cache["shards"])}
+        trainer.use_feature_cache(feature_cache.cache_dataset_fn(config, cache_dir,
+                                                                 trainer.model))
     first_step = int(trainer.step.numpy())
     started = time.perf_counter()
     losses = trainer.train()
@@ -341,6 +375,7 @@ def execute(setting: Setting, spec: RunSpec) -> dict:
               "config": _plain(dataclasses.asdict(config)),
               "eval_changes": setting.eval_changes, "resumed_from_step": first_step,
               "train_wall_s": train_seconds, "eval_wall_s": eval_seconds,
+              "feature_cache": cache,
               "final_losses": losses, "finished": _now(), "plots": plot_paths,
               "metrics": result}
     os.makedirs(run_dir, exist_ok=True)
@@ -604,7 +639,8 @@ def _sweep_plots(setting: Setting, rows: list[dict], plots) -> list[str]:
 
 
 def ensure_composites(directory: str, stamps: str, count: int, seed: int,
-                      label_fraction: float, log: Callable[[str], None] = print) -> str:
+                      label_fraction: float, log: Callable[[str], None] = print,
+                      clip_seconds: float = 5.0) -> str:
     """The composite records in `directory`, built with tools/import_data's importer if absent."""
     manifest_path = os.path.join(directory, "manifest.json")
     if os.path.exists(manifest_path):
@@ -628,11 +664,25 @@ def ensure_composites(directory: str, stamps: str, count: int, seed: int,
         raise ValueError(f"an earlier import into {directory} did not finish; delete the "
                          f"directory and rerun. Received: {sorted(os.listdir(directory))[:3]}")
     log(f"building {count} composite scenes (seed {seed}) from {stamps} into {directory}")
-    rate, seconds = COMPOSITE_AUDIO
-    importers.run_import("composites", stamps, directory, sample_rate=rate,
-                         clip_seconds=seconds, count=count, seed=seed,
+    importers.run_import("composites", stamps, directory, sample_rate=COMPOSITE_SAMPLE_RATE,
+                         clip_seconds=clip_seconds, count=count, seed=seed,
                          label_fraction=label_fraction)
     return directory
+
+
+def check_real_material_inputs(stamps: str, train: str | None, test: str | None) -> None:
+    """Fails in seconds, not after the first runs: the stamps (unless given records) and the
+    pretrained towers' weights must be there."""
+    if not (train and test) and not os.path.isdir(stamps):
+        raise ValueError("the composites are built from the real-material stamps, which are "
+                         f"not there; pass --stamps. Received: stamps={stamps!r}")
+    from soundloc_tf import models
+
+    missing = [p for p in (os.path.expanduser(SOUNDNET_WEIGHTS), models.hed_weights_path())
+               if not os.path.isfile(p)]
+    if missing:
+        raise ValueError("the pretrained towers' weights are missing; run `python -m "
+                         f"tools.fetch_weights --what=all` first. Received: {missing}")
 
 
 def real_material_setting(base: Setting, train: str | None, test: str | None,
@@ -641,10 +691,12 @@ def real_material_setting(base: Setting, train: str | None, test: str | None,
     scale = "quick" if base.scale.startswith("quick") else "full"
     train_count, test_count = COMPOSITES[scale]
     data_dir = os.path.join(base.output_dir, "data")
+    clip = base.base_config.clip_seconds
     train = train or ensure_composites(os.path.join(data_dir, "train"), stamps, train_count,
-                                       COMPOSITE_SEEDS[0], COMPOSITE_TRAIN_LABELS, base.log)
+                                       COMPOSITE_SEEDS[0], COMPOSITE_TRAIN_LABELS, base.log,
+                                       clip)
     test = test or ensure_composites(os.path.join(data_dir, "test"), stamps, test_count,
-                                     COMPOSITE_SEEDS[1], 1.0, base.log)
+                                     COMPOSITE_SEEDS[1], 1.0, base.log, clip)
     try:
         from soundloc_tf import records
     except ImportError as error:
@@ -665,6 +717,8 @@ def real_material_setting(base: Setting, train: str | None, test: str | None,
         lambda start: records.read_records(config, train, training=True,
                                            seed=config.train_seed, start=start))
     base.eval_dataset_fn = lambda config: records.read_records(config, test, training=False)
+    base.cache_source_fn = lambda config: records.read_records(config, train, training=False,
+                                                               verify=False)
     groups = " (mismatched and off-screen sounds chosen by class group)" \
         if base.class_groups else ""
     base.evaluation_text = (
@@ -800,6 +854,8 @@ def main(argv: list[str]) -> None:
                          f"{','.join(FLAGS.seeds)}") from None
     if explicit:
         scale += " (with " + ", ".join(f"{k}={v}" for k, v in sorted(explicit.items())) + ")"
+    if FLAGS.name == "real_material":
+        check_real_material_inputs(FLAGS.stamps, FLAGS.train_records, FLAGS.test_records)
     setting = make_setting(FLAGS.name, FLAGS.output_dir, base_config, seeds, scale, preset,
                            confound=confound, num_cases=FLAGS.num_cases,
                            train_records=FLAGS.train_records, test_records=FLAGS.test_records,

@@ -8,6 +8,13 @@ config field is a flag (see --helpfull).
   soundloc-train --preset=paper --records=records/flickr_train \
       --validation_records=records/flickr_test
 
+--tower_mode picks how the towers take part: fine_tuned (trained with the
+rest), frozen (run on every step, not trained: the authors' set-up) or
+cached (frozen, run once over the training data into a feature cache, then
+the localiser trains on the cache: many times faster; the cache fixes each
+sample's crop and audio window).  Without it, the config's freeze_* fields
+decide.
+
 --records (a record directory or a shard pattern, see docs/DATA.md) trains on
 imported data instead: shuffled with --train_seed, augmented, repeated, and
 on resume skipped to step * batch_size.  The skip replays the same stream
@@ -29,12 +36,37 @@ flags.DEFINE_string("records", None, "Train on these records (directory or shard
                     "instead of the synthetic scenes.")
 flags.DEFINE_string("validation_records", None, "Validate on these records (the first "
                     "VALIDATION_SAMPLES_DURING_TRAINING samples).")
+flags.DEFINE_enum("tower_mode", None, ["fine_tuned", "frozen", "cached"],
+                  "fine_tuned: towers trained; frozen: towers run live but not trained; "
+                  "cached: frozen towers run once into a feature cache. Default: as the "
+                  "config's freeze_image_tower / freeze_audio_tower say.")
+flags.DEFINE_string("feature_cache", None, "tower_mode=cached: the cache directory (built "
+                    "if absent, reused if its towers match). Default: <workdir>/feature_cache.")
+flags.DEFINE_integer("cache_samples", 10_000, "tower_mode=cached on synthetic scenes: how "
+                     "many training scenes to cache (records are cached whole).", lower_bound=1)
 common.define_config_flags()
 FLAGS = flags.FLAGS
 
+TOWER_MODES = {"fine_tuned": False, "frozen": True, "cached": True}  # -> freeze both towers
+
+
+def _config():
+    config = common.config_from_flags()
+    if FLAGS.tower_mode is None:
+        if FLAGS.feature_cache:
+            raise ValueError("--feature_cache needs --tower_mode=cached. Received: "
+                             f"--feature_cache={FLAGS.feature_cache!r}")
+        return config
+    freeze = TOWER_MODES[FLAGS.tower_mode]
+    for name in ("freeze_image_tower", "freeze_audio_tower"):
+        if FLAGS[name].present and FLAGS[name].value != freeze:
+            raise ValueError(f"--tower_mode={FLAGS.tower_mode} contradicts --{name}. "
+                             f"Received: --{name}={FLAGS[name].value}")
+    return config.replace(freeze_image_tower=freeze, freeze_audio_tower=freeze)
+
 
 def main(argv: list[str]) -> None:
-    config = common.config_from_flags()
+    config = _config()
     workdir = FLAGS.workdir or os.path.join("runs", FLAGS.preset)
     from soundloc_tf.training import Trainer, make_strategy  # after flag parsing: slow
 
@@ -57,6 +89,21 @@ def main(argv: list[str]) -> None:
                                               training=False).take(
                 VALIDATION_SAMPLES_DURING_TRAINING)
     trainer = Trainer(config, workdir, strategy, dataset_fn=dataset_fn, validation=validation)
+    if FLAGS.tower_mode == "cached":
+        from soundloc_tf import data, feature_cache
+
+        if os.environ.get("TF_CONFIG"):
+            raise ValueError("--tower_mode=cached trains on one worker (the cache is one "
+                             "directory); unset TF_CONFIG or use --tower_mode=frozen. Received: "
+                             "TF_CONFIG is set")
+
+        if FLAGS.records:
+            source = records.read_records(config, FLAGS.records, training=False, verify=False)
+        else:
+            source = data.synthetic_dataset(config, config.train_seed, count=FLAGS.cache_samples)
+        cache_dir = FLAGS.feature_cache or os.path.join(workdir, "feature_cache")
+        feature_cache.ensure_cache(trainer.model, config, source, cache_dir)
+        trainer.use_feature_cache(feature_cache.cache_dataset_fn(config, cache_dir, trainer.model))
     print(f"Training {config.train_steps} steps, batch {config.batch_size}, on "
           f"{trainer.strategy.num_replicas_in_sync} replica(s); logs in {workdir}", flush=True)
     trainer.train()
