@@ -78,18 +78,21 @@ class Scale:
     serving_batches: tuple[int, ...]
     serving_repeats: int
     cache_warmup: bool
+    serving_paper_calls: int  # 0: skip the paper-preset serving comparison
 
 
 QUICK = Scale(repeats=3, warmup=1, matmul_sizes=(2048,), tower_batch_paper=1,
               tower_batch_tiny=16, live_batch_paper=2, e2e_batch_tiny=16,
               cache_samples_paper=2, cache_samples_tiny=32, heads_batch=30, heads_steps=5,
               records_paper=8, records_tiny=32, pipeline_batches=2, serving_calls=10,
-              serving_batches=(8, 32), serving_repeats=2, cache_warmup=False)
+              serving_batches=(8, 32), serving_repeats=2, cache_warmup=False,
+              serving_paper_calls=0)
 FULL = Scale(repeats=5, warmup=2, matmul_sizes=(1024, 2048, 3072), tower_batch_paper=4,
              tower_batch_tiny=64, live_batch_paper=8, e2e_batch_tiny=32,
              cache_samples_paper=32, cache_samples_tiny=256, heads_batch=30, heads_steps=20,
              records_paper=32, records_tiny=128, pipeline_batches=8, serving_calls=100,
-             serving_batches=(8, 32), serving_repeats=5, cache_warmup=True)
+             serving_batches=(8, 32), serving_repeats=5, cache_warmup=True,
+             serving_paper_calls=10)
 
 # Every figure a complete run must produce (tests/test_benchmarks.py checks them).
 REQUIRED_FIGURES = (
@@ -113,7 +116,9 @@ REQUIRED_FIGURES = (
     "bare_model_b1_p50_ms", "bare_model_b1_p99_ms",
     "bare_model_b8_pairs_per_s", "bare_model_b32_pairs_per_s",
     "rest_b1_p50_ms", "rest_b1_p99_ms", "rest_b8_pairs_per_s", "rest_b32_pairs_per_s",
-    "serving_b1_p50_over_bare",
+    "serving_tensors_b1_p50_ms", "serving_tensors_b1_p99_ms",
+    "serving_tensors_b8_pairs_per_s", "serving_tensors_b32_pairs_per_s",
+    "serving_b1_p50_over_bare", "serving_tensors_b1_p50_over_bare",
     *(f"peak_rss_mb_{s}" for s in STAGES),
 )
 
@@ -551,6 +556,7 @@ def stage_serving(st: Stage) -> None:
     version_dir = export.export_model(model, config, base, version=1)
     loaded = tf.saved_model.load(version_dir)
     signature = loaded.signatures[export.BYTES_SIGNATURE]
+    tensors_signature = loaded.signatures[export.TENSORS_SIGNATURE]
 
     scenes = list(data.synthetic_dataset(config, config.eval_seed, count=4))
     image_files = [records.encode_image(s["image"].numpy()) for s in scenes]
@@ -566,6 +572,11 @@ def stage_serving(st: Stage) -> None:
     def saved(n):
         i, w = tf.constant(pick(n, image_files)), tf.constant(pick(n, wav_files))
         return lambda: signature(image_bytes=i, wav_bytes=w)["score"].numpy()
+
+    def saved_tensors(n):
+        i = tf.constant(np.take(images, np.arange(n) % len(images), axis=0))
+        w = tf.constant(np.take(waves, np.arange(n) % len(waves), axis=0))
+        return lambda: tensors_signature(image=i, waveform=w)["score"].numpy()
 
     def keras_call(n):
         i = tf.constant(np.take(images, np.arange(n) % len(images), axis=0))
@@ -590,8 +601,8 @@ def stage_serving(st: Stage) -> None:
                                        f"predictions for {n} pairs")
             return post
 
-        for name, make in (("serving_default", saved), ("bare_model", keras_call),
-                           ("rest", rest)):
+        for name, make in (("serving_default", saved), ("serving_tensors", saved_tensors),
+                           ("bare_model", keras_call), ("rest", rest)):
             p50, p99 = latencies_ms(make(1), calls, warm)
             st.put(f"{name}_b1_p50_ms", p50)
             st.put(f"{name}_b1_p99_ms", p99)
@@ -601,6 +612,41 @@ def stage_serving(st: Stage) -> None:
     finally:
         server.stop()
     st.notes["serving_model"] = "tiny preset, random weights, exported by soundloc_tf.export"
+    if st.scale.serving_paper_calls:
+        _serving_paper(st, base)
+
+
+def _serving_paper(st: Stage, base: str) -> None:
+    """serving_tensors vs the bare call at batch 1 for the paper preset (VGG16 at 320x320).
+
+    The signatures add a fixed tail (heat map at 224x224, the region box) whose cost is
+    large next to the tiny network and small next to VGG16; this measures the latter.
+    """
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from soundloc_tf import data, export
+    from soundloc_tf.config import get_config
+    from soundloc_tf.models import build_model
+
+    config = get_config("paper", image_weights="none")
+    keras.utils.set_random_seed(0)
+    model = build_model(config)
+    version_dir = export.export_model(model, config, base, model_name="soundloc_paper",
+                                      version=1)
+    signature = tf.saved_model.load(version_dir).signatures[export.TENSORS_SIGNATURE]
+    scene = next(iter(data.synthetic_dataset(config, config.eval_seed, count=1).batch(1)))
+    image, waveform = scene["image"], scene["waveform"]
+    bare = tf.function(lambda i, w: model({"image": i, "waveform": w}, training=False))
+    calls = st.scale.serving_paper_calls
+    for name, call in (("paper_serving_tensors",
+                        lambda: signature(image=image, waveform=waveform)["score"].numpy()),
+                       ("paper_bare_model", lambda: bare(image, waveform)["score"].numpy())):
+        p50, p99 = latencies_ms(call, calls, 2)
+        st.put(f"{name}_b1_p50_ms", p50)
+        st.put(f"{name}_b1_p99_ms", p99)
+    st.notes["serving_paper_model"] = "paper preset (random weights), serving_tensors, batch 1"
     st.notes["serving_latency_calls"] = calls
 
 
@@ -697,6 +743,12 @@ def derive(figures: dict[str, float]) -> None:
         f["paper_10_epoch_speedup_cache_vs_live_fp32"] = live_time / cache_time
     if "serving_default_b1_p50_ms" in f and "bare_model_b1_p50_ms" in f:
         f["serving_b1_p50_over_bare"] = f["serving_default_b1_p50_ms"] / f["bare_model_b1_p50_ms"]
+    if "paper_serving_tensors_b1_p50_ms" in f and "paper_bare_model_b1_p50_ms" in f:
+        f["paper_serving_tensors_b1_p50_over_bare"] = (f["paper_serving_tensors_b1_p50_ms"]
+                                                       / f["paper_bare_model_b1_p50_ms"])
+    if "serving_tensors_b1_p50_ms" in f and "bare_model_b1_p50_ms" in f:
+        f["serving_tensors_b1_p50_over_bare"] = (f["serving_tensors_b1_p50_ms"]
+                                                 / f["bare_model_b1_p50_ms"])
 
 
 TABLE_ROWS = (
@@ -738,11 +790,19 @@ TABLE_ROWS = (
                                             "serving_default_b1_p99_ms")),
     ("serving_default b8 / b32 (pairs/s)", ("serving_default_b8_pairs_per_s",
                                              "serving_default_b32_pairs_per_s")),
+    ("serving_tensors b1 p50 / p99 (ms)", ("serving_tensors_b1_p50_ms",
+                                            "serving_tensors_b1_p99_ms")),
+    ("serving_tensors b8 / b32 (pairs/s)", ("serving_tensors_b8_pairs_per_s",
+                                             "serving_tensors_b32_pairs_per_s")),
     ("Bare Keras b1 p50 / p99 (ms)", ("bare_model_b1_p50_ms", "bare_model_b1_p99_ms")),
     ("Bare Keras b8 / b32 (pairs/s)", ("bare_model_b8_pairs_per_s", "bare_model_b32_pairs_per_s")),
     ("REST b1 p50 / p99 (ms)", ("rest_b1_p50_ms", "rest_b1_p99_ms")),
     ("REST b8 / b32 (pairs/s)", ("rest_b8_pairs_per_s", "rest_b32_pairs_per_s")),
-    ("serving_default b1 p50 / bare (x)", ("serving_b1_p50_over_bare",)),
+    ("serving_default / serving_tensors b1 p50 over bare (x)",
+     ("serving_b1_p50_over_bare", "serving_tensors_b1_p50_over_bare")),
+    ("Paper preset b1 p50: serving_tensors / bare (ms), ratio (x)",
+     ("paper_serving_tensors_b1_p50_ms", "paper_bare_model_b1_p50_ms",
+      "paper_serving_tensors_b1_p50_over_bare")),
     ("Peak RSS MiB: peak, tower, cache_build, train_e2e",
      ("peak_rss_mb_peak", "peak_rss_mb_tower", "peak_rss_mb_cache_build",
       "peak_rss_mb_train_e2e")),
