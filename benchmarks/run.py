@@ -102,6 +102,8 @@ REQUIRED_FIGURES = (
     "tower_paper_gmac_per_image", "tower_tiny_gmac_per_image",
     "cache_build_paper_images_per_s", "cache_paper_bytes_per_sample",
     "cache_build_tiny_images_per_s", "cache_tiny_bytes_per_sample",
+    *(f"cache_{p}_{d}_{k}" for p in ("paper", "tiny") for d in ("bfloat16", "int8")
+      for k in ("bytes_per_sample", "loss_error_ppm")),
     "train_e2e_tiny_fp32_pairs_per_s", "train_e2e_tiny_bf16_pairs_per_s",
     "train_live_paper_fp32_pairs_per_s", "train_live_paper_bf16_pairs_per_s",
     *(f"train_cache_{p}_{d}{x}_pairs_per_s" for p in ("paper", "tiny") for d in ("fp32", "bf16")
@@ -357,6 +359,35 @@ def stage_cache_build(st: Stage) -> None:
         st.notes[f"cache_{preset}_dtype"] = manifest["dtype"]
         st.notes["cache_build_method"] = ("one write_cache pass (fp32 towers, float16 features, "
                                           "batch 16) over pre-generated scenes; single timing")
+        _cache_dtype_effects(st, preset, model, config, dataset.take(16))
+
+
+def _cache_dtype_effects(st: Stage, preset: str, model, config, dataset) -> None:
+    """Bytes per sample and the loss's relative error of bfloat16 and int8 caches vs float32."""
+    from soundloc_tf import feature_cache
+
+    losses = {}
+    for dtype in ("float32", "bfloat16", "int8"):
+        directory = os.path.join(st.workdir, f"cache_{preset}_{dtype}")
+        shutil.rmtree(directory, ignore_errors=True)
+        manifest = feature_cache.write_cache(model, config, dataset, directory, batch_size=16,
+                                             dtype=dtype)
+        count = manifest["count"]
+        st.put(f"cache_{preset}_{dtype}_bytes_per_sample",
+               sum(s["bytes"] for s in manifest["shards"]) / count)
+        batch = next(iter(feature_cache.read_cache(config, directory, training=False)
+                          .batch(count)))
+        step = feature_cache.CachedStep(config.replace(label_fraction=1.0),
+                                        feature_cache.towers(model)[2])
+        losses[dtype] = float(step.losses(batch)["total"])
+        shutil.rmtree(directory, ignore_errors=True)
+    for dtype in ("bfloat16", "int8"):
+        st.put(f"cache_{preset}_{dtype}_loss_error_ppm",
+               1e6 * abs(losses[dtype] - losses["float32"]) / abs(losses["float32"]))
+    st.notes["cache_dtype_method"] = ("the same scenes cached as float32, bfloat16 and int8; "
+                                      "relative error of the total loss (unsupervised + "
+                                      "supervised on every sample) on one batch vs float32, "
+                                      "in parts per million")
 
 
 def _fixed_batches(config, count: int, batch: int):
@@ -741,6 +772,10 @@ def derive(figures: dict[str, float]) -> None:
         live_time = 10.0 / f["train_live_paper_fp32_pairs_per_s"]
         cache_time = 1.0 / f["cache_build_paper_images_per_s"] + 10.0 / max(heads)
         f["paper_10_epoch_speedup_cache_vs_live_fp32"] = live_time / cache_time
+        # Projected wall time of 10 epochs (hours), cache build included, on this machine.
+        for pairs, tag in ((10_000, "10k"), (144_000, "144k")):
+            f[f"paper_10_epochs_{tag}_live_fp32_hours"] = pairs * live_time / 3600.0
+            f[f"paper_10_epochs_{tag}_cached_hours"] = pairs * cache_time / 3600.0
     if "serving_default_b1_p50_ms" in f and "bare_model_b1_p50_ms" in f:
         f["serving_b1_p50_over_bare"] = f["serving_default_b1_p50_ms"] / f["bare_model_b1_p50_ms"]
     if "paper_serving_tensors_b1_p50_ms" in f and "paper_bare_model_b1_p50_ms" in f:
@@ -777,6 +812,13 @@ TABLE_ROWS = (
      ("cache_build_paper_images_per_s", "cache_paper_bytes_per_sample")),
     ("Cache build tiny: img/s, bytes/sample",
      ("cache_build_tiny_images_per_s", "cache_tiny_bytes_per_sample")),
+    ("Cache paper bytes/sample fp32 / bf16 / int8",
+     ("cache_paper_float32_bytes_per_sample", "cache_paper_bfloat16_bytes_per_sample",
+      "cache_paper_int8_bytes_per_sample")),
+    ("Cache paper loss error bf16 / int8 vs fp32 (ppm)",
+     ("cache_paper_bfloat16_loss_error_ppm", "cache_paper_int8_loss_error_ppm")),
+    ("Cache tiny loss error bf16 / int8 vs fp32 (ppm)",
+     ("cache_tiny_bfloat16_loss_error_ppm", "cache_tiny_int8_loss_error_ppm")),
     ("Cache read paper / tiny (pairs/s)",
      ("cache_read_paper_pairs_per_s", "cache_read_tiny_pairs_per_s")),
     ("Input pipeline paper / tiny (pairs/s)",
@@ -786,6 +828,10 @@ TABLE_ROWS = (
     ("Cache read / fastest heads step, paper (x)", ("cache_read_paper_over_heads_training",)),
     ("10-epoch paper speed-up, cache vs live fp32 (x)",
      ("paper_10_epoch_speedup_cache_vs_live_fp32",)),
+    ("10 epochs of 10k pairs, live fp32 / cached (hours)",
+     ("paper_10_epochs_10k_live_fp32_hours", "paper_10_epochs_10k_cached_hours")),
+    ("10 epochs of 144k pairs, live fp32 / cached (hours)",
+     ("paper_10_epochs_144k_live_fp32_hours", "paper_10_epochs_144k_cached_hours")),
     ("serving_default b1 p50 / p99 (ms)", ("serving_default_b1_p50_ms",
                                             "serving_default_b1_p99_ms")),
     ("serving_default b8 / b32 (pairs/s)", ("serving_default_b8_pairs_per_s",

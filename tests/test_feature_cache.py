@@ -24,7 +24,7 @@ def caches(model, tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
     dataset = data.synthetic_dataset(CONFIG, 0, count=40)
     made = {}
-    for dtype in ("float32", "float16"):
+    for dtype in ("float32", "float16", "bfloat16", "int8"):
         made[dtype] = str(root / dtype)
         manifest = feature_cache.write_cache(model, CONFIG, dataset, made[dtype], dtype=dtype,
                                              samples_per_shard=16)
@@ -60,13 +60,34 @@ def test_cached_loss_equals_the_live_loss(model, caches):
         assert float(half[key]) == pytest.approx(value, rel=2e-3, abs=1e-4)
 
 
-def test_float16_halves_the_bytes(caches):
+@pytest.mark.parametrize("dtype, tolerance", [("bfloat16", 2e-2), ("int8", 2e-2)])
+def test_smaller_caches_stay_close_to_the_live_loss(model, caches, dtype, tolerance):
+    """bfloat16 (8-bit mantissa) and int8 (per-channel scales) lose little of the loss."""
+    batch = next(iter(data.synthetic_dataset(CONFIG, 0, count=CONFIG.batch_size)
+                      .batch(CONFIG.batch_size)))
+    live = {k: float(v) for k, v in _live_losses(model, batch).items()}
+    cached, _ = _cached_losses(model, caches[dtype])
+    exact, _ = _cached_losses(model, caches["float32"])
+    errors = {k: abs(float(cached[k]) - v) / abs(v) for k, v in live.items() if v}
+    assert max(errors.values()) < tolerance, errors
+    # Not just the same loss: the features themselves are close, and not bit-identical.
+    read = lambda d: next(iter(feature_cache.read_cache(CONFIG, caches[d], training=False)
+                               .batch(CONFIG.batch_size)))["visual_map"].numpy()
+    reference, approximate = read("float32"), read(dtype)
+    relative = np.abs(approximate - reference).max() / np.abs(reference).max()
+    assert 0 < relative < 1e-2
+
+
+def test_16_bit_caches_halve_the_bytes_and_int8_quarters_them(caches):
     sizes = {k: sum(os.path.getsize(os.path.join(v, f)) for f in os.listdir(v)
                     if f.endswith(".tfrecord")) for k, v in caches.items()}
-    # Per sample: a 12x12x64 map and a 128-d feature, 4 or 2 bytes per number.
+    # Per sample: a 12x12x64 map and a 128-d feature, 4, 2 or 1 bytes per number (int8 adds
+    # 64 + 1 float32 scales).
     numbers = 12 * 12 * 64 + 128
     assert sizes["float32"] / 40 == pytest.approx(numbers * 4, rel=0.05)
     assert sizes["float16"] / 40 == pytest.approx(numbers * 2, rel=0.08)
+    assert sizes["bfloat16"] / 40 == pytest.approx(numbers * 2, rel=0.08)
+    assert sizes["int8"] / 40 == pytest.approx(numbers + 65 * 4, rel=0.15)
 
 
 def test_training_from_the_cache_trains_the_models_localizer(tmp_path):
