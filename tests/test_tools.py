@@ -116,12 +116,13 @@ def test_switch_video_writes_a_clip_whose_sound_changes_objects(trained_run, tmp
 
 def test_cached_tower_mode_builds_the_cache_once_then_reuses_it(tmp_path):
     args = [f"--workdir={tmp_path}", "--tower_mode=cached", "--cache_samples=16",
+            "--cache_dtype=int8",
             "--batch_size=4", "--eval_every=100", "--num_summary_images=0"]
     first = _run("train", *args, "--train_steps=2")
     assert first.returncode == 0, first.stderr
     assert "Feature cache" in first.stdout and "16 samples in" in first.stdout
     manifest = json.loads((tmp_path / "feature_cache" / "manifest.json").read_text())
-    assert manifest["count"] == 16 and manifest["dtype"] == "float16"
+    assert manifest["count"] == 16 and manifest["dtype"] == "int8"
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["freeze_image_tower"] is True and config["freeze_audio_tower"] is True
     second = _run("train", *args, "--train_steps=4")

@@ -42,6 +42,9 @@ flags.DEFINE_enum("tower_mode", None, ["fine_tuned", "frozen", "cached"],
                   "config's freeze_image_tower / freeze_audio_tower say.")
 flags.DEFINE_string("feature_cache", None, "tower_mode=cached: the cache directory (built "
                     "if absent, reused if its towers match). Default: <workdir>/feature_cache.")
+flags.DEFINE_enum("cache_dtype", "float16", ["float32", "float16", "bfloat16", "int8"],
+                  "tower_mode=cached: storage type of the cached features (int8: per-channel "
+                  "scales, a quarter of float32's bytes).")
 flags.DEFINE_integer("cache_samples", 10_000, "tower_mode=cached on synthetic scenes: how "
                      "many training scenes to cache (records are cached whole).", lower_bound=1)
 common.define_config_flags()
@@ -102,7 +105,8 @@ def main(argv: list[str]) -> None:
         else:
             source = data.synthetic_dataset(config, config.train_seed, count=FLAGS.cache_samples)
         cache_dir = FLAGS.feature_cache or os.path.join(workdir, "feature_cache")
-        feature_cache.ensure_cache(trainer.model, config, source, cache_dir)
+        feature_cache.ensure_cache(trainer.model, config, source, cache_dir,
+                                   dtype=FLAGS.cache_dtype)
         trainer.use_feature_cache(feature_cache.cache_dataset_fn(config, cache_dir, trainer.model))
     print(f"Training {config.train_steps} steps, batch {config.batch_size}, on "
           f"{trainer.strategy.num_replicas_in_sync} replica(s); logs in {workdir}", flush=True)
