@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from soundloc_tf import metrics, negatives
+from soundloc_tf import losses, metrics, negatives
 from soundloc_tf.config import Config
 
 EVAL_BATCH = 32
@@ -211,6 +211,12 @@ def _groups_of(class_ids: np.ndarray, class_groups: Sequence[int] | None) -> np.
     return np.where(known, table[np.where(known, class_ids, 0)], -1)
 
 
+def has_boxes(boxes: np.ndarray) -> np.ndarray:
+    """[N, annotators, boxes, 4] -> bool [N]: pairs with at least one non-empty box."""
+    areas = np.prod(boxes[..., 2:] - boxes[..., :2], axis=-1)
+    return (areas > 0).any(axis=(1, 2))
+
+
 def matched_samples(dataset: tf.data.Dataset) -> int:
     """Samples per clip of a dataset of the common element spec."""
     length = dataset.element_spec["waveform"].shape[-1]
@@ -237,6 +243,19 @@ def evaluate_detailed(model: keras.Model, config: Config, dataset: tf.data.Datas
     towers = split_model(model)
     batched = dataset.batch(EVAL_BATCH).prefetch(tf.data.AUTOTUNE)
     features, info = _audio_pass(towers, batched, noise_seed if with_negatives else None)
+    # Pairs without any box have an empty ground truth: every map would score 0 there.
+    annotated = has_boxes(info["boxes"])
+    if not annotated.any():
+        raise ValueError(
+            "none of the pairs has an annotated box, so there is no ground truth to score "
+            "against (unlabelled data, such as imported videos, can train but not be "
+            f"evaluated). Received: {len(annotated)} pairs without boxes")
+    if not annotated.all():
+        features = {k: v[annotated] for k, v in features.items()}
+        info = {k: v[annotated] for k, v in info.items()}
+        dataset = dataset.filter(lambda element: tf.reduce_any(
+            losses.valid_annotators(element["boxes"][None])))
+        batched = dataset.batch(EVAL_BATCH).prefetch(tf.data.AUTOTUNE)
     n = len(info["id"])
     class_ids = info["class_id"].astype(np.int64)
     groups = _groups_of(class_ids, class_groups)
@@ -262,7 +281,8 @@ def evaluate_detailed(model: keras.Model, config: Config, dataset: tf.data.Datas
     attention = metrics.normalize_heatmaps(outputs["matched"]["attention"], size).numpy()
     result, per_image, hits = _score(attention, gt, rule, threshold)
     result.update(rule=rule, threshold=threshold if rule == "fixed" else None, eval_size=size,
-                  baselines=metrics.baselines(gt), map="attention")
+                  baselines=metrics.baselines(gt), map="attention",
+                  skipped_without_boxes=int((~annotated).sum()))
     result["random_baseline"], random_cious = metrics.random_baseline(gt, random_seed)
 
     cosine = metrics.normalize_heatmaps(outputs["matched"]["cosine"], size).numpy()

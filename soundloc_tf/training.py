@@ -206,6 +206,13 @@ class Trainer:
             lambda start: data.synthetic_dataset(config, config.train_seed, start=start))
         self.validation = validation or data.synthetic_dataset(
             config, config.eval_seed, count=VALIDATION_SAMPLES_DURING_TRAINING)
+        # Fail now, not at the first validation hours later: scoring needs boxes.
+        boxed = self.validation.filter(
+            lambda element: tf.reduce_any(losses.valid_annotators(element["boxes"][None])))
+        if next(iter(boxed.take(1)), None) is None:
+            raise ValueError("the validation data has no annotated box, so validation could not "
+                             "score the maps; validate on labelled records. Received: "
+                             "validation pairs without boxes")
         self._prepare_workdir()
         with self.strategy.scope():
             # Seeded initial weights: the same command gives the same run.

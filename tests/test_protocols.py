@@ -205,3 +205,30 @@ def test_group_ids_and_partners_by_group():
     # Scene 0 sounds like a hen; the next scene (a rooster) is the same group, so skip to 2.
     partners, _ = mismatch_partners(np.asarray(groups)[[0, 2, 1]])
     np.testing.assert_array_equal(partners, [2, 2, 0])
+
+
+def _without_boxes_at_odd_indices(scenes):
+    def strip(index, element):
+        keep = tf.cast(index % 2 == 0, tf.float32)
+        return {**element, "boxes": element["boxes"] * keep}
+    return scenes.enumerate().map(strip)
+
+
+def test_pairs_without_boxes_are_left_out_and_counted(deaf_model, scenes):
+    """An empty ground truth would score 0 for any map; such pairs are skipped, not scored."""
+    full, _ = evaluate_detailed(deaf_model, CONFIG, scenes)
+    half, details = evaluate_detailed(deaf_model, CONFIG, _without_boxes_at_odd_indices(scenes),
+                                      with_negatives=True)
+    even, _ = evaluate_detailed(deaf_model, CONFIG, scenes.shard(2, 0))
+    assert full["skipped_without_boxes"] == 0
+    assert half["n"] == 20 and half["skipped_without_boxes"] == 20 and len(details.ciou) == 20
+    for key in ("ciou_at_0_5", "mean_ciou", "auc", "pointing_game"):
+        assert half[key] == pytest.approx(even[key])  # exactly the boxed half, scored alone
+        assert half["baselines"]["whole_image"][key] == pytest.approx(
+            even["baselines"]["whole_image"][key])
+
+
+def test_a_set_without_any_box_is_refused(deaf_model, scenes):
+    empty = scenes.map(lambda element: {**element, "boxes": element["boxes"] * 0.0})
+    with pytest.raises(ValueError, match="none of the pairs has an annotated box.*40 pairs"):
+        evaluate_detailed(deaf_model, CONFIG, empty)

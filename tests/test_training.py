@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from soundloc_tf import data
 from soundloc_tf.config import get_config
 from soundloc_tf.training import Trainer, learning_rate_at, make_optimizer, restore_model
 
@@ -110,3 +111,11 @@ def test_logged_cosine_rate_matches_keras_cosine_decay():
     for step in (0, 25, 50, 100, 150):
         assert learning_rate_at(config, step) == pytest.approx(float(reference(step)), rel=1e-5)
     assert learning_rate_at(config, 100) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_validation_data_without_boxes_is_refused_before_training(tmp_path):
+    config = get_config("tiny", batch_size=4, train_steps=1)
+    unlabelled = data.synthetic_dataset(config, config.eval_seed, count=4).map(
+        lambda element: {**element, "boxes": element["boxes"] * 0.0})
+    with pytest.raises(ValueError, match="validation data has no annotated box"):
+        Trainer(config, str(tmp_path), validation=unlabelled, log=lambda message: None)

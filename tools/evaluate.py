@@ -178,6 +178,9 @@ def main(argv: list[str]) -> None:
     rule = FLAGS.rule if FLAGS.rule != "fixed" else f"fixed threshold {config.ciou_threshold}"
     print(f"{source}: {result['n']} pairs, step {step}, binarising rule: {rule}, frame "
           f"{config.eval_size}x{config.eval_size}")
+    if result["skipped_without_boxes"]:
+        print(f"Skipped {result['skipped_without_boxes']} pairs without an annotated box "
+              "(nothing to score them against)")
     print(_table(result))
     print("Wrote " + ", ".join(paths))
 
