@@ -288,9 +288,15 @@ class Trainer:
         variables = self.model.trainable_variables
         gradients = tape.gradient(terms["total"], variables)
         # InfoNCE does not use the f_v head; skip variables without a gradient.
-        self.optimizer.apply_gradients(
-            [(g, v) for g, v in zip(gradients, variables) if g is not None])
-        return terms
+        pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
+        self.optimizer.apply_gradients(pairs)
+        # Max-pooling, tf.maximum and the softmax can swallow a NaN (a NaN pixel need not
+        # reach the loss), so non-finite outputs or gradients mark the loss NaN themselves:
+        # the loop then stops before anything is saved.
+        floating = [t for t in tf.nest.flatten(outputs) if t.dtype.is_floating]
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t))
+                                for t in floating + [g for g, _ in pairs]])
+        return {k: tf.where(finite, v, float("nan")) for k, v in terms.items()}
 
     @tf.function
     def _distributed_step(self, iterator) -> tuple[dict[str, tf.Tensor], tf.Tensor]:

@@ -130,15 +130,15 @@ def test_cache_refuses_other_towers_corruption_and_unfrozen_towers(model, caches
         feature_cache.read_cache(CONFIG, str(copy), training=True)
 
 
-def test_trainer_on_the_cache_takes_the_same_steps_as_live_frozen_training(tmp_path):
+def test_trainer_on_the_cache_takes_the_same_steps_as_live_frozen_training(tmp_path,
+                                                                           mirrored_strategy):
     """Three Trainer steps from a float32 cache end at the weights of three live frozen steps."""
     config = CONFIG.replace(batch_size=8, train_steps=3, learning_rate=3e-3, eval_every=100,
                             checkpoint_every=100, num_summary_images=0)
     validation = data.synthetic_dataset(config, config.eval_seed, count=4)
-    strategy = training.make_strategy()  # one per process, as tools/experiment.py does
-    live = training.Trainer(config, str(tmp_path / "live"), strategy, validation=validation,
-                            log=lambda message: None)
-    cached = training.Trainer(config, str(tmp_path / "cached"), strategy,
+    live = training.Trainer(config, str(tmp_path / "live"), mirrored_strategy,
+                            validation=validation, log=lambda message: None)
+    cached = training.Trainer(config, str(tmp_path / "cached"), mirrored_strategy,
                               validation=validation, log=lambda message: None)
     directory = str(tmp_path / "cache")
     feature_cache.write_cache(cached.model, config, data.synthetic_dataset(config, 0, count=24),
@@ -158,9 +158,10 @@ def test_trainer_on_the_cache_takes_the_same_steps_as_live_frozen_training(tmp_p
     assert any(changed)  # the steps did train the localiser
 
 
-def test_trainer_refuses_a_cache_for_towers_that_train(tmp_path):
+def test_trainer_refuses_a_cache_for_towers_that_train(tmp_path, single_device_strategy):
     config = CONFIG.replace(freeze_image_tower=False)
-    trainer = training.Trainer(config, str(tmp_path), log=lambda message: None,
+    trainer = training.Trainer(config, str(tmp_path), single_device_strategy,
+                               log=lambda message: None,
                                validation=data.synthetic_dataset(config, config.eval_seed,
                                                                  count=2))
     with pytest.raises(ValueError, match="both towers frozen.*freeze_image_tower=False"):

@@ -113,9 +113,11 @@ def test_logged_cosine_rate_matches_keras_cosine_decay():
     assert learning_rate_at(config, 100) == pytest.approx(0.0, abs=1e-12)
 
 
-def test_validation_data_without_boxes_is_refused_before_training(tmp_path):
+def test_validation_data_without_boxes_is_refused_before_training(tmp_path,
+                                                                 single_device_strategy):
     config = get_config("tiny", batch_size=4, train_steps=1)
     unlabelled = data.synthetic_dataset(config, config.eval_seed, count=4).map(
         lambda element: {**element, "boxes": element["boxes"] * 0.0})
     with pytest.raises(ValueError, match="validation data has no annotated box"):
-        Trainer(config, str(tmp_path), validation=unlabelled, log=lambda message: None)
+        Trainer(config, str(tmp_path), single_device_strategy, validation=unlabelled,
+                log=lambda message: None)
