@@ -581,6 +581,12 @@ def write_outputs(setting: Setting, specs: list[RunSpec], records: list[dict],
         "runs_planned": len(specs), "runs_done": len(records),
         "complete": len(records) == len(specs),
         "wall_s": sum(r["train_wall_s"] + r["eval_wall_s"] for r in records),
+        # Built once per tower set, before the runs that share it (not in wall_s).
+        "feature_caches": [
+            {**cache, "runs": [r["run"] for r in records
+                               if (r.get("feature_cache") or {}).get("directory") == directory]}
+            for directory, cache in sorted({r["feature_cache"]["directory"]: r["feature_cache"]
+                                            for r in records if r.get("feature_cache")}.items())],
         "started": started, "finished": max(r["finished"] for r in records) if records else _now(),
         "environment": env, "plots": plot_paths,
         "runs": [{k: v for k, v in r.items() if k != "config"} for r in records],

@@ -132,6 +132,12 @@ def render_experiment(doc: dict, level: int = 2) -> str:
             f"- evaluation: {doc['evaluation']}",
             f"- total wall time of the runs: {_duration(doc.get('wall_s'))} "
             f"(finished {doc.get('finished', '?')})"]
+    for cache in doc.get("feature_caches") or []:
+        out.append(f"- feature cache `{os.path.basename(cache['directory'])}` (frozen towers, "
+                   f"built once, not in the wall time above): {cache['count']} samples in "
+                   f"{_duration(cache['seconds'])} ({cache['count'] / cache['seconds']:.1f} "
+                   f"samples/s), {cache['bytes'] / cache['count'] / 1e3:.0f} kB per sample; "
+                   f"used by {', '.join(cache.get('runs', []))}")
     out += _environment_lines(doc.get("environment", {}))
     out += ["", results_table(doc), ""]
     if doc.get("column_notes"):
