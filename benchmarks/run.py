@@ -343,10 +343,10 @@ def stage_cache_build(st: Stage) -> None:
             pass
         directory = _cache_dir(st, preset)
         shutil.rmtree(directory, ignore_errors=True)
-        if st.scale.cache_warmup:  # oneDNN primitives warmed; write_cache traces per call
+        if st.scale.cache_warmup:  # one full batch: traces the towers, warms oneDNN
             warm = os.path.join(st.workdir, f"cache_warmup_{preset}")
             shutil.rmtree(warm, ignore_errors=True)
-            feature_cache.write_cache(model, config, dataset.take(2), warm, batch_size=16)
+            feature_cache.write_cache(model, config, dataset.take(16), warm, batch_size=16)
             shutil.rmtree(warm, ignore_errors=True)
         started = time.perf_counter()
         manifest = feature_cache.write_cache(model, config, dataset, directory, batch_size=16,
@@ -358,7 +358,9 @@ def stage_cache_build(st: Stage) -> None:
         st.notes[f"cache_{preset}_samples"] = count
         st.notes[f"cache_{preset}_dtype"] = manifest["dtype"]
         st.notes["cache_build_method"] = ("one write_cache pass (fp32 towers, float16 features, "
-                                          "batch 16) over pre-generated scenes; single timing")
+                                          "batch 16) over pre-generated scenes after a one-batch "
+                                          "warm-up (full mode) that traces the towers; single "
+                                          "timing")
         _cache_dtype_effects(st, preset, model, config, dataset.take(16))
 
 

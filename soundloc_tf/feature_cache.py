@@ -21,6 +21,7 @@ import json
 import os
 import tempfile
 import time
+import weakref
 from typing import Callable, Iterable
 
 import keras
@@ -75,19 +76,7 @@ def write_cache(model: keras.Model, config: Config, dataset: tf.data.Dataset, di
     if os.path.exists(os.path.join(directory, records.MANIFEST)):
         raise ValueError(f"the directory already holds a cache. Received: {directory!r}")
     image_tower, audio_tower, _ = towers(model)
-
-    @tf.function(reduce_retracing=True)
-    def features(batch):
-        visual = tf.cast(image_tower(batch["image"], training=False), tf.float32)
-        audio = tf.cast(audio_tower(batch["waveform"], training=False), tf.float32)
-        if dtype != "int8":
-            return {"visual": tf.cast(visual, DTYPES[dtype]),
-                    "audio": tf.cast(audio, DTYPES[dtype])}
-        visual_scale = _int8_scale(visual, axis=[1, 2])  # [B, C]
-        audio_scale = _int8_scale(audio, axis=[1])  # [B]
-        return {"visual": _quantize(visual, visual_scale[:, None, None, :]),
-                "audio": _quantize(audio, audio_scale[:, None]),
-                "visual_scale": visual_scale, "audio_scale": audio_scale}
+    features = _feature_function(model, dtype)
 
     started = time.perf_counter()
     shards, writer, temp, in_shard, count = [], None, None, 0, 0
@@ -220,6 +209,34 @@ def read_cache(config: Config, directory: str, training: bool, seed: int = 0, st
     if start:
         dataset = dataset.skip(start)
     return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+# One traced tower function per (model, dtype): caching several datasets with one model (or
+# warming up before a timed run) traces the towers once.
+_FEATURE_FUNCTIONS: "weakref.WeakKeyDictionary[keras.Model, dict]" = weakref.WeakKeyDictionary()
+
+
+def _feature_function(model: keras.Model, dtype: str) -> Callable[[dict], dict]:
+    per_model = _FEATURE_FUNCTIONS.setdefault(model, {})
+    if dtype in per_model:
+        return per_model[dtype]
+    image_tower, audio_tower, _ = towers(model)
+
+    @tf.function(reduce_retracing=True)
+    def features(batch):
+        visual = tf.cast(image_tower(batch["image"], training=False), tf.float32)
+        audio = tf.cast(audio_tower(batch["waveform"], training=False), tf.float32)
+        if dtype != "int8":
+            return {"visual": tf.cast(visual, DTYPES[dtype]),
+                    "audio": tf.cast(audio, DTYPES[dtype])}
+        visual_scale = _int8_scale(visual, axis=[1, 2])  # [B, C]
+        audio_scale = _int8_scale(audio, axis=[1])  # [B]
+        return {"visual": _quantize(visual, visual_scale[:, None, None, :]),
+                "audio": _quantize(audio, audio_scale[:, None]),
+                "visual_scale": visual_scale, "audio_scale": audio_scale}
+
+    per_model[dtype] = features
+    return features
 
 
 def _int8_scale(x: tf.Tensor, axis: list[int]) -> tf.Tensor:
