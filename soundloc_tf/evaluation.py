@@ -211,10 +211,14 @@ def _groups_of(class_ids: np.ndarray, class_groups: Sequence[int] | None) -> np.
     return np.where(known, table[np.where(known, class_ids, 0)], -1)
 
 
-def has_boxes(boxes: np.ndarray) -> np.ndarray:
+def has_boxes(boxes: np.ndarray | tf.Tensor) -> np.ndarray:
     """[N, annotators, boxes, 4] -> bool [N]: pairs with at least one non-empty box."""
-    areas = np.prod(boxes[..., 2:] - boxes[..., :2], axis=-1)
-    return (areas > 0).any(axis=(1, 2))
+    return losses.valid_annotators(tf.convert_to_tensor(boxes)).numpy().any(axis=1)
+
+
+def is_annotated(element: dict) -> tf.Tensor:
+    """Whether one (unbatched) element has a box: a tf.data filter predicate."""
+    return tf.reduce_any(losses.valid_annotators(element["boxes"][None]))
 
 
 def matched_samples(dataset: tf.data.Dataset) -> int:
@@ -253,8 +257,7 @@ def evaluate_detailed(model: keras.Model, config: Config, dataset: tf.data.Datas
     if not annotated.all():
         features = {k: v[annotated] for k, v in features.items()}
         info = {k: v[annotated] for k, v in info.items()}
-        dataset = dataset.filter(lambda element: tf.reduce_any(
-            losses.valid_annotators(element["boxes"][None])))
+        dataset = dataset.filter(is_annotated)
         batched = dataset.batch(EVAL_BATCH).prefetch(tf.data.AUTOTUNE)
     n = len(info["id"])
     class_ids = info["class_id"].astype(np.int64)

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from soundloc_tf import data, losses
 from soundloc_tf.config import Config
-from soundloc_tf.evaluation import evaluate, predict_maps
+from soundloc_tf.evaluation import evaluate, is_annotated, predict_maps
 from soundloc_tf.models import build_model
 from soundloc_tf.visualize import draw_boxes, overlay
 
@@ -207,9 +207,7 @@ class Trainer:
         self.validation = validation or data.synthetic_dataset(
             config, config.eval_seed, count=VALIDATION_SAMPLES_DURING_TRAINING)
         # Fail now, not at the first validation hours later: scoring needs boxes.
-        boxed = self.validation.filter(
-            lambda element: tf.reduce_any(losses.valid_annotators(element["boxes"][None])))
-        if next(iter(boxed.take(1)), None) is None:
+        if next(iter(self.validation.filter(is_annotated).take(1)), None) is None:
             raise ValueError("the validation data has no annotated box, so validation could not "
                              "score the maps; validate on labelled records. Received: "
                              "validation pairs without boxes")

@@ -65,6 +65,10 @@ def _config():
         if FLAGS[name].present and FLAGS[name].value != freeze:
             raise ValueError(f"--tower_mode={FLAGS.tower_mode} contradicts --{name}. "
                              f"Received: --{name}={FLAGS[name].value}")
+    if FLAGS.tower_mode == "cached" and os.environ.get("TF_CONFIG"):
+        raise ValueError("--tower_mode=cached trains on one worker (the cache is one "
+                         "directory); unset TF_CONFIG or use --tower_mode=frozen. Received: "
+                         "TF_CONFIG is set")
     return config.replace(freeze_image_tower=freeze, freeze_audio_tower=freeze)
 
 
@@ -94,11 +98,6 @@ def main(argv: list[str]) -> None:
     trainer = Trainer(config, workdir, strategy, dataset_fn=dataset_fn, validation=validation)
     if FLAGS.tower_mode == "cached":
         from soundloc_tf import data, feature_cache
-
-        if os.environ.get("TF_CONFIG"):
-            raise ValueError("--tower_mode=cached trains on one worker (the cache is one "
-                             "directory); unset TF_CONFIG or use --tower_mode=frozen. Received: "
-                             "TF_CONFIG is set")
 
         if FLAGS.records:
             source = records.read_records(config, FLAGS.records, training=False, verify=False)
