@@ -249,8 +249,11 @@ class Trainer:
             json.dump(dataclasses.asdict(self.config), f, indent=1)
 
     def _restore(self) -> None:
-        path = restore_newest_readable(self.checkpoint, self.manager.checkpoints, self.log,
-                                       partial=False)
+        # The `checkpoint` state file, as restore_model reads it: CheckpointManager.checkpoints
+        # drops entries without timestamps (a state file rolled back or written by other tools).
+        state = tf.train.get_checkpoint_state(os.path.join(self.workdir, "checkpoints"))
+        paths = list(state.all_model_checkpoint_paths) if state else []
+        path = restore_newest_readable(self.checkpoint, paths, self.log, partial=False)
         if path is not None:
             self.log(f"Resumed from {path} at step {int(self.step.numpy())}.")
 
