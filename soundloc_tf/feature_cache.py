@@ -282,10 +282,12 @@ def ensure_cache(model: keras.Model, config: Config, source: tf.data.Dataset, di
     return manifest
 
 
-def cache_dataset_fn(config: Config, directory: str, model: keras.Model
-                     ) -> Callable[[int], tf.data.Dataset]:
-    """A `Trainer` dataset function over the cache: seeded shuffle, resumable at `start`."""
-    read_cache(config, directory, training=False, model=model)  # fail before training starts
+def cache_dataset_fn(config: Config, directory: str) -> Callable[[int], tf.data.Dataset]:
+    """A `Trainer` dataset function over the cache: seeded shuffle, resumable at `start`.
+
+    Call it after `ensure_cache`, which has already checked the cache against
+    `model`'s towers; every stream it returns still verifies the shard checksums.
+    """
     return lambda start: read_cache(config, directory, training=True, seed=config.train_seed,
                                     start=start)
 

@@ -349,8 +349,7 @@ def execute(setting: Setting, spec: RunSpec) -> dict:
                                            cache_dir, log=setting.log)
         cache = {"directory": cache_dir, "count": cache["count"], "seconds": cache["seconds"],
                  "bytes": sum(s["bytes"] for s in cache["shards"])}
-        trainer.use_feature_cache(feature_cache.cache_dataset_fn(config, cache_dir,
-                                                                 trainer.model))
+        trainer.use_feature_cache(feature_cache.cache_dataset_fn(config, cache_dir))
     first_step = int(trainer.step.numpy())
     started = time.perf_counter()
     losses = trainer.train()

@@ -106,7 +106,7 @@ def main(argv: list[str]) -> None:
         cache_dir = FLAGS.feature_cache or os.path.join(workdir, "feature_cache")
         feature_cache.ensure_cache(trainer.model, config, source, cache_dir,
                                    dtype=FLAGS.cache_dtype)
-        trainer.use_feature_cache(feature_cache.cache_dataset_fn(config, cache_dir, trainer.model))
+        trainer.use_feature_cache(feature_cache.cache_dataset_fn(config, cache_dir))
     print(f"Training {config.train_steps} steps, batch {config.batch_size}, on "
           f"{trainer.strategy.num_replicas_in_sync} replica(s); logs in {workdir}", flush=True)
     trainer.train()
