@@ -92,10 +92,15 @@ def compute_losses(config: Config, outputs: dict, batch: dict, global_batch: int
                                           negative)
     elif config.unsupervised_loss == "infonce":
         all_sound = ctx.all_gather(outputs["sound_embedding"], axis=0)
-        all_visual = ctx.all_gather(outputs["visual_unit"], axis=0)
         image_to_sound = losses.max_pooled_similarity(outputs["visual_unit"], all_sound)
-        sound_to_image = tf.transpose(
-            losses.max_pooled_similarity(all_visual, outputs["sound_embedding"]))
+        if ctx.num_replicas_in_sync == 1:
+            # One replica holds the whole batch: both directions are the same matrix, and
+            # computing it once halves the step's largest product.
+            sound_to_image = tf.transpose(image_to_sound)
+        else:
+            all_visual = ctx.all_gather(outputs["visual_unit"], axis=0)
+            sound_to_image = tf.transpose(
+                losses.max_pooled_similarity(all_visual, outputs["sound_embedding"]))
         per_example = losses.infonce_loss(image_to_sound, sound_to_image, positions,
                                           config.infonce_temperature)
     else:
