@@ -98,6 +98,12 @@ class Config:
     # Probability that a context cue (a class-coloured patch away from the
     # objects) announces the sounding class: the "pigeon superstition" trap.
     confound: float = 0.0
+    cue_size: float = 0.14  # side of the cue patch, fraction of the image side
+    # Probability that an object looks like its own class (colour, shape,
+    # stripes); otherwise it wears a random class's look. Below 1 the object
+    # identifies its sound less reliably than a cue does, as a road does a
+    # car better than the many looks of cars: where a superstition pays off.
+    object_identity: float = 1.0
     train_seed: int = 0
     eval_seed: int = 1_000_003  # never used for training scenes
 
@@ -271,6 +277,9 @@ def _validate(c: Config) -> None:
     _require(c.min_snr_db <= c.max_snr_db, "min_snr_db must be <= max_snr_db",
              min_snr_db=c.min_snr_db, max_snr_db=c.max_snr_db)
     _require(0.0 <= c.confound <= 1.0, "confound must lie in [0, 1]", confound=c.confound)
+    _require(0.05 <= c.cue_size <= 0.5, "cue_size must lie in [0.05, 0.5]", cue_size=c.cue_size)
+    _require(0.0 <= c.object_identity <= 1.0, "object_identity must lie in [0, 1]",
+             object_identity=c.object_identity)
     _require(c.train_seed != c.eval_seed, "eval_seed must differ from train_seed",
              train_seed=c.train_seed, eval_seed=c.eval_seed)
     _require(c.eval_size >= 8, "eval_size must be >= 8", eval_size=c.eval_size)

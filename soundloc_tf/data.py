@@ -31,7 +31,6 @@ from soundloc_tf.config import Config
 MAX_ANNOTATORS = 3
 MAX_BOXES = 4
 NUM_SHAPES = 8
-CUE_SIZE = 0.14  # side of the confounding context patch, fraction of the image
 CLIP_RMS = 0.1  # every clip is scaled to this RMS level
 
 
@@ -139,7 +138,8 @@ def make_scene(config: Config, seed: int, index: tf.Tensor) -> dict[str, tf.Tens
 
     Extras: `object_boxes` [max_objects, 4] and `object_classes` (slot 0
     sounds; inactive slots have class -1), `cue_box` (zeros when
-    `config.confound` is 0) and `cue_class`.
+    `config.confound` is 0), `cue_class` and `object_looks` (the class whose
+    appearance each slot wears: its own unless `config.object_identity` < 1).
     """
     s, k_classes, slots = config.image_size, config.num_classes, config.max_objects
     index = tf.cast(index, tf.int64)
@@ -167,16 +167,24 @@ def make_scene(config: Config, seed: int, index: tf.Tensor) -> dict[str, tf.Tens
         follows = tf.random.stateless_uniform([], keys[7]) < config.confound
         random_class = tf.random.stateless_uniform([], keys[8], 0, k_classes, dtype=tf.int32)
         cue_class = tf.where(follows, classes[0], random_class)
-        corner = tf.random.stateless_uniform([2], keys[9], 0.0, 1.0 - CUE_SIZE)
-        cue_box = tf.concat([corner, corner + CUE_SIZE], 0)
+        corner = tf.random.stateless_uniform([2], keys[9], 0.0, 1.0 - config.cue_size)
+        cue_box = tf.concat([corner, corner + config.cue_size], 0)
         u, v = _box_grid(s, cue_box)
         cue_mask = tf.maximum(tf.abs(u), tf.abs(v)) <= 1.0
         image = tf.where(cue_mask[..., None], _cue_colour(cue_class, k_classes), image)
 
+    looks = classes  # the class whose appearance each object wears
+    if config.object_identity < 1.0:  # separate streams: scenes at 1.0 stay as they were
+        own = tf.random.stateless_uniform(
+            [slots], tf.stack([key[0] + 104_729, index])) < config.object_identity
+        other = tf.random.stateless_uniform([slots], tf.stack([key[0] + 130_363, index]), 0,
+                                            k_classes, dtype=tf.int32)
+        looks = tf.where(own, classes, other)
+
     # Distractors first, the sounding object (slot 0) last, so it is never occluded.
     for slot in reversed(range(slots)):
         u, v = _box_grid(s, boxes[slot])
-        k = classes[slot]
+        k = looks[slot]
         mask = tf.gather(_shape_masks(u, v), tf.math.floormod(k, NUM_SHAPES)) & active[slot]
         kf = tf.cast(k, tf.float32)
         stripe_angle = kf * 2.4
@@ -206,6 +214,7 @@ def make_scene(config: Config, seed: int, index: tf.Tensor) -> dict[str, tf.Tens
         "id": tf.strings.format("synthetic/{}/{}", (seed, index)),
         "object_boxes": boxes * tf.cast(active, tf.float32)[:, None],
         "object_classes": tf.where(active, classes, -1),
+        "object_looks": tf.where(active, looks, -1),
         "cue_box": cue_box,
         "cue_class": cue_class,
     }

@@ -324,6 +324,10 @@ def evaluate_detailed(model: keras.Model, config: Config, dataset: tf.data.Datas
                    "distractors": info["object_boxes"][:, 1:]}
         result["peak_location"] = metrics.peak_region_rates(
             outputs["matched"]["attention"], regions, size)
+        to_object, to_cue = (metrics.peak_box_distance(outputs["matched"]["attention"], b, size)
+                             for b in (regions["object"], regions["cue"]))
+        result["peak_location"]["nearer_cue_than_object"] = {
+            "rate": float(np.mean(to_cue < to_object)), "n": int(n)}
 
     confidences = None
     if with_negatives:

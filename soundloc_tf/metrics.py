@@ -246,6 +246,8 @@ def peak_in_boxes(heatmaps: np.ndarray, boxes: np.ndarray, size: int) -> np.ndar
     if boxes.ndim != 3 or boxes.shape[-1] != 4 or len(boxes) != len(heatmaps):
         raise ValueError("need [x1, y1, x2, y2] boxes [N, 4] or [N, B, 4] for N maps. "
                          f"Received: boxes of shape {boxes.shape} for {len(heatmaps)} maps")
+    if boxes.shape[1] == 0:  # e.g. the distractors of scenes that hold one object
+        return np.full(len(boxes), np.nan)
     peaks = peak_indices(heatmaps, size)
     masks = box_masks(boxes, size).numpy().max(axis=1).reshape(len(boxes), -1)
     inside = masks[np.arange(len(boxes)), peaks].astype(np.float64)
@@ -272,6 +274,24 @@ def peak_region_rates(heatmaps: np.ndarray, regions: dict[str, np.ndarray],
         inside_any |= np.nan_to_num(inside) > 0
     result["elsewhere"] = {"rate": float(1.0 - inside_any.mean()), "n": int(len(heatmaps))}
     return result
+
+
+def peak_box_distance(heatmaps: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+    """Distance from each map's peak (pixel centre at `size`) to its box [N, 4], in image sides.
+
+    0 inside the box. A map's peak can sit just beside what it attends to (a
+    receptive field is wider than its cell), which `peak_in_boxes` counts as a
+    miss; comparing distances to two regions says which one the map is on.
+    """
+    boxes = np.asarray(boxes, np.float64)
+    if boxes.ndim != 2 or boxes.shape[-1] != 4 or len(boxes) != len(heatmaps):
+        raise ValueError("need one [x1, y1, x2, y2] box per map. Received: boxes of shape "
+                         f"{boxes.shape} for {len(heatmaps)} maps")
+    rows, cols = np.divmod(peak_indices(heatmaps, size), size)
+    y, x = (rows + 0.5) / size, (cols + 0.5) / size
+    dx = np.maximum.reduce([boxes[:, 0] - x, np.zeros_like(x), x - boxes[:, 2]])
+    dy = np.maximum.reduce([boxes[:, 1] - y, np.zeros_like(y), y - boxes[:, 3]])
+    return np.hypot(dx, dy)
 
 
 def per_class_summary(cious: np.ndarray, pointing: np.ndarray,

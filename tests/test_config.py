@@ -25,6 +25,8 @@ def test_tiny_preset_map():
     ({"attention_temperature": 0.0}, "attention_temperature=0.0"),
     ({"unsupervised_loss": "none", "label_fraction": 0.0}, "unsupervised_loss='none'"),
     ({"eval_seed": 0}, "eval_seed"),
+    ({"object_identity": 1.5}, "object_identity=1.5"),
+    ({"cue_size": 0.6}, "cue_size=0.6"),
 ])
 def test_impossible_values_name_what_was_received(overrides, message):
     with pytest.raises(ValueError, match="Received: .*" + message):

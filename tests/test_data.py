@@ -80,9 +80,27 @@ def test_confound_cue_announces_the_sounding_class():
     agree = (scenes["cue_class"].numpy() == scenes["class_id"].numpy()).mean()
     assert agree > 0.85
     assert (scenes["cue_box"].numpy()[:, 2] - scenes["cue_box"].numpy()[:, 0]
-            == pytest.approx(data.CUE_SIZE, abs=1e-5))
+            == pytest.approx(config.cue_size, abs=1e-5))
     plain = _take(CONFIG, 0, 4, with_extras=True)
     assert (plain["cue_class"].numpy() == -1).all()
+
+
+def test_object_identity_sets_how_often_an_object_wears_its_own_look():
+    config = CONFIG.replace(object_identity=0.3, confound=1.0)
+    scenes = _take(config, 0, 300, with_extras=True)
+    active = scenes["object_classes"].numpy() >= 0
+    own = scenes["object_looks"].numpy() == scenes["object_classes"].numpy()
+    # A random other look is the object's own one time in num_classes.
+    expected = 0.3 + 0.7 / config.num_classes
+    assert abs(own[active].mean() - expected) < 0.06
+    assert (scenes["cue_class"].numpy() == scenes["class_id"].numpy()).all()
+    # Only the looks change: boxes and sounds are those of the default stream.
+    plain = _take(config.replace(object_identity=1.0), 0, 300, with_extras=True)
+    np.testing.assert_array_equal(scenes["waveform"], plain["waveform"])
+    np.testing.assert_array_equal(scenes["object_boxes"], plain["object_boxes"])
+    assert (plain["object_looks"].numpy() == plain["object_classes"].numpy()).all()
+    differs = (scenes["object_looks"].numpy() != plain["object_looks"].numpy()).any(axis=1)
+    assert not np.allclose(scenes["image"].numpy()[differs], plain["image"].numpy()[differs])
 
 
 def test_invalid_ranges_are_rejected():

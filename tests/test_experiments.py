@@ -61,44 +61,48 @@ def _record(key, seed, fraction, **metrics):
             "train_wall_s": 60.0 * (seed + 1), "eval_wall_s": 5.0, "metrics": full}
 
 
-def _peaks(object_rate, cue_rate):
+def _peaks(object_rate, cue_rate, nearer_cue):
     return {"peak_location": {"object": {"rate": object_rate, "n": 10},
                               "cue": {"rate": cue_rate, "n": 10},
                               "distractors": {"rate": 0.0, "n": 10},
-                              "elsewhere": {"rate": 1 - object_rate - cue_rate, "n": 10}}}
+                              "elsewhere": {"rate": 1 - object_rate - cue_rate, "n": 10},
+                              "nearer_cue_than_object": {"rate": nearer_cue, "n": 10}}}
 
 
 def test_summaries_and_the_superstition_conclusion():
     setting = experiment.Setting("superstition", "", get_config("tiny"), [0, 1], "full",
-                                 eval_changes={"confound": 0.9})
+                                 eval_changes={"confound": 1.0})
     specs = experiment.plan(setting)
-    records = [_record("control_no_cue@0", 0, 0.0, **_peaks(0.8, 0.1)),
-               _record("control_no_cue@0", 1, 0.0, **_peaks(0.9, 0.0)),
-               _record("unsupervised@0", 0, 0.0, **_peaks(0.3, 0.6)),
-               _record("semi_infonce@0.01", 0, 0.01, **_peaks(0.5, 0.4)),
-               _record("semi_infonce@0.05", 0, 0.05, **_peaks(0.81, 0.1)),
-               _record("semi_infonce@0.1", 0, 0.1, **_peaks(0.95, 0.0))]
+    records = [_record("control_no_cue@0", 0, 0.0, **_peaks(0.5, 0.1, 0.3)),
+               _record("control_no_cue@0", 1, 0.0, **_peaks(0.7, 0.0, 0.2)),
+               _record("unsupervised@0", 0, 0.0, **_peaks(0.05, 0.4, 0.9)),
+               _record("semi_infonce@0.01", 0, 0.01, **_peaks(0.6, 0.3, 0.5)),
+               _record("semi_infonce@0.05", 0, 0.05, **_peaks(0.45, 0.1, 0.2)),
+               _record("semi_infonce@0.1", 0, 0.1, **_peaks(0.95, 0.0, 0.05))]
     rows = experiment.summarize_runs(records, specs)
     assert [r["key"] for r in rows] == ["control_no_cue@0", "unsupervised@0",
                                         "semi_infonce@0.01", "semi_infonce@0.05",
                                         "semi_infonce@0.1"]
-    control = rows[0]["metrics"]["peak_on_object"]
-    assert control["mean"] == pytest.approx(0.85) and control["n"] == 2
+    control = rows[0]["metrics"]["peak_nearer_cue"]
+    assert control["mean"] == pytest.approx(0.25) and control["n"] == 2
     assert rows[0]["train_wall_s"]["mean"] == pytest.approx(90.0)
-    conclusions = experiment.superstition_conclusions(rows, 0.9)
-    # Misled (0.30 < 0.85 - 0.05); corrected once the object rate reaches 0.80: at 5% labels.
-    assert conclusions["verdict"] == "misled" and conclusions["corrected_at_fraction"] == 0.05
-    assert "from 5% labels on" in conclusions["lines"][1]
-    assert "30.0%" in conclusions["lines"][0] and "cue 5.0%" in conclusions["lines"][0]
-    # A control that never learned to localise cannot show a superstition.
-    weak = [r for r in records if not r["key"].startswith("control")] + [
-        _record("control_no_cue@0", 0, 0.0, **_peaks(0.02, 0.01))]
-    verdict = experiment.superstition_conclusions(experiment.summarize_runs(weak, specs), 0.9)
-    assert verdict["verdict"] == "inconclusive" and verdict["corrected_at_fraction"] is None
+    conclusions = experiment.superstition_conclusions(rows, 1.0)
+    # Misled (0.9 > max(0.5, 0.25 + 0.05)). 1% labels: still nearer the cue in 0.5 > 0.30;
+    # 5%: nearer the object again but on it in only 45% < 50%; 10%: corrected.
+    assert conclusions["verdict"] == "misled" and conclusions["corrected_at_fraction"] == 0.1
+    assert "from 10% labels on" in conclusions["lines"][1]
+    assert "90.0%" in conclusions["lines"][0] and "nearer the cue 25.0%" in conclusions["lines"][0]
+    # Nearer the cue than the control, but not in most scenes: not a superstition.
     unmoved = [r for r in records if not r["key"].startswith("unsupervised")] + [
-        _record("unsupervised@0", 0, 0.0, **_peaks(0.84, 0.05))]
-    verdict = experiment.superstition_conclusions(experiment.summarize_runs(unmoved, specs), 0.9)
-    assert verdict["verdict"] == "not misled"
+        _record("unsupervised@0", 0, 0.0, **_peaks(0.5, 0.2, 0.45))]
+    verdict = experiment.superstition_conclusions(experiment.summarize_runs(unmoved, specs), 1.0)
+    assert verdict["verdict"] == "not misled" and verdict["corrected_at_fraction"] is None
+    # Runs written before the nearer-cue measure: no verdict rather than a wrong one.
+    old = [{**r, "metrics": {**r["metrics"], "peak_location": {
+        k: v for k, v in r["metrics"]["peak_location"].items() if k != "nearer_cue_than_object"}}}
+        for r in records]
+    verdict = experiment.superstition_conclusions(experiment.summarize_runs(old, specs), 1.0)
+    assert verdict["verdict"] == "incomplete"
 
 
 @pytest.fixture(scope="module")

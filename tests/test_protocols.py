@@ -105,6 +105,17 @@ def test_peak_on_cue_versus_object_on_hand_made_maps():
     assert rates["elsewhere"] == {"rate": 0.25, "n": 4}
 
 
+def test_peak_box_distance_is_zero_inside_and_euclidean_outside():
+    box = np.tile(_boxes([0.25, 0.25, 0.5, 0.5]), (3, 1))
+    # Peaks at pixel centres (0.3125, 0.3125) inside, (0.6875, 0.3125) right of the box,
+    # (0.0625, 0.0625) beyond its top-left corner.
+    maps = np.stack([_peak_map(2, 2), _peak_map(2, 5), _peak_map(0, 0)])
+    distance = metrics.peak_box_distance(maps, box, size=8)
+    np.testing.assert_allclose(distance, [0.0, 0.1875, np.hypot(0.1875, 0.1875)], atol=1e-9)
+    with pytest.raises(ValueError, match="Received: boxes of shape"):
+        metrics.peak_box_distance(maps, np.zeros([3, 2, 4]), size=8)
+
+
 def test_peak_in_boxes_takes_unions_and_skips_images_without_a_box():
     maps = np.stack([_peak_map(1, 6), _peak_map(1, 6), _peak_map(1, 6)])
     boxes = np.zeros([3, 2, 4], np.float32)
@@ -113,6 +124,8 @@ def test_peak_in_boxes_takes_unions_and_skips_images_without_a_box():
     inside = metrics.peak_in_boxes(maps, boxes, size=8)
     np.testing.assert_array_equal(inside[:2], [1.0, 0.0])
     assert np.isnan(inside[2])
+    # No box slots at all (one-object scenes have no distractors): every image is skipped.
+    assert np.isnan(metrics.peak_in_boxes(maps, np.zeros([3, 0, 4]), size=8)).all()
     with pytest.raises(ValueError, match="Received: boxes of shape"):
         metrics.peak_in_boxes(maps, np.zeros([2, 4]), size=8)
 

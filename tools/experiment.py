@@ -2,15 +2,17 @@
 
   python -m tools.experiment --name=label_sweep  --output_dir=results/label_sweep  [--quick]
   python -m tools.experiment --name=superstition --output_dir=results/superstition [--quick]
-      [--confound=0.9]
+      [--confound=1.0 --object_identity=0.25 --max_objects=1 --cue_size=0.25]
   python -m tools.experiment --name=real_material --output_dir=results/real_material [--quick]
 
 label_sweep    built-in scenes, tiny preset: unsupervised (InfoNCE, triplet),
                supervised only (unsupervised_loss=none) and semi-supervised
                (InfoNCE + supervised) at 0/1/5/10/100% labels.
 superstition   scenes whose context cue announces the sounding class with
-               probability --confound: where does the map peak fall (object
-               vs cue), and how many labels correct an unsupervised model?
+               probability --confound, while the object wears its own class's
+               look only with probability --object_identity: where does the map
+               peak fall (object vs cue), and how many labels correct an
+               unsupervised model?
 real_material  the paper preset (VGG16 320x320, SoundNet-8) on composites of real
                photos and recordings (../shared/realsets/stamps), built on first use
                with the importer of tools/import_data.py --format=composites into
@@ -80,9 +82,15 @@ TOWER_SETS: dict[str, dict[str, Any]] = {
 DEFAULT_SEEDS = {"quick": [0], "full": [0, 1, 2]}
 LABEL_FRACTIONS = (0.01, 0.05, 0.1, 1.0)
 SUPERSTITION_FRACTIONS = (0.01, 0.05, 0.1, 0.25)
-SUPERSTITION_CONFOUND = 0.9  # default of --confound for the superstition experiment
+SUPERSTITION_CONFOUND = 1.0  # default of --confound for the superstition experiment
+# The superstition experiment's scenes (flags override each): one object, whose look names its
+# class only a quarter of the time (else a random class's look), and a cue a quarter of the
+# image side. The cue then predicts the sound better than the object does, as a road does a
+# car; with scenes where the object is the better predictor no superstition appeared here
+# (docs/RESULTS.md keeps that run).
+SUPERSTITION_SCENES = {"object_identity": 0.25, "max_objects": 1, "cue_size": 0.25}
 CORRECTION_TOLERANCE = 0.05
-CONTROL_MIN_POINTING = 0.5  # about "point at one of the objects at random" (E[1/objects])
+CORRECTED_MIN_POINTING = 0.5  # a corrected model has its peak on the object this often
 AUDIO_GAP_FLOOR = 0.05  # a pointing gap below this: the map hardly depends on the sound
 VALIDATION_SCENES = 64  # the Trainer's end-of-run validation (logged to TensorBoard only)
 STAMPS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
@@ -404,6 +412,8 @@ TABLE_METRICS: dict[str, Callable[[dict], float | None]] = {
     "peak_on_distractors": lambda m: m.get("peak_location", {}).get("distractors", {}).get(
         "rate"),
     "peak_elsewhere": lambda m: m.get("peak_location", {}).get("elsewhere", {}).get("rate"),
+    "peak_nearer_cue": lambda m: m.get("peak_location", {}).get("nearer_cue_than_object",
+                                                                  {}).get("rate"),
 }
 
 
@@ -450,50 +460,52 @@ def _row_metric(rows: list[dict], key: str, metric: str) -> dict | None:
 def superstition_conclusions(rows: list[dict], confound: float) -> dict:
     """Where the peaks fall; whether the cue misled the unsupervised model; what corrects it.
 
-    Only a control that localises (trained without any cue, its peak on the
-    sounding object in at least CONTROL_MIN_POINTING of the same cue scenes)
-    can show a superstition. "Misled": the unsupervised model's peak lands on
-    the object less often than the control's minus CORRECTION_TOLERANCE;
-    "corrected": the smallest label fraction whose model is within it again.
+    "Misled": the unsupervised model's peak is nearer the cue than the object
+    in most evaluation scenes, and in CORRECTION_TOLERANCE more of them than
+    the control's (trained without cue, evaluated on the same cue scenes).
+    "Corrected": the smallest label fraction whose model is back within
+    CORRECTION_TOLERANCE of the control and has its peak on the object in at
+    least CORRECTED_MIN_POINTING of the scenes.
     """
     def metric(key: str, name: str) -> float | None:
-        value = _row_metric(rows, _fraction_key(key, 0), name)
+        value = _row_metric(rows, key, name)
         return value["mean"] if value else None
 
-    control, control_cue = metric("control_no_cue", "peak_on_object"), metric(
-        "control_no_cue", "peak_on_cue")
-    unsupervised, unsupervised_cue = metric("unsupervised", "peak_on_object"), metric(
-        "unsupervised", "peak_on_cue")
+    control, unsupervised = _fraction_key("control_no_cue", 0), _fraction_key("unsupervised", 0)
+    control_nearer, unsupervised_nearer = (metric(control, "peak_nearer_cue"),
+                                           metric(unsupervised, "peak_nearer_cue"))
     verdict, corrected_at, lines = "incomplete", None, []
-    if control is not None and unsupervised is not None:
+    if control_nearer is not None and unsupervised_nearer is not None:
         lines.append(
             f"With a cue announcing the sound in {confound:.0%} of scenes, the unsupervised "
-            f"model's map peak falls on the sounding object in {unsupervised:.1%} and on the cue "
-            f"in {unsupervised_cue:.1%} of evaluation scenes; the control (trained without cue, "
-            f"same evaluation scenes): object {control:.1%}, cue {control_cue:.1%}.")
-        target = control - CORRECTION_TOLERANCE
-        if control < CONTROL_MIN_POINTING:
-            verdict = "inconclusive"
-            lines.append(f"Inconclusive: the control did not learn to localise (its peak is on "
-                         f"the object in under {CONTROL_MIN_POINTING:.0%} of scenes), so no "
-                         "superstition can show; train longer.")
-        elif unsupervised >= target:
-            verdict = "not misled"
-            lines.append(f"Not misled: the unsupervised model points at the object within "
-                         f"{CORRECTION_TOLERANCE} of the control.")
-        else:
+            f"model's map peak is nearer the cue than the sounding object in "
+            f"{unsupervised_nearer:.1%} of evaluation scenes (inside the cue's box "
+            f"{metric(unsupervised, 'peak_on_cue'):.1%}, the object's "
+            f"{metric(unsupervised, 'peak_on_object'):.1%}); the control, trained without cue "
+            f"and evaluated on the same scenes: nearer the cue {control_nearer:.1%} (cue "
+            f"{metric(control, 'peak_on_cue'):.1%}, object {metric(control, 'peak_on_object'):.1%}).")
+        target = control_nearer + CORRECTION_TOLERANCE
+        if unsupervised_nearer > max(0.5, target):
             verdict = "misled"
-            semi = sorted((row["fraction"], row["metrics"]["peak_on_object"]["mean"])
-                          for row in rows if row["key"].startswith("semi_")
-                          and row["metrics"].get("peak_on_object"))
-            corrected_at = next((f for f, value in semi if value >= target), None)
+            semi = sorted((row["fraction"], row["metrics"]["peak_nearer_cue"]["mean"],
+                           row["metrics"]["peak_on_object"]["mean"]) for row in rows
+                          if row["key"].startswith("semi_") and row["metrics"].get(
+                              "peak_nearer_cue") and row["metrics"].get("peak_on_object"))
+            corrected_at = next((f for f, nearer, on_object in semi
+                                 if nearer <= target and on_object >= CORRECTED_MIN_POINTING),
+                                None)
             lines.append(
-                "Misled by the cue; corrected (peak on the object at least as often as the "
-                f"control minus {CORRECTION_TOLERANCE}) "
+                "Misled by the cue (a superstition); corrected (peak nearer the cue in at most "
+                f"{CORRECTION_TOLERANCE} more scenes than the control, and on the object in at "
+                f"least {CORRECTED_MIN_POINTING:.0%}) "
                 + (f"from {_labels(corrected_at)} labels on." if corrected_at is not None
                    else "by none of the label fractions run."))
+        else:
+            verdict = "not misled"
+            lines.append("Not misled: the unsupervised model's peak is not mostly on the cue, or "
+                         f"not {CORRECTION_TOLERANCE} more often than the control's.")
     return {"verdict": verdict, "corrected_at_fraction": corrected_at,
-            "tolerance": CORRECTION_TOLERANCE, "control_min_pointing": CONTROL_MIN_POINTING,
+            "tolerance": CORRECTION_TOLERANCE, "corrected_min_pointing": CORRECTED_MIN_POINTING,
             "lines": lines}
 
 
@@ -521,7 +533,8 @@ COLUMNS = {
                     ("pointing_game", "pointing"), ("gap_pointing", "gap (pointing)"),
                     ("negative_ap_score", "neg. AP (score)"),
                     ("negative_ap_map_peak", "neg. AP (map peak)")],
-    "superstition": [("peak_on_object", "peak on object"), ("peak_on_cue", "peak on cue"),
+    "superstition": [("peak_nearer_cue", "peak nearer cue than object"),
+                     ("peak_on_object", "peak on object"), ("peak_on_cue", "peak on cue"),
                      ("peak_on_distractors", "peak on distractors"),
                      ("peak_elsewhere", "peak elsewhere"), ("pointing_game", "pointing"),
                      ("ciou_at_0_5", "cIoU@0.5"), ("auc", "AUC")],
@@ -534,7 +547,8 @@ COLUMN_NOTES = (
     "telling positives from silence, white noise and off-screen sounds (pooled) by the model's "
     "score (max cosine) or map peak (max attention), chance level = the positives' share, about "
     "0.25 with one negative of each kind per image; peak on X = fraction of evaluation images "
-    "whose attention peak lies in X's box.")
+    "whose attention peak lies in X's box; peak nearer cue = fraction whose peak is closer to the "
+    "cue's box than to the sounding object's (a peak just beside what it attends to counts).")
 DESCRIPTIONS = {
     "label_sweep": "How much do labels help? The same tiny model trained without labels "
                    "(InfoNCE, or the paper's triplet loss), with labels only, and with both.",
@@ -625,13 +639,13 @@ def _sweep_plots(setting: Setting, rows: list[dict], plots) -> list[str]:
     else:
         semi = tuple({r["key"].split("@")[0] for r in rows
                       if r["key"].startswith(("semi_", "unsupervised@"))})
-        data = {**series({"peak on object": semi}, "peak_on_object"),
-                **series({"peak on cue": semi}, "peak_on_cue")}
+        data = {**series({"peak nearer cue than object": semi}, "peak_nearer_cue"),
+                **series({"peak on object": semi}, "peak_on_object")}
         references = {}
         for row in rows:
-            if row["key"].startswith("control_no_cue"):
-                references = {"control: peak on object": row["metrics"]["peak_on_object"]["mean"],
-                              "control: peak on cue": row["metrics"]["peak_on_cue"]["mean"]}
+            if row["key"].startswith("control_no_cue") and row["metrics"].get("peak_nearer_cue"):
+                references = {"control: nearer cue": row["metrics"]["peak_nearer_cue"]["mean"],
+                              "control: on object": row["metrics"]["peak_on_object"]["mean"]}
         if data:
             paths.append(plots.metric_vs_fraction(
                 data, os.path.join(setting.output_dir, "peak_vs_fraction.png"),
@@ -810,8 +824,10 @@ def make_setting(name: str, output_dir: str, base_config, seeds: list[int], scal
         setting.eval_changes = {"confound": confound}
     if name == "real_material":
         return real_material_setting(setting, train_records, test_records, stamps)
-    cue = (f", context cue announcing the sounding class with probability {confound}"
-           if name == "superstition" else "")
+    cue = (f", context cue (side {base_config.cue_size}) announcing the sounding class with "
+           f"probability {confound}, {base_config.min_objects}-{base_config.max_objects} "
+           f"objects wearing their own class's look with probability "
+           f"{base_config.object_identity}" if name == "superstition" else "")
     setting.evaluation_text = (
         f"{base_config.num_eval_samples} held-out synthetic scenes (seed {base_config.eval_seed})"
         f"{cue}; attention map, fixed threshold {base_config.ciou_threshold}, frame "
@@ -851,7 +867,8 @@ def main(argv: list[str]) -> None:
     confound = explicit.pop("confound", SUPERSTITION_CONFOUND) if FLAGS.name == "superstition" \
         else 0.0
     scales = REAL_MATERIAL_SCALES if FLAGS.name == "real_material" else SCALES
-    base_config = config_lib.get_config(preset, **{**scales[scale], **explicit})
+    scenes = SUPERSTITION_SCENES if FLAGS.name == "superstition" else {}
+    base_config = config_lib.get_config(preset, **{**scales[scale], **scenes, **explicit})
     try:
         seeds = [int(s) for s in FLAGS.seeds] if FLAGS.seeds else DEFAULT_SEEDS[scale]
     except ValueError:
