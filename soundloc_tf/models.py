@@ -232,8 +232,9 @@ def build_audio_tower(config: Config) -> keras.Model:
     # Averaged ReLU features share one large mean direction: at initialisation
     # every clip's embedding had cosine 0.99 with every other, and contrastive
     # training sat at ln(batch) for hundreds of steps. Centring them across
-    # the batch removes that direction.
-    x = keras.layers.BatchNormalization(name="pool_batchnorm")(x)
+    # the batch removes that direction. Synchronised: the statistics are the global
+    # batch's, so a step on many replicas equals the step on one.
+    x = keras.layers.BatchNormalization(synchronized=True, name="pool_batchnorm")(x)
     feature = keras.layers.Dense(config.audio_feature_dim, name="audio_feature")(x)
     tower = keras.Model(waveform, feature, name="audio_tower")
     tower.trainable = not config.freeze_audio_tower
