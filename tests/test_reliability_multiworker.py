@@ -37,7 +37,11 @@ from test_reliability_resume import (checkpoint_weights, max_difference,  # noqa
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH, STEPS, EVERY = 4, 4, 2
-MULTI_ATOL = 1e-4  # two-worker all-reduce vs one replica: float summation order only
+# Two-worker all-reduce vs one replica: float summation order only, but the log-mel tower's
+# synchronised batch norm takes the variance as E[x^2] - E[x]^2 over features with a large
+# mean, which magnifies those last bits (measured 1.4e-3 after 4 steps; 1e-4 before the batch
+# norm). The two workers must still agree exactly (between_workers == 0).
+MULTI_ATOL = 5e-3
 KILL_TIMEOUT = 150  # seconds the surviving worker may take to give up
 
 
