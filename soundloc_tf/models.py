@@ -59,6 +59,64 @@ class Standardize(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="soundloc")
+class GlobalBatchNorm(keras.layers.Layer):
+    """Batch normalisation of [N, C] features over the global batch, variance in two passes.
+
+    Keras's `BatchNormalization(synchronized=True)` takes the variance as
+    E[x^2] - E[x]^2, which loses most of its bits on features with a large
+    mean (the reason this layer is there) and so turns summation-order noise
+    between replica layouts into visible differences. Here the mean is
+    all-reduced first and then the squared deviations, so a step on many
+    replicas equals the step on one. Frozen (`trainable=False`) or at
+    inference it uses the moving statistics and leaves them alone.
+    """
+
+    def __init__(self, momentum: float = 0.99, epsilon: float = 1e-3, **kwargs):
+        super().__init__(**kwargs)
+        self.momentum = momentum
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        channels = (input_shape[-1],)
+        self.gamma = self.add_weight(shape=channels, initializer="ones", name="gamma",
+                                     autocast=False)
+        self.beta = self.add_weight(shape=channels, initializer="zeros", name="beta",
+                                    autocast=False)
+        # Every replica computes the same statistics, so "mean" aggregation is exact.
+        self.moving_mean = self.add_weight(shape=channels, initializer="zeros",
+                                           name="moving_mean", trainable=False,
+                                           aggregation="mean", autocast=False)
+        self.moving_variance = self.add_weight(shape=channels, initializer="ones",
+                                               name="moving_variance", trainable=False,
+                                               aggregation="mean", autocast=False)
+
+    def call(self, x, training=False):
+        dtype = x.dtype
+        x = tf.cast(x, tf.float32)
+        if training and self.trainable:
+            context = tf.distribute.get_replica_context()
+
+            def total(value):
+                return context.all_reduce(tf.distribute.ReduceOp.SUM, value) if context \
+                    else value
+
+            count = total(tf.cast(tf.shape(x)[0], tf.float32))
+            mean = total(tf.reduce_sum(x, axis=0)) / count
+            variance = total(tf.reduce_sum(tf.square(x - mean), axis=0)) / count
+            self.moving_mean.assign(self.momentum * self.moving_mean
+                                    + (1.0 - self.momentum) * mean)
+            self.moving_variance.assign(self.momentum * self.moving_variance
+                                        + (1.0 - self.momentum) * variance)
+        else:
+            mean, variance = self.moving_mean, self.moving_variance
+        y = (x - mean) * tf.math.rsqrt(variance + self.epsilon) * self.gamma + self.beta
+        return tf.cast(y, dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="soundloc")
 class L2Normalize(keras.layers.Layer):
     def call(self, x):
         return tf.math.l2_normalize(x, axis=-1)
@@ -232,9 +290,8 @@ def build_audio_tower(config: Config) -> keras.Model:
     # Averaged ReLU features share one large mean direction: at initialisation
     # every clip's embedding had cosine 0.99 with every other, and contrastive
     # training sat at ln(batch) for hundreds of steps. Centring them across
-    # the batch removes that direction. Synchronised: the statistics are the global
-    # batch's, so a step on many replicas equals the step on one.
-    x = keras.layers.BatchNormalization(synchronized=True, name="pool_batchnorm")(x)
+    # the batch removes that direction (statistics of the global batch, see GlobalBatchNorm).
+    x = GlobalBatchNorm(name="pool_batchnorm")(x)
     feature = keras.layers.Dense(config.audio_feature_dim, name="audio_feature")(x)
     tower = keras.Model(waveform, feature, name="audio_tower")
     tower.trainable = not config.freeze_audio_tower

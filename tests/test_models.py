@@ -95,3 +95,44 @@ def test_mismatched_weights_file_is_a_clear_error(tmp_path):
 def test_missing_weights_file_is_a_clear_error():
     with pytest.raises(ValueError, match="Received: image_weights='/nope.h5'"):
         build_image_tower(get_config("paper", image_size=32, image_weights="/nope.h5"))
+
+
+def test_global_batch_norm_is_exact_on_features_with_a_large_mean():
+    # Features like the pooled ReLU outputs: a mean far above their spread.
+    from soundloc_tf.models import GlobalBatchNorm
+
+    rng = np.random.default_rng(0)
+    x = (300.0 + 0.1 * rng.standard_normal([64, 3])).astype(np.float32)
+    layer = GlobalBatchNorm(momentum=0.5, epsilon=1e-6)
+    y = layer(x, training=True).numpy()
+    x64 = x.astype(np.float64)
+    exact_variance = x64.var(0)
+    expected = (x64 - x64.mean(0)) / np.sqrt(exact_variance + 1e-6)
+    np.testing.assert_allclose(y, expected, atol=3e-3)  # the float32 mean's own rounding
+    # The one-pass E[x^2] - E[x]^2 in float32 gets the variance wrong (even negative here).
+    one_pass = (np.mean(x * x, axis=0) - np.mean(x, axis=0) ** 2).astype(np.float64)
+    assert np.max(np.abs(one_pass / exact_variance - 1.0)) > 0.05
+    np.testing.assert_allclose(layer.moving_mean.numpy(), 0.5 * x64.mean(0), rtol=1e-6)
+    # Inference uses the moving statistics; a frozen layer never updates them.
+    layer.trainable = False
+    before = layer.moving_mean.numpy().copy()
+    layer(x, training=True)
+    np.testing.assert_array_equal(layer.moving_mean.numpy(), before)
+
+
+def test_global_batch_norm_on_two_replicas_equals_one(mirrored_strategy):
+    from soundloc_tf.models import GlobalBatchNorm
+
+    strategy = mirrored_strategy
+    assert strategy.num_replicas_in_sync == 2
+    x = (50.0 + np.random.default_rng(1).standard_normal([8, 4])).astype(np.float32)
+    single = GlobalBatchNorm()(x, training=True).numpy()
+    with strategy.scope():
+        layer = GlobalBatchNorm()
+        layer.build((None, 4))
+    dataset = strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensor_slices(x).batch(8))
+    parts = strategy.run(lambda batch: layer(batch, training=True), args=(next(iter(dataset)),))
+    mirrored = np.concatenate([p.numpy() for p in strategy.experimental_local_results(parts)])
+    np.testing.assert_allclose(mirrored, single, atol=1e-5)
+    np.testing.assert_allclose(layer.moving_mean.numpy(), 0.01 * x.mean(0), rtol=1e-5)
