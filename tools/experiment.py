@@ -824,10 +824,12 @@ def make_setting(name: str, output_dir: str, base_config, seeds: list[int], scal
         setting.eval_changes = {"confound": confound}
     if name == "real_material":
         return real_material_setting(setting, train_records, test_records, stamps)
+    objects = (f"{base_config.min_objects}" if base_config.min_objects == base_config.max_objects
+               else f"{base_config.min_objects}-{base_config.max_objects}")
     cue = (f", context cue (side {base_config.cue_size}) announcing the sounding class with "
-           f"probability {confound}, {base_config.min_objects}-{base_config.max_objects} "
-           f"objects wearing their own class's look with probability "
-           f"{base_config.object_identity}" if name == "superstition" else "")
+           f"probability {confound}, {objects} object(s) per scene wearing their own class's "
+           f"look with probability {base_config.object_identity}"
+           if name == "superstition" else "")
     setting.evaluation_text = (
         f"{base_config.num_eval_samples} held-out synthetic scenes (seed {base_config.eval_seed})"
         f"{cue}; attention map, fixed threshold {base_config.ciou_threshold}, frame "
