@@ -18,7 +18,8 @@ import tempfile
 import time
 
 
-def train_and_evaluate(dtype: str, train_steps: int, workdir: str) -> dict:
+def train_and_evaluate(dtype: str, train_steps: int, workdir: str,
+                       num_eval_samples: int = 500) -> dict:
     import keras
 
     from benchmarks.run import precision
@@ -28,7 +29,7 @@ def train_and_evaluate(dtype: str, train_steps: int, workdir: str) -> dict:
     from soundloc_tf.training import Trainer
 
     config = get_config("tiny", train_steps=train_steps, num_summary_images=0,
-                        eval_every=train_steps)
+                        eval_every=train_steps, num_eval_samples=num_eval_samples)
     keras.backend.clear_session()
     with precision(dtype):
         trainer = Trainer(config, os.path.join(workdir, dtype), log=lambda _: None)
@@ -51,18 +52,21 @@ def train_and_evaluate(dtype: str, train_steps: int, workdir: str) -> dict:
             "train_seconds": seconds}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="benchmarks/bf16_quality.json")
     parser.add_argument("--train_steps", type=int, default=800)
-    args = parser.parse_args()
-    if args.train_steps < 1:
-        parser.error(f"--train_steps must be >= 1. Received: {args.train_steps}")
+    parser.add_argument("--num_eval_samples", type=int, default=500)
+    args = parser.parse_args(argv)
+    if args.train_steps < 1 or args.num_eval_samples < 1:
+        parser.error(f"--train_steps and --num_eval_samples must be >= 1. Received: "
+                     f"{args.train_steps}, {args.num_eval_samples}")
     with tempfile.TemporaryDirectory() as workdir:
         runs = {}
         for dtype in ("fp32", "bf16"):
             print(f"training and evaluating {dtype} ({args.train_steps} steps) ...", flush=True)
-            runs[dtype] = train_and_evaluate(dtype, args.train_steps, workdir)
+            runs[dtype] = train_and_evaluate(dtype, args.train_steps, workdir,
+                                             args.num_eval_samples)
     keys = ("ciou_at_0_5", "mean_ciou", "auc", "pointing_game", "train_pairs_per_s")
     difference = {k: runs["bf16"][k] - runs["fp32"][k] for k in keys}
     print(f"\n| {'':<18} | " + " | ".join(f"{k:>17}" for k in keys) + " |")
@@ -71,7 +75,8 @@ def main() -> None:
                       ("bf16 - fp32", difference)):
         print(f"| {name:<18} | " + " | ".join(f"{row[k]:>17.3f}" for k in keys) + " |")
     with open(args.output, "w") as f:
-        json.dump({"preset": "tiny", "train_steps": args.train_steps, "runs": runs,
+        json.dump({"preset": "tiny", "train_steps": args.train_steps,
+                   "num_eval_samples": args.num_eval_samples, "runs": runs,
                    "bf16_minus_fp32": difference}, f, indent=1)
     print(f"\nWrote {args.output}")
 

@@ -81,3 +81,26 @@ def test_whole_quick_run(tmp_path):
     assert run.main(["--quick", f"--output={output}"]) == 0
     results = json.loads(output.read_text())
     _assert_positive(results["figures"], run.REQUIRED_FIGURES)
+
+
+def test_bf16_quality_trains_both_precisions_and_reports_their_difference(tmp_path):
+    # Its own process: the Trainer makes a MirroredStrategy, and two in one process mix up
+    # their collectives (see conftest.py).
+    import subprocess
+
+    output = tmp_path / "bf16.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.bf16_quality", f"--output={output}",
+                           "--train_steps=2", "--num_eval_samples=8"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "bf16 - fp32" in done.stdout
+    result = json.loads(output.read_text())
+    fp32, bf16 = result["runs"]["fp32"], result["runs"]["bf16"]
+    for run_ in (fp32, bf16):
+        assert 0.0 <= run_["ciou_at_0_5"] <= 1.0 and 0.0 <= run_["auc"] <= 1.0
+        assert run_["train_pairs_per_s"] > 0
+    for key, value in result["bf16_minus_fp32"].items():
+        assert value == pytest.approx(bf16[key] - fp32[key])
+    refused = subprocess.run([sys.executable, "-m", "benchmarks.bf16_quality", "--train_steps=0"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "Received: 0" in refused.stderr
