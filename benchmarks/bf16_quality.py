@@ -6,7 +6,7 @@ Both runs start from the same seed and see the same scenes; bf16 is Keras's
 `mixed_bfloat16` policy applied as benchmarks/run.py applies it (pre-processing
 layers and outputs in float32). Prints cIoU@0.5, mean cIoU, AUC, pointing and
 the training rate of each, and their differences, and writes them as JSON.
-About 6 minutes on 2 cores at the default 800 steps.
+About 3 minutes on 2 idle cores at the default 800 steps.
 """
 
 from __future__ import annotations

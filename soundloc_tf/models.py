@@ -63,12 +63,12 @@ class GlobalBatchNorm(keras.layers.Layer):
     """Batch normalisation of [N, C] features over the global batch, variance in two passes.
 
     Keras's `BatchNormalization(synchronized=True)` takes the variance as
-    E[x^2] - E[x]^2, which loses most of its bits on features with a large
-    mean (the reason this layer is there) and so turns summation-order noise
-    between replica layouts into visible differences. Here the mean is
-    all-reduced first and then the squared deviations, so a step on many
-    replicas equals the step on one. Frozen (`trainable=False`) or at
-    inference it uses the moving statistics and leaves them alone.
+    E[x^2] - E[x]^2, which in float32 is wrong, even negative, on features
+    whose mean dwarfs their spread: the very features this layer is there
+    for. Here the mean is all-reduced first and then the squared deviations,
+    so every replica normalises with the global batch's statistics. Frozen
+    (`trainable=False`) or at inference it uses the moving statistics and
+    leaves them alone.
     """
 
     def __init__(self, momentum: float = 0.99, epsilon: float = 1e-3, **kwargs):
