@@ -30,8 +30,12 @@ def max_pooled_similarity(visual_unit: tf.Tensor, sound_unit: tf.Tensor) -> tf.T
 
     Entry (i, j) is the largest cosine between sound j and any location of image i.
     """
-    cosine = tf.einsum("nhwc,mc->nmhw", visual_unit, sound_unit)
-    return tf.reduce_max(cosine, axis=[2, 3])
+    shape = tf.shape(visual_unit)
+    flat = tf.reshape(visual_unit, [shape[0], -1, shape[3]])  # [N, hw, C]
+    # One matrix product per image, [M, C] x [C, hw], then the max over locations along
+    # the minor axis: no [N, M, h, w] transpose of the cosines is written.
+    cosine = tf.matmul(sound_unit, flat, transpose_b=True)  # [N, M, hw]
+    return tf.reduce_max(cosine, axis=2)
 
 
 def infonce_loss(image_to_sound: tf.Tensor, sound_to_image: tf.Tensor, labels: tf.Tensor,

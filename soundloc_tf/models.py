@@ -14,7 +14,9 @@ outputs are everything the losses, metrics and the exported signatures need:
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
 import keras
 import tensorflow as tf
@@ -139,20 +141,26 @@ class SoundAttention(keras.layers.Layer):
 
     def call(self, inputs):
         visual, sound = inputs
-        # cos = (v . s) / |v|: one pass over the map for the norms and one for the dot
-        # products, instead of writing and re-reading a normalised copy (the map is the
-        # largest tensor of a heads-only step). The same epsilon as tf.math.l2_normalize.
-        inverse_norm = tf.math.rsqrt(tf.maximum(
-            tf.reduce_sum(tf.square(visual), axis=-1), tf.cast(1e-12, visual.dtype)))
-        cosine = tf.einsum("nhwc,nc->nhw", visual, sound) * inverse_norm
-        visual_unit = visual * inverse_norm[..., None]  # pruned from graphs that do not use it
-        shape = tf.shape(cosine)
+        shape = tf.shape(visual)
+        n, c = shape[0], shape[3]
+        flat = tf.reshape(visual, [n, -1, c])  # [N, hw, C]
+        # Every reduction over C is a matrix product, and cos = (v . s) / |v| never writes
+        # a normalised copy of the map (the largest tensor of a heads-only step). XLA's CPU
+        # reductions along the minor axis run at a quarter of its GEMM's speed, so the sum
+        # of squares is v^2 @ 1: the compiled heads step is 1.6x faster for it. The same
+        # epsilon as tf.math.l2_normalize.
+        squares = tf.reshape(tf.square(visual), [-1, c]) @ tf.ones([c, 1], visual.dtype)
+        inverse_norm = tf.math.rsqrt(tf.maximum(tf.reshape(squares, [n, -1]),
+                                                tf.cast(1e-12, visual.dtype)))  # [N, hw]
+        cosine = tf.squeeze(flat @ sound[:, :, None], -1) * inverse_norm
         logits = tf.nn.relu(cosine) if self.relu else cosine
-        logits = tf.reshape(logits, [shape[0], -1]) / self.temperature
-        attention = tf.reshape(tf.nn.softmax(logits, axis=-1), shape)
-        attended = tf.einsum("nhw,nhwc->nc", attention, visual)
-        score = tf.reduce_max(cosine, axis=[1, 2])
-        return attention, cosine, score, visual_unit, attended
+        attention = tf.nn.softmax(logits / self.temperature, axis=-1)
+        attended = tf.squeeze(attention[:, None, :] @ flat, 1)  # sum_i alpha_i v_i
+        # Pruned from graphs that do not use it (only InfoNCE does).
+        visual_unit = visual * tf.reshape(inverse_norm, shape[:3])[..., None]
+        score = tf.reduce_max(cosine, axis=-1)
+        return (tf.reshape(attention, shape[:3]), tf.reshape(cosine, shape[:3]), score,
+                visual_unit, attended)
 
     def compute_output_shape(self, input_shapes):
         v, s = input_shapes
@@ -160,6 +168,17 @@ class SoundAttention(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "temperature": self.temperature, "relu": self.relu}
+
+
+@contextlib.contextmanager
+def _dtype_policy(name: str) -> Iterator[None]:
+    """Layers built inside take the Keras dtype policy `name`; the global one is restored."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def _conv(filters: int, name: str, activation: str | None = "relu") -> keras.layers.Conv2D:
@@ -248,21 +267,24 @@ def build_image_tower(config: Config) -> keras.Model:
     map at 320x320); "tiny_vgg" is a narrow VGG-style tower for CPU runs.
     """
     size = config.image_size
-    images = keras.Input((size, size, 3), name="image")
-    if config.image_tower == "vgg16":
-        blocks = VGG16_BLOCKS
-        x = ImageNormalization("caffe", name="normalize")(images)
-    else:
-        blocks = tuple((w, 2) for w in config.tiny_image_widths)
-        x = ImageNormalization("torch", name="normalize")(images)
-    for block, (width, convs) in enumerate(blocks, start=1):
-        last_block = block == len(blocks)
-        for i in range(1, convs + 1):
-            pre_activation = last_block and i == convs
-            x = _conv(width, f"block{block}_conv{i}", None if pre_activation else "relu")(x)
-        if not last_block:
-            x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
-    tower = keras.Model(images, x, name="image_tower")
+    bfloat16 = config.image_tower_precision == "bfloat16"
+    with _dtype_policy("mixed_bfloat16" if bfloat16 else "float32"):
+        images = keras.Input((size, size, 3), name="image")
+        # Pixel arithmetic in float32: the first convolution casts to the policy's type.
+        mode = "caffe" if config.image_tower == "vgg16" else "torch"
+        x = ImageNormalization(mode, name="normalize", dtype="float32")(images)
+        blocks = VGG16_BLOCKS if config.image_tower == "vgg16" else tuple(
+            (w, 2) for w in config.tiny_image_widths)
+        for block, (width, convs) in enumerate(blocks, start=1):
+            last_block = block == len(blocks)
+            for i in range(1, convs + 1):
+                pre_activation = last_block and i == convs
+                x = _conv(width, f"block{block}_conv{i}", None if pre_activation else "relu")(x)
+            if not last_block:
+                x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+        if bfloat16:  # Keras's mixed-precision recipe: a float32 output for what follows
+            x = keras.layers.Activation("linear", dtype="float32", name="visual_map_float32")(x)
+        tower = keras.Model(images, x, name="image_tower")
     if config.image_weights != "none":
         _load_vgg16_weights(tower, config.image_weights, size)
     tower.trainable = not config.freeze_image_tower

@@ -28,7 +28,7 @@ from soundloc_tf.visualize import draw_boxes, overlay
 # Fields that may change between a run and its resumption.
 RESUMABLE_CHANGES = frozenset({
     "train_steps", "log_every", "eval_every", "checkpoint_every", "max_checkpoints",
-    "num_summary_images", "num_eval_samples"})
+    "num_summary_images", "num_eval_samples", "xla_heads"})
 VALIDATION_SAMPLES_DURING_TRAINING = 256
 
 DatasetFn = Callable[[int], tf.data.Dataset]
@@ -39,10 +39,16 @@ def print_line(message: str) -> None:
 
 
 def make_strategy() -> tf.distribute.Strategy:
-    """MultiWorkerMirrored when TF_CONFIG is set, else Mirrored over local devices."""
+    """MultiWorkerMirrored when TF_CONFIG is set, else Mirrored over the local devices.
+
+    One device gets OneDeviceStrategy: the same step without Mirrored's replica
+    machinery, and the only one under which the XLA-compiled update can run.
+    """
     if os.environ.get("TF_CONFIG"):
         return tf.distribute.MultiWorkerMirroredStrategy()
     devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    if len(devices) == 1:
+        return tf.distribute.OneDeviceStrategy(devices[0].name)
     return tf.distribute.MirroredStrategy([d.name for d in devices])
 
 
@@ -63,20 +69,35 @@ def make_optimizer(config: Config) -> keras.optimizers.Optimizer:
     return keras.optimizers.SGD(rate, momentum=config.momentum)
 
 
-def _choose_annotator(boxes: tf.Tensor, ids: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
-    """One valid annotator per example, a hash of (id, step): the same on any replica layout."""
-    valid = losses.valid_annotators(boxes)
+def pick_annotators(config: Config, batch: dict, step: tf.Tensor) -> tf.Tensor | None:
+    """One valid annotator per example for the supervised term; None when it is off.
+
+    A hash of (id, step), so the same on any replica layout. It hashes strings,
+    which XLA cannot compile, so it runs before the (possibly compiled) update.
+    """
+    if not (config.label_fraction > 0 and config.supervised_weight > 0):
+        return None
+    valid = losses.valid_annotators(batch["boxes"])
     count = tf.maximum(tf.reduce_sum(tf.cast(valid, tf.int64), axis=1), 1)
-    salted = tf.strings.join([ids, tf.strings.as_string(step)], separator="#")
+    salted = tf.strings.join([batch["id"], tf.strings.as_string(step)], separator="#")
     pick = tf.strings.to_hash_bucket_fast(salted, 2 ** 31) % count  # k-th valid annotator
     rank = tf.cumsum(tf.cast(valid, tf.int64), axis=1) - 1
     return tf.argmax(tf.cast(valid & (rank == pick[:, None]), tf.int32), axis=1,
                      output_type=tf.int32)
 
 
+def _gather(ctx: tf.distribute.ReplicaContext, x: tf.Tensor) -> tf.Tensor:
+    """The global batch's `x`. On one replica no collective runs: XLA cannot compile one
+    inside a replica function (merge_call), and there is nothing to gather."""
+    return x if ctx.num_replicas_in_sync == 1 else ctx.all_gather(x, axis=0)
+
+
 def compute_losses(config: Config, outputs: dict, batch: dict, global_batch: int,
-                   step: tf.Tensor) -> dict[str, tf.Tensor]:
-    """This replica's share of each loss term; summing shares over replicas gives the total."""
+                   annotator: tf.Tensor | None) -> dict[str, tf.Tensor]:
+    """This replica's share of each loss term; summing shares over replicas gives the total.
+
+    `annotator` is `pick_annotators`'s choice (None: no supervised term).
+    """
     ctx = tf.distribute.get_replica_context()
     local = tf.shape(outputs["score"])[0]
     offset = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * local
@@ -84,14 +105,14 @@ def compute_losses(config: Config, outputs: dict, batch: dict, global_batch: int
     terms = {}
 
     if config.unsupervised_loss == "triplet":
-        all_audio = ctx.all_gather(outputs["audio_feature"], axis=0)
+        all_audio = _gather(ctx, outputs["audio_feature"])
         # The next clip's sound; a one-hot product, not tf.gather, keeps the gradient
         # dense, which all_gather's gradient needs.
         negative = tf.one_hot((positions + 1) % global_batch, global_batch) @ all_audio
         per_example = losses.triplet_loss(outputs["visual_feature"], outputs["audio_feature"],
                                           negative)
     elif config.unsupervised_loss == "infonce":
-        all_sound = ctx.all_gather(outputs["sound_embedding"], axis=0)
+        all_sound = _gather(ctx, outputs["sound_embedding"])
         image_to_sound = losses.max_pooled_similarity(outputs["visual_unit"], all_sound)
         if ctx.num_replicas_in_sync == 1:
             # One replica holds the whole batch: both directions are the same matrix, and
@@ -107,12 +128,13 @@ def compute_losses(config: Config, outputs: dict, batch: dict, global_batch: int
         per_example = tf.zeros([local])
     terms["unsupervised"] = tf.reduce_sum(per_example) / global_batch
 
-    if config.label_fraction > 0 and config.supervised_weight > 0:
-        annotator = _choose_annotator(batch["boxes"], batch["id"], step)
+    if annotator is not None:
         target = losses.box_target_maps(batch["boxes"], config.map_size, annotator)
         has_target = tf.reduce_sum(target, axis=[1, 2]) > 0
         mask = tf.cast(batch["labeled"] & has_target, tf.float32)
-        labeled = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(mask))
+        labeled = tf.reduce_sum(mask)
+        if ctx.num_replicas_in_sync > 1:
+            labeled = ctx.all_reduce(tf.distribute.ReduceOp.SUM, labeled)
         per_example = losses.attention_supervision_loss(outputs["attention"], target) * mask
         terms["supervised"] = tf.reduce_sum(per_example) / tf.maximum(labeled, 1.0)
     else:
@@ -226,6 +248,8 @@ class Trainer:
             self.optimizer.build(self.model.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.from_features = False
+        self.xla_update = False  # the update compiled with XLA (feature cache, one device)
+        self._update = self._apply_update
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
                                               step=self.step)
         self.manager = tf.train.CheckpointManager(
@@ -275,6 +299,12 @@ class Trainer:
                              f"freeze_audio_tower={self.config.freeze_audio_tower}")
         self.dataset_fn = dataset_fn
         self.from_features = True
+        # Under Mirrored (even on one device) the optimiser's gradient all-reduce is a
+        # merge_call, which cannot sit inside a compiled function; OneDevice has none.
+        self.xla_update = self.config.xla_heads and isinstance(
+            self.strategy, tf.distribute.OneDeviceStrategy)
+        if self.xla_update:
+            self._update = tf.function(self._apply_update, jit_compile=True)
 
     # -- one step ------------------------------------------------------------
 
@@ -282,15 +312,21 @@ class Trainer:
         if not self.from_features:
             return self.model({"image": batch["image"], "waveform": batch["waveform"]},
                               training=True)
+        audio = tf.cast(batch["audio_feature"], tf.float32)  # the cache's 16-bit type
         outputs = dict(self.model.get_layer("localizer")(
-            [batch["visual_map"], batch["audio_feature"]], training=True))
-        outputs["audio_feature"] = batch["audio_feature"]
+            [tf.cast(batch["visual_map"], tf.float32), audio], training=True))
+        outputs["audio_feature"] = audio
         return outputs
 
     def _replica_step(self, batch: dict) -> dict[str, tf.Tensor]:
+        annotator = pick_annotators(self.config, batch, self.step)
+        return self._update({k: v for k, v in batch.items() if v.dtype != tf.string}, annotator)
+
+    def _apply_update(self, batch: dict, annotator: tf.Tensor | None) -> dict[str, tf.Tensor]:
+        """Forward, loss, gradients and the optimiser's update: no strings, so XLA-compilable."""
         with tf.GradientTape() as tape:
             outputs = self._forward(batch)
-            terms = compute_losses(self.config, outputs, batch, self.global_batch, self.step)
+            terms = compute_losses(self.config, outputs, batch, self.global_batch, annotator)
         variables = self.model.trainable_variables
         gradients = tape.gradient(terms["total"], variables)
         # InfoNCE does not use the f_v head; skip variables without a gradient.
@@ -299,7 +335,9 @@ class Trainer:
         # Max-pooling, tf.maximum and the softmax can swallow a NaN (a NaN pixel need not
         # reach the loss), so non-finite outputs or gradients mark the loss NaN themselves:
         # the loop then stops before anything is saved.
-        floating = [t for t in tf.nest.flatten(outputs) if t.dtype.is_floating]
+        # visual_unit is skipped: the map's largest tensor, and cosine, checked here, is
+        # non-finite wherever it is (a NaN or inf in v makes v.s / |v| NaN).
+        floating = [t for k, t in outputs.items() if t.dtype.is_floating and k != "visual_unit"]
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t))
                                 for t in floating + [g for g, _ in pairs]])
         return {k: tf.where(finite, v, float("nan")) for k, v in terms.items()}

@@ -27,6 +27,7 @@ def test_tiny_preset_map():
     ({"eval_seed": 0}, "eval_seed"),
     ({"object_identity": 1.5}, "object_identity=1.5"),
     ({"cue_size": 0.6}, "cue_size=0.6"),
+    ({"image_tower_precision": "float16"}, "image_tower_precision='float16'"),
 ])
 def test_impossible_values_name_what_was_received(overrides, message):
     with pytest.raises(ValueError, match="Received: .*" + message):

@@ -34,8 +34,8 @@ def caches(model, tmp_path_factory):
 
 def _live_losses(model, batch):
     outputs = model({"image": batch["image"], "waveform": batch["waveform"]}, training=True)
-    return training.compute_losses(CONFIG, outputs, batch, CONFIG.batch_size,
-                                   tf.constant(0, tf.int64))
+    annotator = training.pick_annotators(CONFIG, batch, tf.constant(0, tf.int64))
+    return training.compute_losses(CONFIG, outputs, batch, CONFIG.batch_size, annotator)
 
 
 def _cached_losses(model, directory):
@@ -71,8 +71,9 @@ def test_smaller_caches_stay_close_to_the_live_loss(model, caches, dtype, tolera
     errors = {k: abs(float(cached[k]) - v) / abs(v) for k, v in live.items() if v}
     assert max(errors.values()) < tolerance, errors
     # Not just the same loss: the features themselves are close, and not bit-identical.
-    read = lambda d: next(iter(feature_cache.read_cache(CONFIG, caches[d], training=False)
-                               .batch(CONFIG.batch_size)))["visual_map"].numpy()
+    read = lambda d: tf.cast(next(iter(feature_cache.read_cache(  # noqa: E731
+        CONFIG, caches[d], training=False).batch(CONFIG.batch_size)))["visual_map"],
+        tf.float32).numpy()
     reference, approximate = read("float32"), read(dtype)
     relative = np.abs(approximate - reference).max() / np.abs(reference).max()
     assert 0 < relative < 1e-2
@@ -156,6 +157,52 @@ def test_trainer_on_the_cache_takes_the_same_steps_as_live_frozen_training(tmp_p
         cached.model.get_layer("localizer").weights,
         build_model(config).get_layer("localizer").weights)]
     assert any(changed)  # the steps did train the localiser
+
+
+@pytest.mark.parametrize("loss", ["infonce", "triplet"])
+def test_xla_compiled_update_takes_the_same_steps_as_the_uncompiled_one(tmp_path, caches,
+                                                                        single_device_strategy,
+                                                                        loss):
+    """xla_heads on one replica: the same losses and localiser weights after three steps."""
+    config = CONFIG.replace(batch_size=8, train_steps=3, learning_rate=3e-3, eval_every=100,
+                            checkpoint_every=100, num_summary_images=0, label_fraction=0.5,
+                            unsupervised_loss=loss)
+    validation = data.synthetic_dataset(config, config.eval_seed, count=4)
+    runs = {}
+    for xla in (False, True):
+        trainer = training.Trainer(config.replace(xla_heads=xla), str(tmp_path / str(xla)),
+                                   single_device_strategy, validation=validation,
+                                   log=lambda message: None)
+        trainer.use_feature_cache(lambda start: feature_cache.read_cache(
+            config, caches["float32"], training=False, start=start))
+        assert trainer.xla_update is xla
+        runs[xla] = trainer, trainer.train()
+    (plain, plain_losses), (compiled, compiled_losses) = runs[False], runs[True]
+    assert plain_losses["supervised"] > 0  # the annotator choice reached the compiled update
+    for key in ("unsupervised", "supervised", "total"):
+        assert compiled_losses[key] == pytest.approx(plain_losses[key], rel=1e-4)
+    for a, b in zip(plain.model.get_layer("localizer").weights,
+                    compiled.model.get_layer("localizer").weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_xla_update_is_off_on_several_replicas(tmp_path, mirrored_strategy):
+    config = CONFIG.replace(num_summary_images=0)
+    trainer = training.Trainer(config, str(tmp_path), mirrored_strategy,
+                               validation=data.synthetic_dataset(config, config.eval_seed,
+                                                                 count=2),
+                               log=lambda message: None)
+    trainer.use_feature_cache(lambda start: None)
+    assert trainer.strategy.num_replicas_in_sync == 2
+    assert not trainer.xla_update
+
+
+def test_a_bfloat16_image_tower_does_not_reuse_a_float32_cache(model):
+    """Same weights, other arithmetic: other features, so another fingerprint."""
+    bf16 = build_model(CONFIG.replace(image_tower_precision="bfloat16"))
+    bf16.set_weights(model.get_weights())
+    assert feature_cache.fingerprint(*feature_cache.towers(bf16)[:2]) != \
+        feature_cache.fingerprint(*feature_cache.towers(model)[:2])
 
 
 def test_trainer_refuses_a_cache_for_towers_that_train(tmp_path, single_device_strategy):

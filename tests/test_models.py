@@ -136,3 +136,21 @@ def test_global_batch_norm_on_two_replicas_equals_one(mirrored_strategy):
     mirrored = np.concatenate([p.numpy() for p in strategy.experimental_local_results(parts)])
     np.testing.assert_allclose(mirrored, single, atol=1e-5)
     np.testing.assert_allclose(layer.moving_mean.numpy(), 0.01 * x.mean(0), rtol=1e-5)
+
+
+def test_bfloat16_image_tower_computes_in_bf16_and_hands_on_float32():
+    """image_tower_precision="bfloat16": bf16 convolutions, float32 weights and map, and a
+    map within bf16's rounding of the float32 tower's with the same weights."""
+    config = get_config("tiny")
+    keras.utils.set_random_seed(0)
+    reference = build_image_tower(config)
+    tower = build_image_tower(config.replace(image_tower_precision="bfloat16"))
+    tower.set_weights(reference.get_weights())
+    assert tower.get_layer("block1_conv1").compute_dtype == "bfloat16"
+    assert all(w.dtype == "float32" for w in tower.weights)
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    images = tf.random.stateless_uniform([4, 96, 96, 3], seed=[1, 2])
+    got, want = tower(images).numpy(), reference(images).numpy()
+    assert got.dtype == np.float32
+    error = np.abs(got - want).max() / np.abs(want).max()
+    assert 1e-5 < error < 0.03  # bf16 arithmetic did run, and only rounds

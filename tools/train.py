@@ -108,7 +108,9 @@ def main(argv: list[str]) -> None:
                                    dtype=FLAGS.cache_dtype)
         trainer.use_feature_cache(feature_cache.cache_dataset_fn(config, cache_dir))
     print(f"Training {config.train_steps} steps, batch {config.batch_size}, on "
-          f"{trainer.strategy.num_replicas_in_sync} replica(s); logs in {workdir}", flush=True)
+          f"{trainer.strategy.num_replicas_in_sync} replica(s)"
+          f"{', update compiled with XLA' if trainer.xla_update else ''}; logs in {workdir}",
+          flush=True)
     trainer.train()
     print(f"Checkpoints: {os.path.join(workdir, 'checkpoints')}\n"
           f"TensorBoard: tensorboard --logdir {os.path.join(workdir, 'tensorboard')}")
