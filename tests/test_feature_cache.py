@@ -205,6 +205,35 @@ def test_a_bfloat16_image_tower_does_not_reuse_a_float32_cache(model):
         feature_cache.fingerprint(*feature_cache.towers(model)[:2])
 
 
+def test_in_memory_reading_gives_the_streamed_samples_in_the_same_order(caches):
+    """Parsed once and held in RAM: the same seeded order, the same resumption at `start`."""
+    def ids_and_maps(in_memory, start):
+        stream = feature_cache.read_cache(CONFIG, caches["float16"], training=True, seed=3,
+                                          start=start, in_memory=in_memory)
+        batch = next(iter(stream.batch(60)))  # 60 > the 40 cached: crosses into epoch two
+        return batch["id"].numpy().tolist(), batch["visual_map"].numpy()
+
+    for start in (0, 7):
+        streamed_ids, streamed_maps = ids_and_maps(False, start)
+        held_ids, held_maps = ids_and_maps(True, start)
+        assert held_ids == streamed_ids
+        np.testing.assert_array_equal(held_maps, streamed_maps)
+        if start == 0:  # one shuffled epoch: every sample once, not in written order
+            first_epoch = streamed_ids[:40]
+            assert len(set(first_epoch)) == 40 and first_epoch != sorted(first_epoch)
+
+
+def test_a_cache_fits_in_memory_when_under_half_the_available_ram(caches, monkeypatch):
+    size = sum(os.path.getsize(os.path.join(caches["float16"], f))
+               for f in os.listdir(caches["float16"]) if f.endswith(".tfrecord"))
+    monkeypatch.setattr(feature_cache, "available_memory_bytes", lambda: 2 * size + 1000)
+    assert feature_cache.fits_in_memory(caches["float16"])
+    monkeypatch.setattr(feature_cache, "available_memory_bytes", lambda: 2 * size - 1000)
+    assert not feature_cache.fits_in_memory(caches["float16"])
+    monkeypatch.setattr(feature_cache, "available_memory_bytes", lambda: None)
+    assert not feature_cache.fits_in_memory(caches["float16"])
+
+
 def test_trainer_refuses_a_cache_for_towers_that_train(tmp_path, single_device_strategy):
     config = CONFIG.replace(freeze_image_tower=False)
     trainer = training.Trainer(config, str(tmp_path), single_device_strategy,

@@ -357,7 +357,8 @@ def execute(setting: Setting, spec: RunSpec) -> dict:
                                            cache_dir, log=setting.log)
         cache = {"directory": cache_dir, "count": cache["count"], "seconds": cache["seconds"],
                  "bytes": sum(s["bytes"] for s in cache["shards"])}
-        trainer.use_feature_cache(feature_cache.cache_dataset_fn(config, cache_dir))
+        trainer.use_feature_cache(feature_cache.cache_dataset_fn(
+            config, cache_dir, in_memory=feature_cache.fits_in_memory(cache_dir)))
     first_step = int(trainer.step.numpy())
     started = time.perf_counter()
     losses = trainer.train()

