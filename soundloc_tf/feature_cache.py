@@ -30,7 +30,8 @@ import tensorflow as tf
 
 from soundloc_tf import data, records
 from soundloc_tf.config import Config
-from soundloc_tf.training import compute_losses, make_optimizer, pick_annotators
+from soundloc_tf.training import (compute_losses, localizer_outputs, make_optimizer,
+                                  pick_annotators)
 
 CACHE_FORMAT = "soundloc-feature-cache"
 # Storage types.  int8 is symmetric and linear with one float32 scale per sample and
@@ -246,10 +247,9 @@ def available_memory_bytes() -> int | None:
     return None
 
 
-def fits_in_memory(directory: str, fraction: float = IN_MEMORY_FRACTION) -> bool:
-    """Whether the cache in `directory` takes less than `fraction` of the available RAM."""
-    with open(os.path.join(directory, records.MANIFEST)) as f:
-        size = sum(s["bytes"] for s in json.load(f)["shards"])
+def fits_in_memory(manifest: dict, fraction: float = IN_MEMORY_FRACTION) -> bool:
+    """Whether the cache `manifest` describes takes less than `fraction` of the available RAM."""
+    size = sum(shard["bytes"] for shard in manifest["shards"])
     available = available_memory_bytes()
     return available is not None and size < fraction * available
 
@@ -352,11 +352,7 @@ class CachedStep:
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
 
     def outputs(self, batch: dict) -> dict[str, tf.Tensor]:
-        audio = tf.cast(batch["audio_feature"], tf.float32)
-        out = dict(self.localizer([tf.cast(batch["visual_map"], tf.float32), audio],
-                                  training=True))
-        out["audio_feature"] = audio
-        return out
+        return localizer_outputs(self.localizer, batch)
 
     def losses(self, batch: dict) -> dict[str, tf.Tensor]:
         global_batch = int(batch["visual_map"].shape[0])

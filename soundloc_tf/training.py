@@ -86,6 +86,14 @@ def pick_annotators(config: Config, batch: dict, step: tf.Tensor) -> tf.Tensor |
                      output_type=tf.int32)
 
 
+def localizer_outputs(localizer: keras.Model, batch: dict) -> dict[str, tf.Tensor]:
+    """The localiser on cached features (16-bit as stored, cast here), as a live step sees it."""
+    audio = tf.cast(batch["audio_feature"], tf.float32)
+    outputs = dict(localizer([tf.cast(batch["visual_map"], tf.float32), audio], training=True))
+    outputs["audio_feature"] = audio
+    return outputs
+
+
 def _gather(ctx: tf.distribute.ReplicaContext, x: tf.Tensor) -> tf.Tensor:
     """The global batch's `x`. On one replica no collective runs: XLA cannot compile one
     inside a replica function (merge_call), and there is nothing to gather."""
@@ -312,11 +320,7 @@ class Trainer:
         if not self.from_features:
             return self.model({"image": batch["image"], "waveform": batch["waveform"]},
                               training=True)
-        audio = tf.cast(batch["audio_feature"], tf.float32)  # the cache's 16-bit type
-        outputs = dict(self.model.get_layer("localizer")(
-            [tf.cast(batch["visual_map"], tf.float32), audio], training=True))
-        outputs["audio_feature"] = audio
-        return outputs
+        return localizer_outputs(self.model.get_layer("localizer"), batch)
 
     def _replica_step(self, batch: dict) -> dict[str, tf.Tensor]:
         annotator = pick_annotators(self.config, batch, self.step)

@@ -1,5 +1,6 @@
 """Feature cache: the same loss as through the frozen towers, checked shards, right towers."""
 
+import json
 import os
 
 import numpy as np
@@ -224,14 +225,16 @@ def test_in_memory_reading_gives_the_streamed_samples_in_the_same_order(caches):
 
 
 def test_a_cache_fits_in_memory_when_under_half_the_available_ram(caches, monkeypatch):
+    with open(os.path.join(caches["float16"], "manifest.json")) as f:
+        manifest = json.load(f)
     size = sum(os.path.getsize(os.path.join(caches["float16"], f))
                for f in os.listdir(caches["float16"]) if f.endswith(".tfrecord"))
     monkeypatch.setattr(feature_cache, "available_memory_bytes", lambda: 2 * size + 1000)
-    assert feature_cache.fits_in_memory(caches["float16"])
+    assert feature_cache.fits_in_memory(manifest)
     monkeypatch.setattr(feature_cache, "available_memory_bytes", lambda: 2 * size - 1000)
-    assert not feature_cache.fits_in_memory(caches["float16"])
+    assert not feature_cache.fits_in_memory(manifest)
     monkeypatch.setattr(feature_cache, "available_memory_bytes", lambda: None)
-    assert not feature_cache.fits_in_memory(caches["float16"])
+    assert not feature_cache.fits_in_memory(manifest)
 
 
 def test_trainer_refuses_a_cache_for_towers_that_train(tmp_path, single_device_strategy):

@@ -353,12 +353,14 @@ def execute(setting: Setting, spec: RunSpec) -> dict:
         # One cache per tower weights: runs that share towers share it.
         key = feature_cache.fingerprint(*feature_cache.towers(trainer.model)[:2])[:16]
         cache_dir = os.path.join(setting.output_dir, "feature_cache", key)
-        cache = feature_cache.ensure_cache(trainer.model, config, setting.cache_source_fn(config),
-                                           cache_dir, log=setting.log)
-        cache = {"directory": cache_dir, "count": cache["count"], "seconds": cache["seconds"],
-                 "bytes": sum(s["bytes"] for s in cache["shards"])}
+        manifest = feature_cache.ensure_cache(trainer.model, config,
+                                              setting.cache_source_fn(config), cache_dir,
+                                              log=setting.log)
+        cache = {"directory": cache_dir, "count": manifest["count"],
+                 "seconds": manifest["seconds"],
+                 "bytes": sum(s["bytes"] for s in manifest["shards"])}
         trainer.use_feature_cache(feature_cache.cache_dataset_fn(
-            config, cache_dir, in_memory=feature_cache.fits_in_memory(cache_dir)))
+            config, cache_dir, in_memory=feature_cache.fits_in_memory(manifest)))
     first_step = int(trainer.step.numpy())
     started = time.perf_counter()
     losses = trainer.train()

@@ -109,10 +109,10 @@ def main(argv: list[str]) -> None:
         else:
             source = data.synthetic_dataset(config, config.train_seed, count=FLAGS.cache_samples)
         cache_dir = FLAGS.feature_cache or os.path.join(workdir, "feature_cache")
-        feature_cache.ensure_cache(trainer.model, config, source, cache_dir,
-                                   dtype=FLAGS.cache_dtype)
+        manifest = feature_cache.ensure_cache(trainer.model, config, source, cache_dir,
+                                              dtype=FLAGS.cache_dtype)
         if FLAGS.cache_in_memory == "auto":
-            in_memory = feature_cache.fits_in_memory(cache_dir)
+            in_memory = feature_cache.fits_in_memory(manifest)
         else:
             in_memory = FLAGS.cache_in_memory == "true"
         print(f"Feature cache {'held in memory' if in_memory else 'streamed from disk'} "
