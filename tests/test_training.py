@@ -9,7 +9,8 @@ import tensorflow as tf
 
 from soundloc_tf import data
 from soundloc_tf.config import get_config
-from soundloc_tf.training import Trainer, learning_rate_at, make_optimizer, restore_model
+from soundloc_tf.training import (Trainer, all_finite, learning_rate_at, make_optimizer,
+                                  restore_model)
 
 QUIET = dict(eval_every=10_000, num_summary_images=0, log_every=10_000)
 
@@ -121,3 +122,17 @@ def test_validation_data_without_boxes_is_refused_before_training(tmp_path,
     with pytest.raises(ValueError, match="validation data has no annotated box"):
         Trainer(config, str(tmp_path), single_device_strategy, validation=unlabelled,
                 log=lambda message: None)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_all_finite_finds_one_bad_element_in_any_tensor(bad, compiled):
+    tensors = [tf.fill([40, 30], 3.0e38), tf.zeros([7]), tf.ones([2, 3, 5], tf.float16),
+               tf.fill([3], tf.constant(1e300, tf.float64))]
+    check = tf.function(all_finite, jit_compile=True) if compiled else all_finite
+    assert bool(check(tensors))  # large finite values do not overflow the check
+    for i, position in ((0, [39, 29]), (1, [0]), (2, [1, 2, 4]), (3, [2])):
+        broken = list(tensors)
+        broken[i] = tf.tensor_scatter_nd_update(
+            tensors[i], [position], tf.constant([bad], tensors[i].dtype))
+        assert not bool(check(broken)), (i, bad)
