@@ -488,3 +488,32 @@ def test_export_tool(exported, tmp_path):
     missing = run_module("tools.export", f"--workdir={tmp_path / 'no_run'}",
                          f"--export_base={tmp_path}")
     assert_one_line_error(missing, "no training run found")
+
+
+@pytest.mark.parametrize("density", [0.45, 0.6])
+def test_region_growing_matches_connected_components_on_noise_and_a_spiral(density):
+    # Random masks near the percolation threshold make long, winding components: the
+    # case where a region grower that stops early or leaks through a gap goes wrong.
+    rng = np.random.default_rng(7)
+    size = 64
+    masks = [rng.random((size, size)) < density for _ in range(3)]
+    spiral = np.zeros((size, size), bool)  # one path 1 pixel wide, walls 1 pixel wide
+    top, left, bottom, right = 0, 0, size - 1, size - 1
+    while top <= bottom and left <= right:
+        spiral[top, left:right + 1] = True
+        spiral[top:bottom + 1, right] = True
+        if top + 2 <= bottom:
+            spiral[bottom, left:right + 1] = True
+        if left + 2 <= right:
+            spiral[top + 2:bottom + 1, left] = True
+        top, left, bottom, right = top + 2, left + 2, bottom - 2, right - 2
+    masks.append(spiral)
+    for allowed in masks:
+        labels, _ = ndimage.label(allowed, structure=np.ones((3, 3)))
+        seed_at = tuple(np.argwhere(allowed)[len(np.argwhere(allowed)) // 2])
+        seed = np.zeros_like(allowed)
+        seed[seed_at] = True
+        grown = export._grow(tf.constant(seed[None]), tf.constant(allowed[None]), size)
+        expected = labels == labels[seed_at]
+        assert expected.sum() > 1
+        np.testing.assert_array_equal(grown.numpy()[0], expected)
