@@ -237,6 +237,20 @@ def test_a_cache_fits_in_memory_when_under_half_the_available_ram(caches, monkey
     assert not feature_cache.fits_in_memory(manifest)
 
 
+def test_an_int8_cache_is_counted_at_its_dequantised_size(caches, monkeypatch):
+    # read_cache widens int8 features to float32, so in RAM they take 4x their file bytes.
+    with open(os.path.join(caches["int8"], "manifest.json")) as f:
+        manifest = json.load(f)
+    on_disk = sum(s["bytes"] for s in manifest["shards"])
+    features = manifest["count"] * (np.prod(manifest["visual_shape"]) + manifest["audio_dim"])
+    assert feature_cache.in_memory_bytes(manifest) == on_disk + 3 * features
+    held = {k: v for k, v in next(iter(feature_cache.read_cache(
+        CONFIG, caches["int8"], training=False))).items() if k in ("visual_map", "audio_feature")}
+    assert sum(v.numpy().nbytes for v in held.values()) == 4 * features / manifest["count"]
+    monkeypatch.setattr(feature_cache, "available_memory_bytes", lambda: 2 * on_disk + 1000)
+    assert not feature_cache.fits_in_memory(manifest)  # on-disk size alone would say it fits
+
+
 def test_trainer_refuses_a_cache_for_towers_that_train(tmp_path, single_device_strategy):
     config = CONFIG.replace(freeze_image_tower=False)
     trainer = training.Trainer(config, str(tmp_path), single_device_strategy,

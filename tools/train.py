@@ -115,8 +115,10 @@ def main(argv: list[str]) -> None:
             in_memory = feature_cache.fits_in_memory(manifest)
         else:
             in_memory = FLAGS.cache_in_memory == "true"
-        print(f"Feature cache {'held in memory' if in_memory else 'streamed from disk'} "
-              f"(--cache_in_memory={FLAGS.cache_in_memory})", flush=True)
+        held = feature_cache.in_memory_bytes(manifest) / 1e9
+        where = (f"held in memory ({held:.2f} GB" if in_memory
+                 else f"streamed from disk ({held:.2f} GB if held in memory")
+        print(f"Feature cache {where}; --cache_in_memory={FLAGS.cache_in_memory})", flush=True)
         trainer.use_feature_cache(feature_cache.cache_dataset_fn(config, cache_dir, in_memory))
     print(f"Training {config.train_steps} steps, batch {config.batch_size}, on "
           f"{trainer.strategy.num_replicas_in_sync} replica(s)"
