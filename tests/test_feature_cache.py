@@ -259,3 +259,28 @@ def test_trainer_refuses_a_cache_for_towers_that_train(tmp_path, single_device_s
                                                                  count=2))
     with pytest.raises(ValueError, match="both towers frozen.*freeze_image_tower=False"):
         trainer.use_feature_cache(lambda start: None)
+
+
+def test_an_int8_tower_cache_records_its_ranges_and_keeps_the_loss(model, caches, tmp_path):
+    directory = str(tmp_path / "int8_tower")
+    dataset = data.synthetic_dataset(CONFIG, 0, count=40)
+    manifest = feature_cache.write_cache(model, CONFIG, dataset, directory, dtype="float32",
+                                         image_tower="int8")
+    assert manifest["image_tower"] == "int8" and len(manifest["int8_ranges"]) == 7
+    assert manifest["towers_sha256"] == feature_cache.fingerprint(
+        *feature_cache.towers(model)[:2])  # the same weights; the arithmetic is recorded
+    exact, _ = _cached_losses(model, caches["float32"])
+    quantized, _ = _cached_losses(model, directory)
+    errors = {k: abs(float(quantized[k]) - float(v)) / abs(float(v))
+              for k, v in exact.items() if float(v)}
+    assert 0 < max(errors.values()) < 2e-2, errors
+    # A rerun that asks for other features is refused, not silently served these.
+    with pytest.raises(ValueError, match=r"holds other features.*'image_tower': 'int8'"):
+        feature_cache.ensure_cache(model, CONFIG, dataset, directory, dtype="float32",
+                                   log=lambda _: None)
+    reused = feature_cache.ensure_cache(model, CONFIG, dataset, directory, dtype="float32",
+                                        image_tower="int8", log=lambda _: None)
+    assert reused["int8_ranges"] == manifest["int8_ranges"]
+    with pytest.raises(ValueError, match="image_tower must be one of"):
+        feature_cache.write_cache(model, CONFIG, dataset, str(tmp_path / "x"),
+                                  image_tower="int4")

@@ -129,6 +129,15 @@ def test_cached_tower_mode_builds_the_cache_once_then_reuses_it(tmp_path):
     assert second.returncode == 0, second.stderr
     assert "16 samples (reused)" in second.stdout and "Resumed" in second.stdout
     assert "step 4/4" in second.stdout
+    # Other features than the cache holds: refused in one line, the cache left as it is.
+    other = _run("train", *args, "--train_steps=6", "--cache_image_tower=int8")
+    _assert_clean_failure(other, "holds other features", "'image_tower': 'int8'")
+    assert json.loads((tmp_path / "feature_cache" / "manifest.json").read_text()) == manifest
+
+
+def test_cache_flags_without_the_cached_tower_mode_are_refused(tmp_path):
+    result = _run("train", f"--workdir={tmp_path}", "--cache_image_tower=int8")
+    _assert_clean_failure(result, "--cache_image_tower needs --tower_mode=cached")
 
 
 def test_tower_mode_that_contradicts_a_freeze_flag():
