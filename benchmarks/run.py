@@ -105,9 +105,12 @@ REQUIRED_FIGURES = (
     *(f"cache_build_{p}{d}_towers_pct_of_peak" for p in ("paper", "tiny") for d in ("", "_bf16")),
     "train_live_paper_fp32_towers_pct_of_peak", "train_live_paper_bf16_towers_pct_of_peak",
     "paper_10_epoch_speedup_ceiling",
-    *(f"cache_build_{p}{d}_images_per_s" for p in ("paper", "tiny") for d in ("", "_bf16")),
+    *(f"cache_build_{p}{d}_images_per_s" for p in ("paper", "tiny")
+      for d in ("", "_bf16", "_int8")),
+    "cache_build_paper_int8_over_fp32", "cache_build_tiny_int8_over_fp32",
+    "cache_build_paper_int8_calibration_s", "cache_build_tiny_int8_calibration_s",
     "cache_paper_bytes_per_sample", "cache_tiny_bytes_per_sample",
-    "cache_paper_bf16_tower_loss_error_ppm", "cache_tiny_bf16_tower_loss_error_ppm",
+    *(f"cache_{p}_{d}_tower_loss_error_ppm" for p in ("paper", "tiny") for d in ("bf16", "int8")),
     *(f"cache_{p}_{d}_{k}" for p in ("paper", "tiny") for d in ("bfloat16", "int8")
       for k in ("bytes_per_sample", "loss_error_ppm")),
     "train_e2e_tiny_fp32_pairs_per_s", "train_e2e_tiny_bf16_pairs_per_s",
@@ -119,6 +122,7 @@ REQUIRED_FIGURES = (
     "pipeline_paper_over_live_training", "pipeline_tiny_over_e2e_training",
     "cache_read_paper_over_heads_training",
     "paper_10_epoch_speedup_cache_vs_live_fp32", "paper_10_epoch_speedup_bf16_cache_vs_live_fp32",
+    "paper_10_epoch_speedup_int8_cache_vs_live_fp32",
     "serving_default_b1_p50_ms", "serving_default_b1_p99_ms",
     "serving_default_b8_pairs_per_s", "serving_default_b32_pairs_per_s",
     "bare_model_b1_p50_ms", "bare_model_b1_p99_ms",
@@ -292,7 +296,7 @@ def stage_cache_build(st: Stage) -> None:
     """write_cache over synthetic scenes: images/s written to disk and bytes per sample."""
     import keras
 
-    from soundloc_tf import data, feature_cache
+    from soundloc_tf import data, feature_cache, int8_tower
     from soundloc_tf.models import build_model
 
     for preset, count in (("paper", st.scale.cache_samples_paper),
@@ -303,47 +307,64 @@ def stage_cache_build(st: Stage) -> None:
         dataset = data.synthetic_dataset(config, config.train_seed, count=count).cache()
         for _ in dataset:  # scenes generated before timing: the figure is the towers + writes
             pass
-        for dtype in ("fp32", "bf16"):
-            tower_config = tower_precision(config, dtype)
+        for dtype in ("fp32", "bf16", "int8"):
+            tower_config = tower_precision(config, "fp32" if dtype == "int8" else dtype)
+            image_tower = "int8" if dtype == "int8" else "model"
             built = model
             if dtype == "bf16":  # the same weights, the image tower in bfloat16
                 built = build_model(tower_config)
                 built.set_weights(model.get_weights())
-            directory = _cache_dir(st, preset) + ("" if dtype == "fp32" else "_bf16")
+            suffix = "" if dtype == "fp32" else f"_{dtype}"
+            directory = _cache_dir(st, preset) + suffix
             shutil.rmtree(directory, ignore_errors=True)
             if st.scale.cache_warmup:  # one full batch: traces the towers, warms oneDNN
                 warm = os.path.join(st.workdir, f"cache_warmup_{preset}")
                 shutil.rmtree(warm, ignore_errors=True)
                 feature_cache.write_cache(built, tower_config, dataset.take(16), warm,
-                                          batch_size=16)
+                                          batch_size=16, image_tower=image_tower)
                 shutil.rmtree(warm, ignore_errors=True)
+            calibration = 0.0
+            if dtype == "int8":  # a fixed cost per cache (16 float32 images), not per sample
+                images = next(iter(dataset.batch(int8_tower.CALIBRATION_IMAGES)))["image"]
+                started = time.perf_counter()
+                int8_tower.calibrate(feature_cache.towers(built)[0], images)
+                calibration = time.perf_counter() - started
+                st.put(f"cache_build_{preset}_int8_calibration_s", calibration)
             rates = []
             for _ in range(st.scale.cache_repeats):  # the last pass's cache is kept
                 shutil.rmtree(directory, ignore_errors=True)
                 started = time.perf_counter()
                 manifest = feature_cache.write_cache(built, tower_config, dataset, directory,
-                                                     batch_size=16, dtype="float16")
-                rates.append(count / (time.perf_counter() - started))
-            suffix = "" if dtype == "fp32" else "_bf16"
+                                                     batch_size=16, dtype="float16",
+                                                     image_tower=image_tower)
+                rates.append(count / max(time.perf_counter() - started - calibration, 1e-9))
             st.put(f"cache_build_{preset}{suffix}_images_per_s", statistics.median(rates))
             if dtype == "fp32":
                 total = sum(s["bytes"] for s in manifest["shards"])
                 st.put(f"cache_{preset}_bytes_per_sample", total / count)
             else:
-                _bf16_tower_effect(st, preset, config, _cache_dir(st, preset), directory)
+                _tower_effect(st, preset, dtype, config, _cache_dir(st, preset), directory)
                 shutil.rmtree(directory, ignore_errors=True)
+        st.put(f"cache_build_{preset}_int8_over_fp32",
+               st.figures[f"cache_build_{preset}_int8_images_per_s"]
+               / st.figures[f"cache_build_{preset}_images_per_s"])
         st.notes[f"cache_{preset}_samples"] = count
         st.notes[f"cache_{preset}_dtype"] = manifest["dtype"]
         st.notes["cache_build_method"] = ("one write_cache pass (float16 features, batch 16) "
                                           "over pre-generated scenes after a one-batch warm-up "
                                           "(full mode) that traces the towers; median of "
                                           f"{st.scale.cache_repeats} passes; "
-                                          "_bf16: image_tower_precision=bfloat16, same weights")
+                                          "_bf16: image_tower_precision=bfloat16, same weights; "
+                                          "_int8: image_tower='int8' (int8_tower, calibrated "
+                                          "on the first 16 scenes), same weights; its images/s "
+                                          "leave out the calibration, timed apart "
+                                          "(_int8_calibration_s) as a cost per cache")
         _cache_dtype_effects(st, preset, model, config, dataset.take(16))
 
 
-def _bf16_tower_effect(st: Stage, preset: str, config, fp32_cache: str, bf16_cache: str) -> None:
-    """Relative change of the loss on one batch when the image tower ran in bfloat16."""
+def _tower_effect(st: Stage, preset: str, dtype: str, config, fp32_cache: str,
+                  other_cache: str) -> None:
+    """Relative change of the loss on one batch when the image tower ran in `dtype`."""
     from soundloc_tf import feature_cache
     from soundloc_tf.models import build_localizer
 
@@ -351,8 +372,8 @@ def _bf16_tower_effect(st: Stage, preset: str, config, fp32_cache: str, bf16_cac
     step = feature_cache.CachedStep(config.replace(label_fraction=1.0), localizer)
     losses = [float(step.losses(next(iter(feature_cache.read_cache(
         config, directory, training=False).batch(16))))["total"])
-        for directory in (fp32_cache, bf16_cache)]
-    st.put(f"cache_{preset}_bf16_tower_loss_error_ppm",
+        for directory in (fp32_cache, other_cache)]
+    st.put(f"cache_{preset}_{dtype}_tower_loss_error_ppm",
            1e6 * abs(losses[1] - losses[0]) / abs(losses[0]))
 
 
@@ -788,11 +809,13 @@ def derive(figures: dict[str, float]) -> None:
     if streamed and "train_live_paper_fp32_pairs_per_s" in f:
         live_time = 10.0 / f["train_live_paper_fp32_pairs_per_s"]
         for build, tag in (("cache_build_paper_images_per_s", ""),
-                           ("cache_build_paper_bf16_images_per_s", "bf16_")):
+                           ("cache_build_paper_bf16_images_per_s", "bf16_"),
+                           ("cache_build_paper_int8_images_per_s", "int8_")):
             if build not in f:
                 continue
+            fixed = f.get("cache_build_paper_int8_calibration_s", 0.0) if tag == "int8_" else 0.0
             for pairs, size, training in ((10_000, "10k", held), (144_000, "144k", streamed)):
-                cache_time = 1.0 / f[build] + 10.0 / training
+                cache_time = 1.0 / f[build] + 10.0 / training + fixed / pairs
                 if size == "10k":
                     f[f"paper_10_epoch_speedup_{tag}cache_vs_live_fp32"] = live_time / cache_time
                 # Projected wall time of 10 epochs (hours), cache build included.
@@ -836,18 +859,22 @@ TABLE_ROWS = (
       "train_cache_paper_xla_in_memory_pairs_per_s")),
     ("Train from cache tiny: update / +XLA (pairs/s)",
      ("train_cache_tiny_pairs_per_s", "train_cache_tiny_xla_pairs_per_s")),
-    ("Cache build paper: img/s fp32 / bf16 tower, bytes/sample",
+    ("Cache build paper: img/s fp32 / bf16 / int8 tower, int8 over fp32 (x), bytes/sample",
      ("cache_build_paper_images_per_s", "cache_build_paper_bf16_images_per_s",
+      "cache_build_paper_int8_images_per_s", "cache_build_paper_int8_over_fp32",
       "cache_paper_bytes_per_sample")),
     ("Both towers inside the pipeline, % of peak: paper cache build fp32 / bf16, "
      "live training fp32 / bf16",
      ("cache_build_paper_towers_pct_of_peak", "cache_build_paper_bf16_towers_pct_of_peak",
       "train_live_paper_fp32_towers_pct_of_peak", "train_live_paper_bf16_towers_pct_of_peak")),
-    ("Cache build tiny: img/s fp32 / bf16 tower, bytes/sample",
+    ("Cache build tiny: img/s fp32 / bf16 / int8 tower, int8 over fp32 (x), bytes/sample",
      ("cache_build_tiny_images_per_s", "cache_build_tiny_bf16_images_per_s",
+      "cache_build_tiny_int8_images_per_s", "cache_build_tiny_int8_over_fp32",
       "cache_tiny_bytes_per_sample")),
-    ("Loss change from a bf16 image tower, paper / tiny (ppm)",
-     ("cache_paper_bf16_tower_loss_error_ppm", "cache_tiny_bf16_tower_loss_error_ppm")),
+    ("Loss change from a bf16 / int8 image tower, paper (ppm)",
+     ("cache_paper_bf16_tower_loss_error_ppm", "cache_paper_int8_tower_loss_error_ppm")),
+    ("Loss change from a bf16 / int8 image tower, tiny (ppm)",
+     ("cache_tiny_bf16_tower_loss_error_ppm", "cache_tiny_int8_tower_loss_error_ppm")),
     ("Cache paper bytes/sample fp32 / bf16 / int8",
      ("cache_paper_float32_bytes_per_sample", "cache_paper_bfloat16_bytes_per_sample",
       "cache_paper_int8_bytes_per_sample")),
@@ -862,16 +889,17 @@ TABLE_ROWS = (
     ("Pipeline / fastest live paper, / e2e tiny (x)",
      ("pipeline_paper_over_live_training", "pipeline_tiny_over_e2e_training")),
     ("Cache read / fastest heads update, paper (x)", ("cache_read_paper_over_heads_training",)),
-    ("10 epochs of 10k paper pairs, speed-up vs live fp32: fp32 / bf16-tower cache build, "
-     "ceiling (x)",
+    ("10 epochs of 10k paper pairs, speed-up vs live fp32: fp32 / bf16 / int8-tower cache "
+     "build; ceiling of a bf16 tower (x)",
      ("paper_10_epoch_speedup_cache_vs_live_fp32",
-      "paper_10_epoch_speedup_bf16_cache_vs_live_fp32", "paper_10_epoch_speedup_ceiling")),
-    ("10 epochs of 10k pairs, live fp32 / cached / bf16 cached (hours)",
+      "paper_10_epoch_speedup_bf16_cache_vs_live_fp32",
+      "paper_10_epoch_speedup_int8_cache_vs_live_fp32", "paper_10_epoch_speedup_ceiling")),
+    ("10 epochs of 10k pairs, live fp32 / cached / bf16 / int8 cached (hours)",
      ("paper_10_epochs_10k_live_fp32_hours", "paper_10_epochs_10k_cached_hours",
-      "paper_10_epochs_10k_bf16_cached_hours")),
-    ("10 epochs of 144k pairs, live fp32 / cached / bf16 cached (hours)",
+      "paper_10_epochs_10k_bf16_cached_hours", "paper_10_epochs_10k_int8_cached_hours")),
+    ("10 epochs of 144k pairs, live fp32 / cached / bf16 / int8 cached (hours)",
      ("paper_10_epochs_144k_live_fp32_hours", "paper_10_epochs_144k_cached_hours",
-      "paper_10_epochs_144k_bf16_cached_hours")),
+      "paper_10_epochs_144k_bf16_cached_hours", "paper_10_epochs_144k_int8_cached_hours")),
     ("serving_default b1 p50 / p99 (ms)", ("serving_default_b1_p50_ms",
                                             "serving_default_b1_p99_ms")),
     ("serving_default b8 / b32 (pairs/s)", ("serving_default_b8_pairs_per_s",

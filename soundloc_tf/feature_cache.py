@@ -98,14 +98,15 @@ def write_cache(model: keras.Model, config: Config, dataset: tf.data.Dataset, di
     if os.path.exists(os.path.join(directory, records.MANIFEST)):
         raise ValueError(f"the directory already holds a cache. Received: {directory!r}")
     image_model, audio_model, _ = towers(model)
-    quantized = None
+    ranges = None
     if image_tower == "int8":
+        int8_tower.check_supported()
         calibration = next(iter(dataset.take(int8_tower.CALIBRATION_IMAGES)
                                 .batch(int8_tower.CALIBRATION_IMAGES)), None)
         if calibration is None:
             raise ValueError("the dataset is empty; nothing to cache")
-        quantized = int8_tower.build(image_model, calibration["image"])
-    features = _feature_function(model, dtype, quantized)
+        ranges = tuple(int8_tower.calibrate(image_model, calibration["image"]))
+    features = _feature_function(model, dtype, ranges)
 
     started = time.perf_counter()
     shards, writer, temp, in_shard, count = [], None, None, 0, 0
@@ -168,7 +169,7 @@ def write_cache(model: keras.Model, config: Config, dataset: tf.data.Dataset, di
         "audio_dim": config.audio_feature_dim,
         "towers_sha256": fingerprint(image_model, audio_model),
         "image_tower": image_tower,
-        **({"int8_ranges": quantized.ranges} if quantized is not None else {}),
+        **({"int8_ranges": list(ranges)} if ranges is not None else {}),
         "shards": entries, "seconds": round(time.perf_counter() - started, 2),
     }
     records._atomic_write_text(os.path.join(directory, records.MANIFEST),
@@ -287,21 +288,25 @@ def fits_in_memory(manifest: dict, fraction: float = IN_MEMORY_FRACTION) -> bool
     return available is not None and in_memory_bytes(manifest) < fraction * available
 
 
-# One traced tower function per (model, dtype): caching several datasets with one model (or
-# warming up before a timed run) traces the towers once.
+# One traced tower function per (model, dtype, int8 ranges): caching several datasets with
+# one model (or warming up before a timed run) traces the towers once. For the int8 tower
+# that also saves its constants' set-up (oneDNN reorders every filter once per graph).
 _FEATURE_FUNCTIONS: "weakref.WeakKeyDictionary[keras.Model, dict]" = weakref.WeakKeyDictionary()
 
 
 def _feature_function(model: keras.Model, dtype: str,
-                      quantized: int8_tower.Int8ImageTower | None = None
-                      ) -> Callable[[dict], dict]:
-    """The towers' features for a batch, stored as `dtype`; the image tower is `quantized`
-    where given (its ranges come from one dataset, so that function is not kept)."""
+                      int8_ranges: tuple[float, ...] | None = None) -> Callable[[dict], dict]:
+    """The towers' features for a batch, stored as `dtype`; the image tower runs in int8
+    with `int8_ranges` where they are given."""
     per_model = _FEATURE_FUNCTIONS.setdefault(model, {})
-    if quantized is None and dtype in per_model:
-        return per_model[dtype]
+    key = (dtype, int8_ranges)
+    if key in per_model:
+        return per_model[key]
     image_tower, audio_tower, _ = towers(model)
-    run_image_tower = quantized or (lambda images: image_tower(images, training=False))
+    if int8_ranges is None:
+        run_image_tower = lambda images: image_tower(images, training=False)  # noqa: E731
+    else:
+        run_image_tower = int8_tower.Int8ImageTower(image_tower, int8_ranges)
 
     @tf.function(reduce_retracing=True)
     def features(batch):
@@ -316,8 +321,7 @@ def _feature_function(model: keras.Model, dtype: str,
                 "audio": _quantize(audio, audio_scale[:, None]),
                 "visual_scale": visual_scale, "audio_scale": audio_scale}
 
-    if quantized is None:
-        per_model[dtype] = features
+    per_model[key] = features
     return features
 
 
