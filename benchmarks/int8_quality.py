@@ -1,0 +1,88 @@
+"""Does the int8 image tower change results? Cached training with a float32 and an int8 cache build.
+
+  python -m benchmarks.int8_quality [--output=benchmarks/int8_quality.json] [--train_steps=800]
+
+The tiny preset with both towers frozen (random weights: nothing to download)
+trains from a feature cache of the same scenes, built once by the float32
+image tower and once by `int8_tower` (`tools/train.py --cache_image_tower=int8`).
+Both runs start from the same seed; both are evaluated the same way, through
+the float32 model, as export and serving run it. Prints cIoU@0.5, mean cIoU,
+AUC, pointing and the cache build rate of each, their differences, and writes
+them as JSON. About 2 minutes on 2 idle cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+
+
+def train_and_evaluate(image_tower: str, train_steps: int, cache_samples: int, workdir: str,
+                       num_eval_samples: int) -> dict:
+    import keras
+    import tensorflow as tf
+
+    from soundloc_tf import data, feature_cache
+    from soundloc_tf.config import get_config
+    from soundloc_tf.evaluation import evaluate
+    from soundloc_tf.training import Trainer
+
+    config = get_config("tiny", train_steps=train_steps, num_summary_images=0,
+                        eval_every=train_steps, num_eval_samples=num_eval_samples,
+                        freeze_image_tower=True, freeze_audio_tower=True)
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(config.train_seed)
+    strategy = tf.distribute.OneDeviceStrategy(tf.config.list_logical_devices("CPU")[0].name)
+    trainer = Trainer(config, os.path.join(workdir, image_tower), strategy, log=lambda _: None)
+    directory = os.path.join(workdir, f"cache_{image_tower}")
+    manifest = feature_cache.ensure_cache(
+        trainer.model, config, data.synthetic_dataset(config, config.train_seed,
+                                                      count=cache_samples),
+        directory, log=lambda _: None, image_tower=image_tower)
+    trainer.use_feature_cache(feature_cache.cache_dataset_fn(config, directory, in_memory=True))
+    trainer.train()
+    scenes = data.synthetic_dataset(config, config.eval_seed, count=config.num_eval_samples)
+    result = evaluate(trainer.model, config, scenes)
+    return {"ciou_at_0_5": result["ciou_at_0_5"], "mean_ciou": result["mean_ciou"],
+            "auc": result["auc"], "pointing_game": result["pointing_game"],
+            "cache_build_images_per_s": manifest["count"] / max(manifest["seconds"], 1e-9)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default="benchmarks/int8_quality.json")
+    parser.add_argument("--train_steps", type=int, default=800)
+    parser.add_argument("--cache_samples", type=int, default=4000)
+    parser.add_argument("--num_eval_samples", type=int, default=500)
+    args = parser.parse_args(argv)
+    if min(args.train_steps, args.cache_samples, args.num_eval_samples) < 1:
+        parser.error("--train_steps, --cache_samples and --num_eval_samples must be >= 1. "
+                     f"Received: {args.train_steps}, {args.cache_samples}, "
+                     f"{args.num_eval_samples}")
+    runs = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for image_tower in ("model", "int8"):
+            print(f"caching {args.cache_samples} scenes with the {image_tower} image tower, "
+                  f"training {args.train_steps} steps, evaluating ...", flush=True)
+            runs[image_tower] = train_and_evaluate(image_tower, args.train_steps,
+                                                   args.cache_samples, workdir,
+                                                   args.num_eval_samples)
+    keys = ("ciou_at_0_5", "mean_ciou", "auc", "pointing_game", "cache_build_images_per_s")
+    difference = {k: runs["int8"][k] - runs["model"][k] for k in keys}
+    print(f"\n| {'':<14} | " + " | ".join(f"{k:>24}" for k in keys) + " |")
+    print("|" + "---|" * (len(keys) + 1))
+    for name, row in (("float32 tower", runs["model"]), ("int8 tower", runs["int8"]),
+                      ("int8 - float32", difference)):
+        print(f"| {name:<14} | " + " | ".join(f"{row[k]:>24.3f}" for k in keys) + " |")
+    with open(args.output, "w") as f:
+        json.dump({"preset": "tiny", "towers": "frozen, random weights",
+                   "train_steps": args.train_steps, "cache_samples": args.cache_samples,
+                   "num_eval_samples": args.num_eval_samples, "runs": runs,
+                   "int8_minus_float32": difference}, f, indent=1)
+    print(f"\nWrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
