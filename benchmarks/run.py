@@ -308,6 +308,13 @@ def stage_cache_build(st: Stage) -> None:
         for _ in dataset:  # scenes generated before timing: the figure is the towers + writes
             pass
         for dtype in ("fp32", "bf16", "int8"):
+            if dtype == "int8":
+                try:
+                    int8_tower.check_supported()
+                except ValueError as error:  # its figures are then reported missing
+                    st.skipped[f"cache_build_{preset}_int8"] = str(error)
+                    st.log(f"  cache_build_{preset}_int8 skipped: {error}")
+                    continue
             tower_config = tower_precision(config, "fp32" if dtype == "int8" else dtype)
             image_tower = "int8" if dtype == "int8" else "model"
             built = model
@@ -345,9 +352,10 @@ def stage_cache_build(st: Stage) -> None:
             else:
                 _tower_effect(st, preset, dtype, config, _cache_dir(st, preset), directory)
                 shutil.rmtree(directory, ignore_errors=True)
-        st.put(f"cache_build_{preset}_int8_over_fp32",
-               st.figures[f"cache_build_{preset}_int8_images_per_s"]
-               / st.figures[f"cache_build_{preset}_images_per_s"])
+        if f"cache_build_{preset}_int8_images_per_s" in st.figures:
+            st.put(f"cache_build_{preset}_int8_over_fp32",
+                   st.figures[f"cache_build_{preset}_int8_images_per_s"]
+                   / st.figures[f"cache_build_{preset}_images_per_s"])
         st.notes[f"cache_{preset}_samples"] = count
         st.notes[f"cache_{preset}_dtype"] = manifest["dtype"]
         st.notes["cache_build_method"] = ("one write_cache pass (float16 features, batch 16) "

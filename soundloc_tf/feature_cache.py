@@ -94,13 +94,14 @@ def write_cache(model: keras.Model, config: Config, dataset: tf.data.Dataset, di
         raise ValueError("a feature cache is only valid for frozen towers. Received: "
                          f"freeze_image_tower={config.freeze_image_tower}, "
                          f"freeze_audio_tower={config.freeze_audio_tower}")
+    if image_tower == "int8":
+        int8_tower.check_supported()  # before anything is written
     os.makedirs(directory, exist_ok=True)
     if os.path.exists(os.path.join(directory, records.MANIFEST)):
         raise ValueError(f"the directory already holds a cache. Received: {directory!r}")
     image_model, audio_model, _ = towers(model)
     ranges = None
     if image_tower == "int8":
-        int8_tower.check_supported()
         calibration = next(iter(dataset.take(int8_tower.CALIBRATION_IMAGES)
                                 .batch(int8_tower.CALIBRATION_IMAGES)), None)
         if calibration is None:

@@ -159,10 +159,12 @@ def check_supported() -> None:
     try:
         probe()
     except (tf.errors.OpError, TypeError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        # A graph error's first lines say where; its last says what (without oneDNN:
+        # "Missing 0-th output from {{node QuantizedConv2DWithBias}}").
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         raise ValueError("an int8 image tower needs TensorFlow's oneDNN int8 convolutions "
                          "(x86, TF_ENABLE_ONEDNN_OPTS not 0); use the float tower. Received: "
-                         f"{type(error).__name__}: {first_line[:200]}") from None
+                         f"{type(error).__name__}: {(lines or [''])[-1][:200]}") from None
 
 
 def build(tower: keras.Model, calibration_images: tf.Tensor) -> Int8ImageTower:

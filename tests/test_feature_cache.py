@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from soundloc_tf import data, feature_cache, training
+from soundloc_tf import data, feature_cache, int8_tower, training
 from soundloc_tf.config import get_config
 from soundloc_tf.models import build_model
 
@@ -31,6 +31,14 @@ def caches(model, tmp_path_factory):
                                              samples_per_shard=16)
         assert manifest["count"] == 40 and len(manifest["shards"]) == 3
     return made
+
+
+def _int8_kernels() -> bool:
+    try:
+        int8_tower.check_supported()
+    except ValueError:
+        return False
+    return True
 
 
 def _live_losses(model, batch):
@@ -261,6 +269,7 @@ def test_trainer_refuses_a_cache_for_towers_that_train(tmp_path, single_device_s
         trainer.use_feature_cache(lambda start: None)
 
 
+@pytest.mark.skipif(not _int8_kernels(), reason="TensorFlow here has no oneDNN int8 kernels")
 def test_an_int8_tower_cache_records_its_ranges_and_keeps_the_loss(model, caches, tmp_path):
     directory = str(tmp_path / "int8_tower")
     dataset = data.synthetic_dataset(CONFIG, 0, count=40)

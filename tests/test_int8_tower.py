@@ -16,6 +16,18 @@ from soundloc_tf.models import build_image_tower
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _unsupported_reason() -> str | None:
+    try:
+        int8_tower.check_supported()
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+needs_int8_kernels = pytest.mark.skipif(_unsupported_reason() is not None,
+                                        reason=f"no int8 kernels here: {_unsupported_reason()}")
+
+
 def _tower_and_images(config, count):
     keras.utils.set_random_seed(5)
     tower = build_image_tower(config)
@@ -23,6 +35,7 @@ def _tower_and_images(config, count):
     return tower, images
 
 
+@needs_int8_kernels
 @pytest.mark.parametrize("tower_name, image_size", [("vgg16", 64), ("tiny_vgg", 96)])
 def test_int8_maps_stay_within_a_few_percent_of_float_on_unseen_images(tower_name, image_size):
     config = get_config("tiny", image_tower=tower_name, image_size=image_size,
@@ -68,6 +81,7 @@ def test_an_int8_tower_refuses_what_it_cannot_run():
         int8_tower.calibrate(tower, tf.zeros([0, 96, 96, 3]))
 
 
+@needs_int8_kernels  # with oneDNN on by default here, turning it off must refuse
 def test_without_onednn_the_int8_tower_fails_in_one_line():
     code = ("from soundloc_tf import int8_tower\n"
             "try:\n    int8_tower.check_supported()\n    print('SUPPORTED')\n"
