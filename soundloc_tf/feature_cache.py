@@ -300,10 +300,12 @@ def _feature_function(model: keras.Model, dtype: str,
     """The towers' features for a batch, stored as `dtype`; the image tower runs in int8
     with `int8_ranges` where they are given."""
     per_model = _FEATURE_FUNCTIONS.setdefault(model, {})
-    key = (dtype, int8_ranges)
+    image_tower, audio_tower, _ = towers(model)
+    # The int8 tower holds a copy of the weights: a tower changed since (restored from
+    # another checkpoint) needs a new one.
+    key = (dtype, int8_ranges, fingerprint(image_tower) if int8_ranges else None)
     if key in per_model:
         return per_model[key]
-    image_tower, audio_tower, _ = towers(model)
     if int8_ranges is None:
         run_image_tower = lambda images: image_tower(images, training=False)  # noqa: E731
     else:

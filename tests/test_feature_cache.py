@@ -293,3 +293,19 @@ def test_an_int8_tower_cache_records_its_ranges_and_keeps_the_loss(model, caches
     with pytest.raises(ValueError, match="image_tower must be one of"):
         feature_cache.write_cache(model, CONFIG, dataset, str(tmp_path / "x"),
                                   image_tower="int4")
+
+
+@pytest.mark.skipif(not _int8_kernels(), reason="TensorFlow here has no oneDNN int8 kernels")
+def test_an_int8_cache_build_sees_tower_weights_changed_since_the_last_one(tmp_path):
+    # The int8 tower copies the weights; a second build after new weights must use them.
+    config = CONFIG
+    model = build_model(config)
+    dataset = data.synthetic_dataset(config, 0, count=16)
+    read = lambda d: next(iter(feature_cache.read_cache(  # noqa: E731
+        config, d, training=False).batch(16)))["visual_map"].numpy()
+    feature_cache.write_cache(model, config, dataset, str(tmp_path / "a"), image_tower="int8")
+    last = feature_cache.towers(model)[0].get_layer("block4_conv2")
+    last.kernel.assign(last.kernel * 2.0)  # the last convolution: no calibrated range moves
+    feature_cache.write_cache(model, config, dataset, str(tmp_path / "b"), image_tower="int8")
+    ratio = np.abs(read(str(tmp_path / "b"))).sum() / np.abs(read(str(tmp_path / "a"))).sum()
+    assert ratio > 1.5, ratio
