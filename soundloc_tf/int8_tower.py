@@ -41,7 +41,8 @@ def _layers(tower: keras.Model) -> list[keras.layers.Layer]:
     layers = [layer for layer in tower.layers
               if not isinstance(layer, keras.layers.InputLayer)
               and layer.name != "visual_map_float32"]  # the bfloat16 tower's output cast
-    if not layers or layers[0].name != "normalize":
+    if (len(layers) < 2 or layers[0].name != "normalize"
+            or not isinstance(layers[1], keras.layers.Conv2D)):
         raise ValueError("an int8 tower needs a models.build_image_tower tower (normalize, "
                          f"then convolutions). Received layers: {[l.name for l in layers]}")
     convs = [l for l in layers if isinstance(l, keras.layers.Conv2D)]
