@@ -18,6 +18,8 @@ import os
 import tempfile
 import time
 
+from benchmarks.comparison import comparison_table
+
 
 def train_and_evaluate(dtype: str, train_steps: int, workdir: str,
                        num_eval_samples: int = 500) -> dict:
@@ -60,12 +62,8 @@ def main(argv: list[str] | None = None) -> None:
             runs[dtype] = train_and_evaluate(dtype, args.train_steps, workdir,
                                              args.num_eval_samples)
     keys = ("ciou_at_0_5", "mean_ciou", "auc", "pointing_game", "train_pairs_per_s")
-    difference = {k: runs["bf16"][k] - runs["fp32"][k] for k in keys}
-    print(f"\n| {'':<18} | " + " | ".join(f"{k:>17}" for k in keys) + " |")
-    print("|" + "---|" * (len(keys) + 1))
-    for name, row in (("fp32", runs["fp32"]), ("bf16", runs["bf16"]),
-                      ("bf16 - fp32", difference)):
-        print(f"| {name:<18} | " + " | ".join(f"{row[k]:>17.3f}" for k in keys) + " |")
+    table, difference = comparison_table(keys, ("fp32", runs["fp32"]), ("bf16", runs["bf16"]))
+    print("\n" + table)
     with open(args.output, "w") as f:
         json.dump({"preset": "tiny", "train_steps": args.train_steps,
                    "num_eval_samples": args.num_eval_samples, "runs": runs,

@@ -18,6 +18,8 @@ import json
 import os
 import tempfile
 
+from benchmarks.comparison import comparison_table
+
 
 def train_and_evaluate(image_tower: str, train_steps: int, cache_samples: int, workdir: str,
                        num_eval_samples: int) -> dict:
@@ -70,12 +72,9 @@ def main(argv: list[str] | None = None) -> None:
                                                    args.cache_samples, workdir,
                                                    args.num_eval_samples)
     keys = ("ciou_at_0_5", "mean_ciou", "auc", "pointing_game", "cache_build_images_per_s")
-    difference = {k: runs["int8"][k] - runs["model"][k] for k in keys}
-    print(f"\n| {'':<14} | " + " | ".join(f"{k:>24}" for k in keys) + " |")
-    print("|" + "---|" * (len(keys) + 1))
-    for name, row in (("float32 tower", runs["model"]), ("int8 tower", runs["int8"]),
-                      ("int8 - float32", difference)):
-        print(f"| {name:<14} | " + " | ".join(f"{row[k]:>24.3f}" for k in keys) + " |")
+    table, difference = comparison_table(keys, ("float32 tower", runs["model"]),
+                                         ("int8 tower", runs["int8"]))
+    print("\n" + table)
     with open(args.output, "w") as f:
         json.dump({"preset": "tiny", "towers": "frozen, random weights",
                    "train_steps": args.train_steps, "cache_samples": args.cache_samples,

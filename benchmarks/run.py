@@ -364,7 +364,8 @@ def stage_cache_build(st: Stage) -> None:
                                           f"{st.scale.cache_repeats} passes; "
                                           "_bf16: image_tower_precision=bfloat16, same weights; "
                                           "_int8: image_tower='int8' (int8_tower, calibrated "
-                                          "on the first 16 scenes), same weights; its images/s "
+                                          f"on the first {int8_tower.CALIBRATION_IMAGES} "
+                                          "scenes), same weights; its images/s "
                                           "leave out the calibration, timed apart "
                                           "(_int8_calibration_s) as a cost per cache")
         _cache_dtype_effects(st, preset, model, config, dataset.take(16))

@@ -46,7 +46,7 @@ INT8_MAX = 127.0
 # The image tower a cache build runs: "model", the model's own (float32, or bfloat16 under
 # image_tower_precision=bfloat16); "int8", that tower through oneDNN int8 convolutions
 # (`int8_tower`), 3.5x float32's speed for VGG16 on AVX-512 VNNI CPUs.
-IMAGE_TOWERS = ("model", "int8")
+CACHE_IMAGE_TOWERS = ("model", "int8")
 PROGRESS_SECONDS = 5.0  # between progress lines while caching
 # in_memory="auto" holds a cache in RAM when it takes under this share of the available
 # memory: the shuffle buffer, the model and the batches need the rest.
@@ -87,8 +87,8 @@ def write_cache(model: keras.Model, config: Config, dataset: tf.data.Dataset, di
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}. Received: dtype={dtype!r}")
-    if image_tower not in IMAGE_TOWERS:
-        raise ValueError(f"image_tower must be one of {IMAGE_TOWERS}. Received: "
+    if image_tower not in CACHE_IMAGE_TOWERS:
+        raise ValueError(f"image_tower must be one of {CACHE_IMAGE_TOWERS}. Received: "
                          f"image_tower={image_tower!r}")
     if not (config.freeze_image_tower and config.freeze_audio_tower):
         raise ValueError("a feature cache is only valid for frozen towers. Received: "

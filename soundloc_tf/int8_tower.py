@@ -166,9 +166,3 @@ def check_supported() -> None:
         raise ValueError("an int8 image tower needs TensorFlow's oneDNN int8 convolutions "
                          "(x86, TF_ENABLE_ONEDNN_OPTS not 0); use the float tower. Received: "
                          f"{type(error).__name__}: {(lines or [''])[-1][:200]}") from None
-
-
-def build(tower: keras.Model, calibration_images: tf.Tensor) -> Int8ImageTower:
-    """`tower` in int8, its ranges set on `calibration_images`."""
-    check_supported()
-    return Int8ImageTower(tower, calibrate(tower, calibration_images))

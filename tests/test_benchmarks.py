@@ -104,3 +104,15 @@ def test_bf16_quality_trains_both_precisions_and_reports_their_difference(tmp_pa
     refused = subprocess.run([sys.executable, "-m", "benchmarks.bf16_quality", "--train_steps=0"],
                              cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "Received: 0" in refused.stderr
+
+
+def test_comparison_table_lists_both_runs_and_their_difference():
+    from benchmarks.comparison import comparison_table
+
+    table, difference = comparison_table(("auc", "pointing_game"),
+                                         ("fp32", {"auc": 0.683, "pointing_game": 1.0}),
+                                         ("bf16", {"auc": 0.675, "pointing_game": 0.95}))
+    assert difference == pytest.approx({"auc": -0.008, "pointing_game": -0.05})
+    lines = table.splitlines()
+    assert len(lines) == 5 and lines[1] == "|---|---|---|"
+    assert lines[4].split("|")[1:-1] == [" bf16 - fp32 ", "        -0.008 ", "        -0.050 "]
