@@ -70,32 +70,45 @@ class LayerReference(NamedTuple):
 # the digests pin every other value, so a single changed weight is refused.
 VGG16_IMAGENET_PARAMETERS = 14_714_688
 VGG16_IMAGENET_REFERENCE: dict[str, LayerReference] = {
-    "block1_conv1": LayerReference((3, 3, 3, 64), 0.73429835, 0.42947057, -0.26969463,
-                                   "32314ce545bb80d6195eab0ae9b58a0b0975b0ada7c90215625203c5e63848ef"),
-    "block1_conv2": LayerReference((3, 3, 64, 64), -0.30912212, 0.16621928, 0.016082443,
-                                   "e94df3db9672bf8cff1d83679599b0a4cf239d949325d2882f9826951e371973"),
-    "block2_conv1": LayerReference((3, 3, 64, 128), -0.04577766, -0.008902963, -0.008927183,
-                                   "3433a2611003b893575188f77fe26ca40d4617b97781ac3dfe74af031ac04f02"),
-    "block2_conv2": LayerReference((3, 3, 128, 128), -0.06418542, -0.0023012366, 0.006217653,
-                                   "dd4bc0521dbbf66a37b6142dc5d32e8804a26923ff328cfaed70933f23ea03b8"),
-    "block3_conv1": LayerReference((3, 3, 128, 256), -0.074358866, 0.002486315, -0.013151026,
-                                   "854cf503b56db99601c68e3dab9c4db10639cf53dca5e7dc494d265fad6a53c3"),
-    "block3_conv2": LayerReference((3, 3, 256, 256), 0.019675018, -0.0103266295, -0.0075213206,
-                                   "5eb0344bac37c0192b3294aec89b394e95ab13751ab9076623cbf0116388f145"),
-    "block3_conv3": LayerReference((3, 3, 256, 256), 0.035415243, 0.0024918285, 0.021894354,
-                                   "0a5d598d159d78c413e033daae20d9b0581eddfe34f8188f17d317d5eb5d230f"),
-    "block4_conv1": LayerReference((3, 3, 256, 512), 0.013485669, -0.012453815, 0.004575403,
-                                   "bbd31456d83dcb21efdc8423b03e76a3667982b7241ef3bb909e6b3f704e63f4"),
-    "block4_conv2": LayerReference((3, 3, 512, 512), 0.023680462, 0.007116542, 0.0077318195,
-                                   "0b5df0bf7a506cdd927653308fdd2f38368d0ecbdbbaa10b78289e7fcfaa865a"),
-    "block4_conv3": LayerReference((3, 3, 512, 512), 0.03757768, -0.0041355654, 0.014877313,
-                                   "3a13b289451687bfd81fe9bb5d9c0502931d4d48829627dc93273df019539028"),
-    "block5_conv1": LayerReference((3, 3, 512, 512), 0.09722325, -0.0006068934, 0.004848376,
-                                   "3b6e2093a4562fd9e41c832ad27dead7d65a4afff79b9f6bdc95d5ea8e22dcdb"),
-    "block5_conv2": LayerReference((3, 3, 512, 512), 0.21327873, -0.0011261065, 0.0024646511,
-                                   "510ec1a86d78ec8f5922b9534b6f17822dc12248ec9c67329af8ee8e202eeb2f"),
-    "block5_conv3": LayerReference((3, 3, 512, 512), 0.18837857, 0.00040788297, -0.009201038,
-                                   "20510d8c6736741bf6b4fdf3b9347c04bf00c80e1cea2e929327444928ce0f2f"),
+    "block1_conv1": LayerReference(
+        (3, 3, 3, 64), 0.73429835, 0.42947057, -0.26969463,
+        "32314ce545bb80d6195eab0ae9b58a0b0975b0ada7c90215625203c5e63848ef"),
+    "block1_conv2": LayerReference(
+        (3, 3, 64, 64), -0.30912212, 0.16621928, 0.016082443,
+        "e94df3db9672bf8cff1d83679599b0a4cf239d949325d2882f9826951e371973"),
+    "block2_conv1": LayerReference(
+        (3, 3, 64, 128), -0.04577766, -0.008902963, -0.008927183,
+        "3433a2611003b893575188f77fe26ca40d4617b97781ac3dfe74af031ac04f02"),
+    "block2_conv2": LayerReference(
+        (3, 3, 128, 128), -0.06418542, -0.0023012366, 0.006217653,
+        "dd4bc0521dbbf66a37b6142dc5d32e8804a26923ff328cfaed70933f23ea03b8"),
+    "block3_conv1": LayerReference(
+        (3, 3, 128, 256), -0.074358866, 0.002486315, -0.013151026,
+        "854cf503b56db99601c68e3dab9c4db10639cf53dca5e7dc494d265fad6a53c3"),
+    "block3_conv2": LayerReference(
+        (3, 3, 256, 256), 0.019675018, -0.0103266295, -0.0075213206,
+        "5eb0344bac37c0192b3294aec89b394e95ab13751ab9076623cbf0116388f145"),
+    "block3_conv3": LayerReference(
+        (3, 3, 256, 256), 0.035415243, 0.0024918285, 0.021894354,
+        "0a5d598d159d78c413e033daae20d9b0581eddfe34f8188f17d317d5eb5d230f"),
+    "block4_conv1": LayerReference(
+        (3, 3, 256, 512), 0.013485669, -0.012453815, 0.004575403,
+        "bbd31456d83dcb21efdc8423b03e76a3667982b7241ef3bb909e6b3f704e63f4"),
+    "block4_conv2": LayerReference(
+        (3, 3, 512, 512), 0.023680462, 0.007116542, 0.0077318195,
+        "0b5df0bf7a506cdd927653308fdd2f38368d0ecbdbbaa10b78289e7fcfaa865a"),
+    "block4_conv3": LayerReference(
+        (3, 3, 512, 512), 0.03757768, -0.0041355654, 0.014877313,
+        "3a13b289451687bfd81fe9bb5d9c0502931d4d48829627dc93273df019539028"),
+    "block5_conv1": LayerReference(
+        (3, 3, 512, 512), 0.09722325, -0.0006068934, 0.004848376,
+        "3b6e2093a4562fd9e41c832ad27dead7d65a4afff79b9f6bdc95d5ea8e22dcdb"),
+    "block5_conv2": LayerReference(
+        (3, 3, 512, 512), 0.21327873, -0.0011261065, 0.0024646511,
+        "510ec1a86d78ec8f5922b9534b6f17822dc12248ec9c67329af8ee8e202eeb2f"),
+    "block5_conv3": LayerReference(
+        (3, 3, 512, 512), 0.18837857, 0.00040788297, -0.009201038,
+        "20510d8c6736741bf6b4fdf3b9347c04bf00c80e1cea2e929327444928ce0f2f"),
 }
 
 
@@ -179,13 +192,12 @@ def verify_vgg16_weights(weights: VGG16Weights,
             raise ValueError(f"{name} should be float32. Received: {kernel.dtype}, {bias.dtype}")
         got = layer_reference(kernel, bias)
         for field in ("first_bias", "first_kernel", "last_kernel", "sha256"):
-            if field == "sha256":
-                same = got.sha256 == want.sha256
-            else:
-                same = np.float32(getattr(got, field)) == np.float32(getattr(want, field))
-            if not same:
+            expected, received = getattr(want, field), getattr(got, field)
+            if field != "sha256":  # float32 values; the table holds their shortest repr
+                expected, received = np.float32(expected), np.float32(received)
+            if received != expected:
                 raise ValueError(f"{name} is not the reference VGG16 weights: {field} should be "
-                                 f"{getattr(want, field)!r}. Received: {getattr(got, field)!r}")
+                                 f"{expected!s}. Received: {received!s}")
 
 
 def vgg16_from_onnx(model: bytes) -> VGG16Weights:
