@@ -10,7 +10,13 @@
     a mismatched sound (`MISMATCH_DEFINITION`), and matched - mismatched;
   * optionally all three binarising rules, per-class results, where the map
     peak falls (sounding object, context cue, distractors) and negative audio
-    (`soundloc_tf.negatives`).
+    (`soundloc_tf.negatives`);
+  * the protocol of the headline numbers (`soundloc_tf.protocols`): soundloc's
+    `fixed` rule or a peer's (lvs, ezvsl, slavc, vssl_eval), and with
+    `all_rules` every protocol's numbers (`by_protocol`), with negatives also
+    SLAVC's AP/F1/precision and vssl_eval's pIA/AOC (`negatives_by_protocol`).
+    Baselines, the cosine map, the mismatched sound and the rules of
+    `by_rule` stay in soundloc's frame (`metrics`).
 
 The model runs in two passes that share one image-tower evaluation per image:
 first the audio tower over every clip (cheap, and needed before any image
@@ -27,7 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from soundloc_tf import losses, metrics, negatives
+from soundloc_tf import losses, metrics, negatives, protocols
 from soundloc_tf.config import Config
 
 EVAL_BATCH = 32
@@ -234,16 +240,22 @@ def evaluate_detailed(model: keras.Model, config: Config, dataset: tf.data.Datas
                       rule: str = "fixed", progress: Callable[[int], None] | None = None, *,
                       all_rules: bool = False, with_negatives: bool = False,
                       random_seed: int = 0, noise_seed: int = 0,
-                      class_groups: Sequence[int] | None = None
-                      ) -> tuple[dict, EvaluationDetails]:
+                      class_groups: Sequence[int] | None = None, protocol: str = "fixed",
+                      annotation: str = "flickr") -> tuple[dict, EvaluationDetails]:
     """`evaluate`, also returning the per-image arrays (see `EvaluationDetails`).
 
     `class_groups[c]` is the group of class c (classes that sound alike, e.g.
     hen and rooster): mismatched and off-screen sounds are then chosen by
     group, so an image never "mismatches" with a sound of its own group.
+    `protocol` names the rules of the headline numbers (`protocols.NAMES`);
+    `annotation` ("flickr" or "vggss") is the box format a peer's loader assumes.
     """
     if rule not in metrics.BINARIZE_RULES:
         raise ValueError(f"rule must be one of {metrics.BINARIZE_RULES}. Received: rule={rule!r}")
+    spec = protocols.get(protocol)
+    if annotation not in protocols.ANNOTATIONS:
+        raise ValueError(f"annotation must be one of {protocols.ANNOTATIONS}. Received: "
+                         f"annotation={annotation!r}")
     towers = split_model(model)
     batched = dataset.batch(EVAL_BATCH).prefetch(tf.data.AUTOTUNE)
     features, info = _audio_pass(towers, batched, noise_seed if with_negatives else None)
@@ -283,9 +295,22 @@ def evaluate_detailed(model: keras.Model, config: Config, dataset: tf.data.Datas
     gt = metrics.consensus_map(info["boxes"], size).numpy()
     attention = metrics.normalize_heatmaps(outputs["matched"]["attention"], size).numpy()
     result, per_image, hits = _score(attention, gt, rule, threshold)
+    frame_cious = per_image  # soundloc's frame, which the mismatched-sound run shares
     result.update(rule=rule, threshold=threshold if rule == "fixed" else None, eval_size=size,
                   baselines=metrics.baselines(gt), map="attention",
-                  skipped_without_boxes=int((~annotated).sum()))
+                  skipped_without_boxes=int((~annotated).sum()),
+                  protocol=protocols.describe(protocol), annotation=annotation)
+    peer_names = protocols.NAMES if all_rules else (protocol,)
+    by_protocol = {name: protocols.score_heatmaps(
+        outputs["matched"][protocols.get(name).map], info["boxes"], name, annotation, rule,
+        threshold, size) for name in peer_names if name != "fixed" or all_rules}
+    if protocol != "fixed":
+        summary, peer_cious = by_protocol[protocol]
+        result.update({k: summary[k] for k in (*metrics.SUMMARY_KEYS, "n")}, map=spec.map,
+                      eval_size=protocols.FRAME)
+        per_image = np.nan_to_num(peer_cious)
+    if all_rules:
+        result["by_protocol"] = {name: summary for name, (summary, _) in by_protocol.items()}
     result["random_baseline"], random_cious = metrics.random_baseline(gt, random_seed)
 
     cosine = metrics.normalize_heatmaps(outputs["matched"]["cosine"], size).numpy()
@@ -297,7 +322,7 @@ def evaluate_detailed(model: keras.Model, config: Config, dataset: tf.data.Datas
         wrong = metrics.normalize_heatmaps(
             outputs["mismatched"]["attention"][has_partner], size).numpy()
         mismatched, wrong_cious, _ = _score(wrong, gt[has_partner], rule, threshold)
-        same_images = metrics.summarize(per_image[has_partner], hits[has_partner])
+        same_images = metrics.summarize(frame_cious[has_partner], hits[has_partner])
         moved = np.mean(metrics.peak_indices(outputs["matched"]["attention"][has_partner])
                         != metrics.peak_indices(outputs["mismatched"]["attention"][has_partner]))
         result["mismatched_sound"] = {**mismatched, "definition": partner_definition}
@@ -342,6 +367,10 @@ def evaluate_detailed(model: keras.Model, config: Config, dataset: tf.data.Datas
         result["negatives"] = negatives.separation_report(confidences["positive"], negative_sets,
                                                           per_image)
         result["negatives"]["noise_seed"] = int(noise_seed)
+        peers = [n for n in ("slavc", "vssl_eval") if all_rules or n == protocol]
+        if peers:
+            result["negatives_by_protocol"] = _peer_negatives(
+                peers, outputs, info["boxes"], keep, annotation)
 
     details = EvaluationDetails(ciou=per_image, pointing=hits, class_id=class_ids,
                                 attention=outputs["matched"]["attention"], boxes=info["boxes"],
@@ -349,10 +378,50 @@ def evaluate_detailed(model: keras.Model, config: Config, dataset: tf.data.Datas
     return result, details
 
 
+def _peer_negatives(names: Sequence[str], outputs: dict[str, dict[str, np.ndarray]],
+                    boxes: np.ndarray, keep: dict[str, np.ndarray], annotation: str) -> dict:
+    """SLAVC's statistics (positives plus each negative kind, then all kinds) and vssl_eval's
+    pIA / AOC per negative kind, on the cosine maps as those protocols score them."""
+    kinds = [k for k in negatives.NEGATIVE_KINDS if keep[k].any()]
+    report: dict[str, dict] = {}
+    if "slavc" in names:
+        scores = protocols.prepare(outputs["matched"]["cosine"], "slavc", annotation=annotation)
+        gt = protocols.ground_truth(boxes, "slavc", annotation=annotation)
+        cious = protocols.peer_ciou(protocols.binarize(scores, "slavc"), gt)
+        count = (np.abs(boxes).sum(axis=-1) > 0).sum(axis=(1, 2))
+        positive = (count, cious, protocols.slavc_confidence(scores), gt.sum(axis=(1, 2)))
+        sets = {}
+        for kind in kinds:
+            negative_scores = protocols.prepare(outputs[kind]["cosine"][keep[kind]], "slavc",
+                                                annotation=annotation)
+            m = len(negative_scores)
+            sets[kind] = (np.zeros(m, np.int64), np.full(m, np.nan),
+                          protocols.slavc_confidence(negative_scores), np.zeros(m))
+        sets["all kinds pooled"] = tuple(np.concatenate(parts) for parts in zip(*sets.values()))
+        report["slavc"] = {kind: protocols.slavc_stats(*(np.concatenate(pair) for pair in
+                                                         zip(positive, negative)))
+                           for kind, negative in sets.items()}
+    if "vssl_eval" in names:
+        positive = protocols.prepare(outputs["matched"]["cosine"], "vssl_eval",
+                                     annotation=annotation)
+        median = np.sort(positive.reshape(len(positive), -1), axis=1)[:, positive[0].size // 2]
+        report["vssl_eval"] = {}
+        for kind in kinds:
+            maps = protocols.resize(outputs[kind]["cosine"][keep[kind]], protocols.FRAME,
+                                    "half_pixel")  # cv2 INTER_LINEAR for every test set
+            at_half, at_median = protocols.pia(maps, 0.5), protocols.pia(maps, median[keep[kind]])
+            report["vssl_eval"][kind] = {
+                "pia": float(at_half.mean()), "aoc": protocols.aoc(at_half),
+                "pia_thr_ciou": float(at_median.mean()), "aoc_thr_ciou": protocols.aoc(at_median),
+                "n": int(len(maps))}
+    return report
+
+
 def evaluate(model: keras.Model, config: Config, dataset: tf.data.Dataset,
              rule: str = "fixed", progress: Callable[[int], None] | None = None, *,
              all_rules: bool = False, with_negatives: bool = False, random_seed: int = 0,
-             noise_seed: int = 0, class_groups: Sequence[int] | None = None) -> dict:
+             noise_seed: int = 0, class_groups: Sequence[int] | None = None,
+             protocol: str = "fixed", annotation: str = "flickr") -> dict:
     """Scores `model` on an unbatched dataset of the common element spec.
 
     The headline numbers are on the attention map alpha; the raw cosine map,
@@ -361,4 +430,5 @@ def evaluate(model: keras.Model, config: Config, dataset: tf.data.Dataset,
     """
     return evaluate_detailed(model, config, dataset, rule, progress, all_rules=all_rules,
                              with_negatives=with_negatives, random_seed=random_seed,
-                             noise_seed=noise_seed, class_groups=class_groups)[0]
+                             noise_seed=noise_seed, class_groups=class_groups,
+                             protocol=protocol, annotation=annotation)[0]

@@ -8,8 +8,11 @@ pixel is 0, 0.5 or 1 and with one annotator the map is binary.
 Prediction: the heat map is resized bilinearly (half-pixel centres) to the
 evaluation frame, min-max normalised, then binarised by one of three rules:
   "fixed":  pixels above a threshold (default 0.5);
-  "median": pixels above the map's median (LVS);
-  "top50":  the top 50% of pixels (EZ-VSL).
+  "median": pixels above the map's median (LVS-like);
+  "top50":  the top 50% of pixels (EZ-VSL-like).
+The peers' own rules, exact to their code (their ground truth divides by 2
+whatever the number of boxes, their resizes and ties differ), are the
+protocols of `soundloc_tf.protocols`; this module is soundloc's `fixed` one.
 
 cIoU = sum(pred * gt) / (sum(gt) + sum(pred * [gt == 0])).
 

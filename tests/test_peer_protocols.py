@@ -259,8 +259,9 @@ def test_lvs_keeps_pixels_at_the_maximum_when_the_median_is_the_maximum():
     assert ez[0] == pytest.approx(ref_ezvsl_ciou(heat[0].astype(np.float64), gt), abs=1e-6)
 
 
-def test_single_box_images_score_lower_under_lvs_than_fixed_median():
-    # A perfect map on a single-box image: fixed (binary truth) 1.0; LVS (truth 0.5) less.
+def test_false_alarms_weigh_double_against_a_single_box_under_lvs():
+    # Binarised by the median, the blurred map predicts pixels beside the box: against
+    # LVS's halved truth (0.5 inside) they cost twice what they cost against fixed's 1.
     heat = np.zeros([1, 8, 8], np.float32); heat[0, :, :4] = 1.0
     boxes = np.zeros([1, 3, 4, 4], np.float32); boxes[0, 0, 0] = [0.0, 0.0, 0.5, 1.0]
     fixed, _ = protocols.score_heatmaps(heat, boxes, "fixed", rule="median")

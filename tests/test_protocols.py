@@ -245,3 +245,29 @@ def test_a_set_without_any_box_is_refused(deaf_model, scenes):
     empty = scenes.map(lambda element: {**element, "boxes": element["boxes"] * 0.0})
     with pytest.raises(ValueError, match="none of the pairs has an annotated box.*40 pairs"):
         evaluate_detailed(deaf_model, CONFIG, empty)
+
+
+def test_a_peer_protocol_sets_the_headline_and_every_protocol_is_reported(deaf_model, scenes):
+    from soundloc_tf import protocols
+
+    result, details = evaluate_detailed(deaf_model, CONFIG, scenes, all_rules=True,
+                                        with_negatives=True, protocol="lvs")
+    expected, per_image = protocols.score_heatmaps(details.attention, details.boxes, "lvs")
+    assert result["protocol"]["name"] == "lvs" and "hche11" in result["protocol"]["source"]
+    for key in metrics.SUMMARY_KEYS:
+        assert result[key] == pytest.approx(expected[key]), key
+    np.testing.assert_allclose(details.ciou, per_image)
+    assert set(result["by_protocol"]) == set(protocols.NAMES)
+    assert result["by_protocol"]["fixed"]["ciou_at_0_5"] == result["by_rule"]["fixed"][
+        "ciou_at_0_5"]
+    slavc = result["negatives_by_protocol"]["slavc"]
+    assert set(slavc) == {"silence", "white_noise", "offscreen", "all kinds pooled"}
+    assert slavc["silence"]["all@50"]["n"] == 80  # 40 positives + 40 silent pairs
+    assert 0.0 <= result["negatives_by_protocol"]["vssl_eval"]["silence"]["pia"] <= 1.0
+    fixed = evaluate_detailed(deaf_model, CONFIG, scenes)[0]
+    assert fixed["protocol"]["name"] == "fixed" and "by_protocol" not in fixed
+
+
+def test_unknown_protocol_is_a_clear_error(deaf_model, scenes):
+    with pytest.raises(ValueError, match="Received: protocol='cvpr'"):
+        evaluate_detailed(deaf_model, CONFIG, scenes, protocol="cvpr")
