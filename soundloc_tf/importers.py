@@ -19,6 +19,14 @@ Input layouts (docs/DATA.md has the details):
   videos       any folder of videos (unlabelled): frames + audio track via PyAV
   composites   objects/<class>__<n>.png (RGBA cut-outs), sounds/<class>__<n>.wav,
                backgrounds/*.jpg, optional manifest.json with classes and groups
+  mosaics      photos/*.jpg (whole photos), sounds/<class>__<n>.wav and manifest.json
+               ({"photos": [{"file", "class", "boxes"}], "sounds": [...], "groups": {...}}):
+               grid x grid mosaics of photos of distinct groups, one tile sounding
+  photos       the same folder: single photos with a recording of their class
+
+Mosaics and photos split into leave-photos-out folds (`photo_folds`): a fold's
+validation photos and recordings never appear in its training split, nor, via
+`holdout_photos`, in composites built from another folder.
 """
 
 from __future__ import annotations
@@ -39,12 +47,13 @@ import numpy as np
 
 from soundloc_tf import audio_io, data, records
 
-FORMATS = ("flickr", "vggss", "avsbench_s4", "videos", "composites")
+FORMATS = ("flickr", "vggss", "avsbench_s4", "videos", "composites", "mosaics", "photos")
 AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg", ".m4a")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-FLICKR_FRAME = 256.0
-PLACEMENT_TRIES = 8  # composites: candidate positions per pasted object  # Flickr-SoundNet XML boxes are in a 256x256 frame
+FLICKR_FRAME = 256.0  # Flickr-SoundNet XML boxes are in a 256x256 frame
+# Composites: candidate positions per pasted object; photos: candidate crops per photo.
+PLACEMENT_TRIES = 8
 Sample = dict[str, Any]
 
 
@@ -553,25 +562,32 @@ def _class_of(filename: str) -> str:
 
 
 def load_stamps(root: str, sample_rate: int, report: ImportReport,
-                progress: TextIO | None = None) -> StampSet:
+                progress: TextIO | None = None,
+                exclude_sources: Iterable[str] = ()) -> StampSet:
     """Reads a stamps folder; unusable files are skipped with a reason.
 
     Classes and groups come from manifest.json when present (fields `classes`,
     `groups`), else from the file names `<class>__<n>`; a class without a
-    group is its own group.
+    group is its own group. Recordings whose source (`recording_source`) is
+    in `exclude_sources` are left out: another set's held-out recordings.
     """
     from PIL import Image
 
     manifest_path = os.path.join(root, "manifest.json")
-    classes, groups = None, {}
+    classes, groups, sources = None, {}, {}
     if os.path.exists(manifest_path):
         try:
             with open(manifest_path) as f:
                 manifest = json.load(f)
             classes = [str(c) for c in manifest.get("classes", [])] or None
             groups = {str(k): str(v) for k, v in (manifest.get("groups") or {}).items()}
+            for entry in manifest.get("sounds") or []:
+                name = entry.get("sound_wav") or entry.get("file")
+                if name:
+                    sources[os.path.normpath(str(name))] = recording_source(entry, str(name))
         except (OSError, ValueError, AttributeError) as error:
             report.skip(manifest_path, f"malformed JSON: {error}; using file names")
+    exclude_sources = set(exclude_sources)
 
     def listing(sub: str, extensions: tuple[str, ...]) -> list[str]:
         folder = os.path.join(root, sub)
@@ -601,6 +617,10 @@ def load_stamps(root: str, sample_rate: int, report: ImportReport,
                     raise SkipItem("empty cut-out: fewer than 16 opaque pixels")
                 objects[_class_of(path)].append(rgba)
             elif kind == "sound":
+                relative = os.path.normpath(os.path.relpath(path, root))
+                if sources.get(relative, relative) in exclude_sources:
+                    report.notes["held-out recording left out"] += 1
+                    continue
                 sounds[_class_of(path)].append(read_audio(path, sample_rate, None))
             else:
                 raw, _, _ = read_image(path)
@@ -718,6 +738,267 @@ def composite_samples(root: str, sample_rate: int, num_samples: int, report: Imp
 
 
 # ---------------------------------------------------------------------------
+# Whole photographs: single photos and mosaics, in folds by photo and recording.
+
+
+@dataclasses.dataclass
+class PhotoSet:
+    """Whole photos with boxes of their sounding things, and recordings, by class."""
+
+    root: str
+    groups: dict[str, str]  # class -> group (classes that sound alike share one)
+    photos: list[dict]  # {"file", "class", "boxes": [[x1, y1, x2, y2]], "image": RGB uint8}
+    sounds: list[dict]  # {"file", "class", "source", "waveform"}
+
+
+def recording_source(entry: dict, fallback: str) -> str:
+    """Where a recording came from: one recording shipped in two sets is one recording.
+
+    The realsets manifests name the file inside its package (`path_in_package`
+    in photos/, `source_file` in stamps/); other folders fall back to the file.
+    """
+    return str(entry.get("path_in_package") or entry.get("source_file") or fallback)
+
+
+def load_photo_set(root: str, sample_rate: int, report: ImportReport,
+                   progress: TextIO | None = None) -> PhotoSet:
+    """Reads photos/, sounds/ and manifest.json (its `photos[].boxes` are required).
+
+    Photos without a usable box, unreadable files and classes without both a
+    photo and a recording are skipped with a reason.
+    """
+    from PIL import Image
+
+    manifest_path = os.path.join(root, "manifest.json")
+    try:
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+        photo_entries = list(manifest["photos"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"a photos folder needs manifest.json with a `photos` list of "
+                         f"{{file, class, boxes}}. Received: {manifest_path!r} ({error})") from None
+    groups = {str(k): str(v) for k, v in (manifest.get("groups") or {}).items()}
+    sound_entries = {os.path.normpath(str(e.get("file", ""))): e
+                     for e in manifest.get("sounds") or [] if isinstance(e, dict)}
+    sounds_dir = os.path.join(root, "sounds")
+    if not os.path.isdir(sounds_dir):
+        raise ValueError(f"a photos folder needs sounds/. Received: {root!r}")
+    sound_files = sorted(os.path.join("sounds", f) for f in os.listdir(sounds_dir)
+                         if f.lower().endswith(AUDIO_EXTENSIONS))
+    photos, sounds = [], []
+    items = [("photo", e) for e in photo_entries] + [("sound", f) for f in sound_files]
+    for kind, item in track(items, "photos", progress):
+        path = os.path.join(root, str(item.get("file", "")) if kind == "photo" else item)
+        try:
+            if kind == "sound":
+                entry = sound_entries.get(os.path.normpath(item), {})
+                sounds.append({"file": item, "class": str(entry.get("class", _class_of(item))),
+                               "source": recording_source(entry, item),
+                               "waveform": read_audio(path, sample_rate, None)})
+                continue
+            if not isinstance(item, dict) or "file" not in item:
+                raise SkipItem("manifest entry without `file`")
+            boxes = [[float(v) for v in box] for box in item.get("boxes") or []]
+            boxes = [b for b in boxes if len(b) == 4 and 0 <= b[0] < b[2] <= 1
+                     and 0 <= b[1] < b[3] <= 1]
+            if not boxes:
+                raise SkipItem("no box in [0, 1] with x1 < x2, y1 < y2")
+            raw, _, _ = read_image(path)
+            with Image.open(io.BytesIO(raw)) as image:
+                rgb = np.asarray(image.convert("RGB"))
+            photos.append({"file": item["file"], "class": str(item.get("class",
+                                                                      _class_of(path))),
+                           "boxes": boxes, "image": rgb})
+        except SkipItem as skip:
+            report.skip(path, str(skip))
+    with_sound = {s["class"] for s in sounds}
+    for photo in [p for p in photos if p["class"] not in with_sound]:
+        report.skip(os.path.join(root, photo["file"]), "class without a recording")
+    photos = [p for p in photos if p["class"] in with_sound]
+    with_photo = {p["class"] for p in photos}
+    if not photos:
+        raise ValueError(f"the photos folder has no usable photo with a recording of its "
+                         f"class. Received: {root!r}")
+    sounds = [s for s in sounds if s["class"] in with_photo]
+    groups = {c: groups.get(c, c) for c in sorted(with_photo)}
+    return PhotoSet(root, groups, photos, sounds)
+
+
+def photo_folds(photo_set: PhotoSet, num_folds: int) -> list[dict[str, list[str]]]:
+    """Leave-photos-out folds: every class's photos and recordings in one fold.
+
+    Classes are dealt to folds so that each fold holds as many groups as
+    possible (a mosaic needs tiles of distinct groups), largest groups first.
+    A fold's validation uses only its photos and recordings; its training
+    never sees them (`split_photo_set`). Returns, per fold, the photo files,
+    the recording files and the recordings' sources.
+    """
+    classes = sorted({p["class"] for p in photo_set.photos})
+    if not 2 <= num_folds <= len(classes):
+        raise ValueError(f"folds must lie in [2, {len(classes)}] (the number of classes "
+                         f"with photos). Received: folds={num_folds}")
+    by_group: dict[str, list[str]] = collections.defaultdict(list)
+    for name in classes:
+        by_group[photo_set.groups[name]].append(name)
+    order = [c for g in sorted(by_group, key=lambda g: (-len(by_group[g]), g))
+             for c in by_group[g]]
+    count = collections.Counter(p["class"] for p in photo_set.photos)
+    folds: list[list[str]] = [[] for _ in range(num_folds)]
+    for name in order:
+        def cost(k: int) -> tuple[int, int, int]:
+            clash = any(photo_set.groups[c] == photo_set.groups[name] for c in folds[k])
+            return (int(clash), sum(count[c] for c in folds[k]), k)
+        folds[min(range(num_folds), key=cost)].append(name)
+    return [{"classes": sorted(f),
+             "photos": sorted(p["file"] for p in photo_set.photos if p["class"] in f),
+             "sounds": sorted(s["file"] for s in photo_set.sounds if s["class"] in f),
+             "sources": sorted(s["source"] for s in photo_set.sounds if s["class"] in f)}
+            for f in folds]
+
+
+def split_photo_set(photo_set: PhotoSet, fold: dict[str, list[str]], split: str) -> PhotoSet:
+    """The fold's own photos and recordings ("validation") or all the others ("train")."""
+    if split not in ("train", "validation"):
+        raise ValueError(f"split must be 'train' or 'validation'. Received: split={split!r}")
+    held = set(fold["photos"]) | set(fold["sounds"])
+    keep = (lambda f: f in held) if split == "validation" else (lambda f: f not in held)
+    return dataclasses.replace(photo_set,
+                               photos=[p for p in photo_set.photos if keep(p["file"])],
+                               sounds=[s for s in photo_set.sounds if keep(s["file"])
+                                       and (split == "validation"
+                                            or s["source"] not in set(fold["sources"]))])
+
+
+def _square(image: np.ndarray, boxes: list[list[float]], size: int,
+            rng: np.random.Generator | None) -> tuple[np.ndarray, list[list[float]]]:
+    """The photo squeezed to size x size, after a random crop when `rng` is given.
+
+    The crop keeps 70-100% of each side and at least half of the first box,
+    so the sounding thing stays in the picture.
+    """
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = 0.0, 0.0, 1.0, 1.0
+    if rng is not None:
+        for _ in range(PLACEMENT_TRIES):
+            cw, ch = rng.uniform(0.7, 1.0), rng.uniform(0.7, 1.0)
+            cx, cy = rng.uniform(0, 1 - cw), rng.uniform(0, 1 - ch)
+            b = boxes[0]
+            inter = (max(min(b[2], cx + cw) - max(b[0], cx), 0)
+                     * max(min(b[3], cy + ch) - max(b[1], cy), 0))
+            if inter >= 0.5 * (b[2] - b[0]) * (b[3] - b[1]):
+                x1, y1, x2, y2 = cx, cy, cx + cw, cy + ch
+                break
+    crop = image[int(round(y1 * h)):int(round(y2 * h)), int(round(x1 * w)):int(round(x2 * w))]
+    out = np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BILINEAR))
+    moved = []
+    for b in boxes:
+        nb = [min(max((b[0] - x1) / (x2 - x1), 0), 1), min(max((b[1] - y1) / (y2 - y1), 0), 1),
+              min(max((b[2] - x1) / (x2 - x1), 0), 1), min(max((b[3] - y1) / (y2 - y1), 0), 1)]
+        if nb[2] - nb[0] > 0.01 and nb[3] - nb[1] > 0.01:
+            moved.append(nb)
+    return out, moved
+
+
+def loop_to(recording: np.ndarray, num_samples: int) -> np.ndarray:
+    """A recording repeated to the clip length (a short call fills the whole clip)."""
+    reps = int(math.ceil(num_samples / max(recording.shape[0], 1)))
+    return np.tile(recording, reps)[:num_samples].astype(np.float32)
+
+
+def compose_mosaic(photo_set: PhotoSet, rng: np.random.Generator, size: int, num_samples: int,
+                   grid: int = 2, augment: bool = True) -> dict[str, Any]:
+    """A grid x grid mosaic of whole photos of distinct groups; one tile sounds.
+
+    The ground truth is the sounding tile (the multi-source set-up of the
+    literature: the other tiles are real photos of other sources). Also
+    returns every tile's box and class, and the sounding tile's index, so a
+    caller can pair the mosaic with another tile's sound.
+    """
+    by_group: dict[str, list[dict]] = collections.defaultdict(list)
+    for photo in photo_set.photos:
+        by_group[photo_set.groups[photo["class"]]].append(photo)
+    sounds_of: dict[str, list[dict]] = collections.defaultdict(list)
+    for sound in photo_set.sounds:
+        sounds_of[sound["class"]].append(sound)
+    tiles = grid * grid
+    names = sorted(by_group)
+    if len(names) < tiles:
+        raise ValueError(f"a {grid}x{grid} mosaic needs photos of {tiles} groups. Received: "
+                         f"{len(names)} group(s) {names}")
+    chosen = [by_group[names[g]][rng.integers(len(by_group[names[g]]))]
+              for g in rng.choice(len(names), size=tiles, replace=False)]
+    side = size // grid
+    canvas = np.zeros([side * grid, side * grid, 3], np.uint8)
+    tile_boxes = []
+    for t, photo in enumerate(chosen):
+        row, col = divmod(t, grid)
+        tile, _ = _square(photo["image"], photo["boxes"], side, rng if augment else None)
+        canvas[row * side:(row + 1) * side, col * side:(col + 1) * side] = tile
+        tile_boxes.append([col / grid, row / grid, (col + 1) / grid, (row + 1) / grid])
+    sounding = int(rng.integers(tiles))
+    options = sounds_of[chosen[sounding]["class"]]
+    sound = options[rng.integers(len(options))]
+    return {"image": canvas, "waveform": loop_to(sound["waveform"], num_samples),
+            "box": tile_boxes[sounding], "tile_boxes": tile_boxes,
+            "classes": [p["class"] for p in chosen], "photos": [p["file"] for p in chosen],
+            "sounding": sounding, "sound": sound["file"]}
+
+
+def compose_photo(photo_set: PhotoSet, rng: np.random.Generator, size: int, num_samples: int,
+                  index: int, augment: bool = True) -> dict[str, Any]:
+    """One whole photo with a recording of its class; its boxes are the ground truth.
+
+    Without `augment`, pairs are enumerated in order (photo, then recording),
+    so `count` = the number of pairs evaluates each exactly once.
+    """
+    pairs = [(p, s) for p in photo_set.photos for s in photo_set.sounds
+             if s["class"] == p["class"]]
+    photo, sound = (pairs[rng.integers(len(pairs))] if augment else pairs[index % len(pairs)])
+    image, boxes = _square(photo["image"], photo["boxes"], size, rng if augment else None)
+    return {"image": image, "waveform": loop_to(sound["waveform"], num_samples),
+            "boxes": boxes, "class": photo["class"], "photos": [photo["file"]],
+            "sound": sound["file"]}
+
+
+def photo_samples(root: str, fmt: str, sample_rate: int, num_samples: int,
+                  report: ImportReport, count: int, image_size: int = 256, seed: int = 0,
+                  label_fraction: float = 1.0, folds: int = 0, fold: int = 0,
+                  split: str = "train", grid: int = 2, progress: TextIO | None = None,
+                  photo_set: PhotoSet | None = None) -> Iterator[Sample]:
+    """`mosaics` or `photos` samples of one split of one fold (or of every photo).
+
+    The training split is augmented (random crops); the validation split is
+    not, and never contains a training photo or recording.
+    """
+    photo_set = photo_set or load_photo_set(root, sample_rate, report, progress)
+    classes = sorted(photo_set.groups)
+    if folds:
+        if not 0 <= fold < folds:
+            raise ValueError(f"fold must lie in [0, folds). Received: fold={fold}, "
+                             f"folds={folds}")
+        photo_set = split_photo_set(photo_set, photo_folds(photo_set, folds)[fold], split)
+        report.notes[f"fold {fold} of {folds}, {split}: photos"] = len(photo_set.photos)
+        report.notes[f"fold {fold} of {folds}, {split}: recordings"] = len(photo_set.sounds)
+    augment = split == "train"
+    for index in track(range(count), fmt, progress):
+        rng = np.random.default_rng([seed, index])
+        if fmt == "mosaics":
+            scene = compose_mosaic(photo_set, rng, image_size, num_samples, grid, augment)
+            boxes, source_class = [[scene["box"]]], scene["classes"][scene["sounding"]]
+        else:
+            scene = compose_photo(photo_set, rng, image_size, num_samples, index, augment)
+            boxes, source_class = [scene["boxes"]], scene["class"]
+        labeled = bool(np.random.default_rng([seed, index, 1]).uniform() < label_fraction)
+        report.imported += 1
+        yield {"image": records.encode_image(scene["image"], "jpeg"),
+               "waveform": scene["waveform"], "sample_rate": sample_rate, "boxes": boxes,
+               "labeled": labeled, "class_id": classes.index(source_class),
+               "id": f"{fmt}/{seed}/{index}"}
+
+
+# ---------------------------------------------------------------------------
 # Driver.
 
 
@@ -735,6 +1016,7 @@ def run_import(fmt: str, source: str, output: str, *, sample_rate: int, clip_sec
     if not os.path.exists(source):
         raise ValueError(f"the input does not exist. Received: {source!r}")
     num_samples = int(round(sample_rate * clip_seconds))
+    _check_fold_options(fmt, options)
     report = report if report is not None else ImportReport(fmt)
     started = time.perf_counter()
     extra: dict[str, Any] = {}
@@ -750,8 +1032,29 @@ def run_import(fmt: str, source: str, output: str, *, sample_rate: int, clip_sec
     elif fmt == "videos":
         samples = video_samples(source, sample_rate, num_samples, report,
                                 options.get("pairs_per_clip", 1), progress)
+    elif fmt in ("mosaics", "photos"):
+        photo_set = load_photo_set(source, sample_rate, report, progress)
+        extra["classes"] = sorted(photo_set.groups)
+        extra["groups"] = photo_set.groups
+        if options.get("folds"):
+            extra["fold"] = {"folds": options["folds"], "fold": options.get("fold", 0),
+                             "split": options.get("split", "train"),
+                             **photo_folds(photo_set, options["folds"])[options.get("fold", 0)]}
+        samples = photo_samples(source, fmt, sample_rate, num_samples, report,
+                                options.get("count", 1000), options.get("image_size", 256),
+                                options.get("seed", 0), options.get("label_fraction", 1.0),
+                                options.get("folds", 0), options.get("fold", 0),
+                                options.get("split", "train"), options.get("grid", 2),
+                                progress, photo_set)
     else:
-        stamps = load_stamps(source, sample_rate, report, progress)
+        excluded: list[str] = []
+        if options.get("holdout_photos"):
+            # Leave out the recordings a photos fold validates on, wherever they reappear.
+            photos = load_photo_set(options["holdout_photos"], sample_rate,
+                                    ImportReport("photos"))
+            excluded = photo_folds(photos, options["folds"])[options.get("fold", 0)]["sources"]
+            extra["held_out_sources"] = excluded
+        stamps = load_stamps(source, sample_rate, report, progress, excluded)
         extra["classes"] = stamps.classes
         extra["groups"] = stamps.groups
         samples = composite_samples(source, sample_rate, num_samples, report,
@@ -766,6 +1069,23 @@ def run_import(fmt: str, source: str, output: str, *, sample_rate: int, clip_sec
     summary = _write_with_report(counted(), output, report, sample_rate, clip_seconds, fmt,
                                  samples_per_shard, extra)
     return report, summary
+
+
+def _check_fold_options(fmt: str, options: dict[str, Any]) -> None:
+    folds, fold = options.get("folds", 0) or 0, options.get("fold", 0) or 0
+    if options.get("holdout_photos") and fmt != "composites":
+        raise ValueError(f"holdout_photos applies to format='composites'. Received: "
+                         f"format={fmt!r}")
+    if options.get("holdout_photos") and not folds:
+        raise ValueError("holdout_photos needs folds >= 2 (and fold) to know which recordings "
+                         "are held out. Received: folds=0")
+    if folds and not 0 <= fold < folds:
+        raise ValueError(f"fold must lie in [0, folds). Received: fold={fold}, folds={folds}")
+    if options.get("split", "train") not in ("train", "validation"):
+        raise ValueError(f"split must be 'train' or 'validation'. Received: "
+                         f"split={options.get('split')!r}")
+    if fmt == "mosaics" and not 2 <= options.get("grid", 2) <= 4:
+        raise ValueError(f"grid must lie in [2, 4]. Received: grid={options.get('grid')}")
 
 
 def _write_with_report(samples: Iterable[Sample], output: str, report: ImportReport,

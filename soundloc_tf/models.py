@@ -360,9 +360,10 @@ def _build_soundnet8_tower(config: Config) -> keras.Model:
     if config.audio_weights != "none":
         path = os.path.expanduser(config.audio_weights)
         if not os.path.isfile(path):
-            raise ValueError("audio_weights must be 'none' or an existing .weights.h5 (see "
-                             "tools/convert_soundnet.py). Received: "
-                             f"audio_weights={config.audio_weights!r}")
+            raise ValueError("the SoundNet-8 weights file is missing; run `python -m "
+                             "tools.fetch_weights --what=soundnet`, or pass --audio_weights="
+                             "none (random) or a .weights.h5 of tools/convert_soundnet.py. "
+                             f"Received: audio_weights={config.audio_weights!r}")
         try:
             tower.load_weights(path)
         except Exception as error:  # h5 layout errors have many types

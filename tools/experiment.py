@@ -49,7 +49,7 @@ from absl import flags
 
 from tools import common
 
-EXPERIMENTS = ("label_sweep", "superstition", "real_material")
+EXPERIMENTS = ("label_sweep", "superstition", "real_material", "real_photos")
 SCALES: dict[str, dict[str, Any]] = {
     # A few hundred steps: the sweep's shape in well under an hour on 2 CPU cores.
     "quick": {"train_steps": 200, "num_eval_samples": 200, "checkpoint_every": 100,
@@ -95,6 +95,7 @@ AUDIO_GAP_FLOOR = 0.05  # a pointing gap below this: the map hardly depends on t
 VALIDATION_SCENES = 64  # the Trainer's end-of-run validation (logged to TensorBoard only)
 STAMPS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
                           "shared", "realsets", "stamps")
+PHOTOS_DIR = os.path.join(os.path.dirname(STAMPS_DIR), "photos")
 
 flags.DEFINE_enum("name", None, list(EXPERIMENTS), "Which experiment.", required=True)
 flags.DEFINE_string("output_dir", None, "Where the runs, the JSON and the markdown go.",
@@ -111,6 +112,8 @@ flags.DEFINE_string("test_records", None, "real_material: test records; default:
                     "built into <output_dir>/data/test.")
 flags.DEFINE_string("stamps", os.path.normpath(STAMPS_DIR), "real_material: the stamps folder "
                     "(objects, sounds, backgrounds) the composites are built from.")
+flags.DEFINE_string("photos", os.path.normpath(PHOTOS_DIR), "real_photos: the whole photos "
+                    "with boxes and their recordings (photos/, sounds/, manifest.json).")
 flags.DEFINE_boolean("summarize_only", False, "Train nothing: rewrite the JSON, markdown and "
                      "plots from the runs that finished (e.g. after the code or the preset "
                      "changed); the tables then state the finished runs' own configuration.")
@@ -865,8 +868,20 @@ def main(argv: list[str]) -> None:
     from soundloc_tf import config as config_lib
 
     scale = "quick" if FLAGS.quick else "full"
-    preset = FLAGS.preset if FLAGS["preset"].present or FLAGS.name != "real_material" else "paper"
+    preset = FLAGS.preset if FLAGS["preset"].present or FLAGS.name not in (
+        "real_material", "real_photos") else "paper"
     explicit = _explicit_overrides()
+    if FLAGS.name == "real_photos":
+        from soundloc_tf.training import make_strategy
+        from tools import real_photos
+
+        config = config_lib.get_config(preset, **{**real_photos.SCALES[scale], **explicit})
+        summary = real_photos.run_real_photos(config, FLAGS.output_dir, scale, FLAGS.photos,
+                                              FLAGS.stamps, make_strategy(), environment(),
+                                              FLAGS.runs)
+        print(f"Wrote {os.path.join(FLAGS.output_dir, 'real_photos.json')}: "
+              f"{len(summary['runs'])} runs")
+        return
     # superstition: --confound sets the cue's probability in the runs that have a cue (and in
     # every run's evaluation scenes), not in the base configuration.
     confound = explicit.pop("confound", SUPERSTITION_CONFOUND) if FLAGS.name == "superstition" \

@@ -6,6 +6,8 @@
       --pairs_per_clip=3
   python -m tools.import_data --format=composites --input=../shared/realsets/stamps \
       --output=records/composites --count=5000
+  python -m tools.import_data --format=mosaics --input=../shared/realsets/photos \
+      --output=records/mosaics_val0 --folds=3 --fold=0 --split=validation --count=200
 
 Audio is stored at --sample_rate for --clip_seconds (defaults: the paper's
 22,050 Hz and 20 s; the reader resamples and crops for other presets).  A
@@ -23,7 +25,8 @@ from absl import flags
 
 from tools import common
 
-flags.DEFINE_enum("format", None, ["flickr", "vggss", "avsbench_s4", "videos", "composites"],
+flags.DEFINE_enum("format", None, ["flickr", "vggss", "avsbench_s4", "videos", "composites",
+                                   "mosaics", "photos"],
                   "Input layout (docs/DATA.md).")
 flags.DEFINE_string("input", None, "The data set's root folder (or the videos/stamps folder).")
 flags.DEFINE_string("output", None, "New record directory (must not hold records yet).")
@@ -35,11 +38,22 @@ flags.DEFINE_string("ids", None, "flickr: id list (.txt one per line, or .csv fi
 flags.DEFINE_boolean("require_annotation", False, "flickr: skip ids without an XML.")
 flags.DEFINE_string("annotation", None, "vggss: the vggss.json path (default <input>/vggss.json).")
 flags.DEFINE_integer("pairs_per_clip", 1, "videos: frame/sound pairs per clip, evenly spaced.")
-flags.DEFINE_integer("count", 1000, "composites: number of scenes.")
-flags.DEFINE_integer("image_size", 256, "composites: side of the square scenes.")
-flags.DEFINE_integer("seed", 0, "composites: scene stream (use another seed for a test split).")
-flags.DEFINE_float("label_fraction", 1.0, "composites: fraction of scenes marked labeled.")
+flags.DEFINE_integer("count", 1000, "composites, mosaics, photos: number of scenes.")
+flags.DEFINE_integer("image_size", 256, "composites, mosaics, photos: side of the square "
+                     "scenes.")
+flags.DEFINE_integer("seed", 0, "composites, mosaics, photos: scene stream (use another seed "
+                     "for a test split).")
+flags.DEFINE_float("label_fraction", 1.0, "composites, mosaics, photos: fraction of scenes "
+                   "marked labeled.")
 flags.DEFINE_integer("max_objects", 3, "composites: objects per scene, at most.")
+flags.DEFINE_integer("grid", 2, "mosaics: tiles per side (2: four photos).")
+flags.DEFINE_integer("folds", 0, "mosaics, photos: leave-photos-out folds (0: every photo); "
+                     "composites: with --holdout_photos, leave out that fold's recordings.")
+flags.DEFINE_integer("fold", 0, "mosaics, photos, composites: which fold (0-based).")
+flags.DEFINE_enum("split", "train", ["train", "validation"], "mosaics, photos: the fold's "
+                  "validation photos and recordings, or every other (augmented).")
+flags.DEFINE_string("holdout_photos", None, "composites: a photos folder whose --fold's "
+                    "validation recordings must not appear in these scenes.")
 flags.DEFINE_string("report", None, "Also write the import report as JSON here.")
 flags.mark_flags_as_required(["format", "input", "output"])
 FLAGS = flags.FLAGS
@@ -54,7 +68,13 @@ def main(argv: list[str]) -> None:
                "videos": {"pairs_per_clip": FLAGS.pairs_per_clip},
                "composites": {"count": FLAGS.count, "image_size": FLAGS.image_size,
                               "seed": FLAGS.seed, "label_fraction": FLAGS.label_fraction,
-                              "max_objects": FLAGS.max_objects}}[FLAGS.format]
+                              "max_objects": FLAGS.max_objects,
+                              "holdout_photos": FLAGS.holdout_photos, "folds": FLAGS.folds,
+                              "fold": FLAGS.fold}}.get(FLAGS.format)
+    if options is None:  # mosaics, photos
+        options = {"count": FLAGS.count, "image_size": FLAGS.image_size, "seed": FLAGS.seed,
+                   "label_fraction": FLAGS.label_fraction, "grid": FLAGS.grid,
+                   "folds": FLAGS.folds, "fold": FLAGS.fold, "split": FLAGS.split}
     source = os.path.expanduser(FLAGS.input)
     report = importers.ImportReport(FLAGS.format)
     try:

@@ -12,8 +12,9 @@ config field is a flag (see --helpfull).
 rest), frozen (run on every step, not trained: the authors' set-up) or
 cached (frozen, run once over the training data into a feature cache, then
 the localiser trains on the cache: many times faster; the cache fixes each
-sample's crop and audio window).  Without it, the config's freeze_* fields
-decide.
+sample's crop and audio window).  Without it, the config decides: cached
+where cache_features is set (the paper preset), else as its freeze_* fields
+say.
 
 --records (a record directory or a shard pattern, see docs/DATA.md) trains on
 imported data instead: shuffled with --train_seed, augmented, repeated, and
@@ -38,8 +39,9 @@ flags.DEFINE_string("validation_records", None, "Validate on these records (the 
                     "VALIDATION_SAMPLES_DURING_TRAINING samples).")
 flags.DEFINE_enum("tower_mode", None, ["fine_tuned", "frozen", "cached"],
                   "fine_tuned: towers trained; frozen: towers run live but not trained; "
-                  "cached: frozen towers run once into a feature cache. Default: as the "
-                  "config's freeze_image_tower / freeze_audio_tower say.")
+                  "cached: frozen towers run once into a feature cache. Default: cached "
+                  "where the config's cache_features is set (paper), else as its "
+                  "freeze_image_tower / freeze_audio_tower say.")
 flags.DEFINE_string("feature_cache", None, "tower_mode=cached: the cache directory (built "
                     "if absent, reused if its towers match). Default: <workdir>/feature_cache.")
 flags.DEFINE_enum("cache_dtype", "float16", ["float32", "float16", "bfloat16", "int8"],
@@ -66,6 +68,8 @@ TOWER_MODES = {"fine_tuned": False, "frozen": True, "cached": True}  # -> freeze
 
 def _config():
     config = common.config_from_flags()
+    if FLAGS.tower_mode is None and config.cache_features:
+        FLAGS.tower_mode = "cached"  # the config's default: frozen towers, cached features
     if FLAGS.tower_mode != "cached":  # cache flags would be silently ignored
         for name in ("feature_cache", "cache_dtype", "cache_image_tower", "cache_in_memory",
                      "cache_samples"):
@@ -74,6 +78,8 @@ def _config():
                                  f"--{name}={FLAGS[name].value!r}")
     if FLAGS.tower_mode is None:
         return config
+    if FLAGS.tower_mode != "cached" and config.cache_features:  # the preset's default mode
+        config = config.replace(cache_features=False)
     freeze = TOWER_MODES[FLAGS.tower_mode]
     for name in ("freeze_image_tower", "freeze_audio_tower"):
         if FLAGS[name].present and FLAGS[name].value != freeze:
