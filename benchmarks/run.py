@@ -262,7 +262,7 @@ def stage_tower(st: Stage) -> None:
 
     for preset, batch in (("paper", st.scale.tower_batch_paper),
                           ("tiny", st.scale.tower_batch_tiny)):
-        config = get_config(preset, image_weights="none")
+        config = get_config(preset, image_weights="none", audio_weights="none")
         # The cache build and live training run the audio tower too (always float32);
         # derive() counts its work when it rates the towers inside those pipelines.
         st.put(f"audio_tower_{preset}_gmac_per_clip", count_macs(build_audio_tower(config)) / 1e9)
@@ -284,7 +284,7 @@ def stage_tower(st: Stage) -> None:
 def _frozen_config(preset: str, **overrides: Any):
     from soundloc_tf.config import get_config
 
-    return get_config(preset, image_weights="none", freeze_image_tower=True,
+    return get_config(preset, image_weights="none", audio_weights="none", freeze_image_tower=True,
                       freeze_audio_tower=True, **overrides)
 
 
@@ -553,7 +553,7 @@ def stage_pipeline(st: Stage) -> None:
     from soundloc_tf.config import get_config
 
     for preset, count in (("paper", st.scale.records_paper), ("tiny", st.scale.records_tiny)):
-        config = get_config(preset, image_weights="none")
+        config = get_config(preset, image_weights="none", audio_weights="none")
         directory = os.path.join(st.workdir, f"records_{preset}")
         _write_synthetic_records(config, directory, count)
         dataset = records.read_records(config, directory, training=True)
@@ -676,7 +676,7 @@ def _serving_paper(st: Stage, base: str) -> None:
     from soundloc_tf.config import get_config
     from soundloc_tf.models import build_model
 
-    config = get_config("paper", image_weights="none")
+    config = get_config("paper", image_weights="none", audio_weights="none")
     keras.utils.set_random_seed(0)
     model = build_model(config)
     version_dir = export.export_model(model, config, base, model_name="soundloc_paper",

