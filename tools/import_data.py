@@ -30,7 +30,8 @@ flags.DEFINE_enum("format", None, ["flickr", "vggss", "avsbench_s4", "videos", "
                   "Input layout (docs/DATA.md).")
 flags.DEFINE_string("input", None, "The data set's root folder (or the videos/stamps folder).")
 flags.DEFINE_string("output", None, "New record directory (must not hold records yet).")
-flags.DEFINE_integer("sample_rate", 22050, "Audio rate stored in the records.")
+flags.DEFINE_integer("sample_rate", 22050, "Audio rate stored in the records (Hz).",
+                     lower_bound=4000, upper_bound=192000)
 flags.DEFINE_float("clip_seconds", 20.0, "Audio length stored per sample (cropped around the "
                    "centre or the frame's time, zero-padded).")
 flags.DEFINE_integer("samples_per_shard", 1000, "Records per TFRecord shard.")
