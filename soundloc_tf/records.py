@@ -263,9 +263,15 @@ def write_records(samples: Iterable[Mapping[str, Any]], directory: str, *, sampl
             shards.append({"file": name, "count": n, "bytes": os.path.getsize(final),
                            "sha256": sha256_of(final)})
         temps = []
+    except tf.errors.OpError as error:  # a full disk is ResourceExhaustedError in TF
+        raise OSError(f"cannot write the records ({error.message.strip().splitlines()[0]}); "
+                      f"nothing was kept. Received: directory={directory!r}") from None
     finally:
         if writer is not None:
-            writer.close()
+            try:
+                writer.close()
+            except tf.errors.OpError:  # the same full disk; the file is removed below
+                pass
         for path in [t for t, _ in temps] + ([temp] if temp else []):
             if path and os.path.exists(path):
                 os.remove(path)

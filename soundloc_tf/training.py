@@ -429,7 +429,12 @@ class Trainer:
                     tf.summary.scalar("pairs_per_second", rate)
                 window_start, window_steps = time.perf_counter(), 0
             if step % c.checkpoint_every == 0 or step == target:
-                self.manager.save(checkpoint_number=step)
+                try:
+                    self.manager.save(checkpoint_number=step)
+                except tf.errors.OpError as error:  # a full disk: ResourceExhaustedError
+                    raise OSError(f"cannot write the checkpoint of step {step} "
+                                  f"({error.message.strip().splitlines()[0]}); the previous "
+                                  f"checkpoint is kept. Received: {self.workdir!r}") from None
             if step % c.eval_every == 0 or step == target:
                 self.validate(step)
         return last
