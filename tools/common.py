@@ -1,8 +1,11 @@
-"""Shared glue of the command-line tools: config flags and one-line errors.
+"""Shared glue of the command-line tools: config flags, one-line errors, quiet logs.
 
 Every field of `soundloc_tf.config.Config` becomes a flag of the same name
 (default: the preset's value), so any hyper-parameter can be overridden
 without code changes, and `--preset` picks the starting point.
+
+Importing this module (every tool does, before TensorFlow) keeps
+TensorFlow's C++ log lines off the terminal; `--verbose` brings them back.
 """
 
 from __future__ import annotations
@@ -12,11 +15,16 @@ import sys
 import typing
 from typing import Callable
 
-from absl import app, flags
+from absl import app, flags, logging
 
-from soundloc_tf import config as config_lib
+from serving.tf_logs import quiet_tensorflow
+
+quiet_tensorflow()
+
+from soundloc_tf import config as config_lib  # noqa: E402 (after the log set-up)
 
 FLAGS = flags.FLAGS
+flags.DEFINE_boolean("verbose", False, "Show TensorFlow's C++ log lines (hidden by default).")
 
 
 def define_config_flags(default_preset: str = "tiny") -> None:
@@ -65,12 +73,24 @@ def fail(message: str) -> typing.NoReturn:
     sys.exit(2)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with a bad flag as one "error: ..." line and exit code 2 (absl: two
+    lines and exit code 1)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        message = " ".join(str(error).split())
+        fail(f"{message}; see --helpshort")
+
+
 def run_tool(main: Callable[[list[str]], None]) -> None:
     """app.run with expected failures turned into one line on stderr and exit code 2."""
 
     def guarded(argv: list[str]) -> None:
         if len(argv) > 1:
             fail(f"unexpected positional arguments {argv[1:]}; all options are --flags")
+        if not FLAGS.verbose:  # TensorFlow's Python-side INFO lines ("Sharding callback ...")
+            logging.set_verbosity(logging.WARNING)
         try:
             main(argv)
         except (ValueError, FloatingPointError, OSError) as error:
@@ -86,4 +106,4 @@ def run_tool(main: Callable[[list[str]], None]) -> None:
         except KeyboardInterrupt:
             fail("interrupted; the last checkpoint is kept and a rerun resumes from it")
 
-    app.run(guarded)
+    app.run(guarded, flags_parser=parse_flags)
