@@ -22,7 +22,8 @@ Everything between the bytes and the outputs is core TensorFlow ops (TF
 Serving loads no custom ops):
 
 * Images: JPEG or PNG (8- or 16-bit; grayscale, palette, RGBA converted to
-  RGB, alpha dropped; an animated PNG gives its first frame).  Each side
+  RGB, alpha dropped; an animated PNG gives its first frame), turned as
+  their EXIF orientation says (JPEG APP1 "Exif", PNG eXIf).  Each side
   must lie in [1, MAX_IMAGE_SIDE]; the size is read from the header before
   decoding, so a 10,000 x 10,000 image is rejected without allocating it.
   The image is resized (bilinear, antialiased) to config.image_size square;
@@ -45,6 +46,11 @@ Invalid input fails the whole request with an InvalidArgument error (HTTP
 must lie in [1, 4096]".  A corrupt body behind a valid header fails in the
 decoder, whose message does not name the instance.  `serving_tensors`
 rejects NaN or infinite values and clips images to [0, 1].
+
+The export also holds assets.extra/tf_serving_warmup_requests, real
+requests to both signatures that TF Serving replays before serving the
+version.  On a full disk the export fails with one OSError line and leaves
+no staging directory behind.
 """
 
 from __future__ import annotations
@@ -72,6 +78,9 @@ TENSORS_SIGNATURE = "serving_tensors"
 OUTPUT_KEYS = ("heatmap", "box", "score")
 # TF Serving ignores assets.extra/; tools read the export's settings from here.
 EXPORT_INFO_PATH = os.path.join("assets.extra", "soundloc_export.json")
+# PredictionLog records TF Serving replays before it serves a version, so the
+# first user request does not pay for the graph's first run.
+WARMUP_PATH = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
 # Anti-aliasing low-pass when downsampling: cutoff at ROLLOFF x the new
 # Nyquist frequency, Hann-windowed sinc with SINC_ZEROS zero crossings a side.
@@ -79,6 +88,9 @@ ROLLOFF = 0.9
 SINC_ZEROS = 8
 # The chunk walk of a WAV file stops after this many chunks.
 MAX_WAV_CHUNKS = 256
+# The EXIF search reads at most this many JPEG segments or PNG chunks, and IFD entries.
+MAX_IMAGE_SEGMENTS = 64
+MAX_EXIF_ENTRIES = 256
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -172,7 +184,110 @@ def decode_image(contents: tf.Tensor, size: int, name: str = "image_bytes",
     with tf.control_dependencies([check_size]):
         image = tf.io.decode_image(contents, channels=3, dtype=tf.float32,
                                    expand_animations=False)
-    return resize_image(image, size)
+    orientation = tf.cond(is_png, lambda: _png_orientation(contents, length),
+                          lambda: _jpeg_orientation(contents, length))
+    return resize_image(apply_orientation(image, orientation), size)
+
+
+# ---------------------------------------------------------------------------
+# EXIF orientation: cameras store pixels as the sensor saw them and say in EXIF
+# how to turn them; browsers and Pillow's exif_transpose show the turned picture.
+
+
+def _uint_at(contents: tf.Tensor, length: tf.Tensor, pos: tf.Tensor, size: int,
+             big_endian: tf.Tensor) -> tf.Tensor:
+    """Unsigned integer of `size` bytes at `pos` in either byte order; 0 when out of bounds."""
+    pos = tf.cast(pos, tf.int64)
+    inside = (pos >= 0) & (pos + size <= length)
+    padded = tf.strings.join([contents, b"\0" * size])
+    safe = tf.clip_by_value(pos, 0, length)
+    value = tf.where(big_endian, _read_uint(padded, safe, size, True),
+                     _read_uint(padded, safe, size, False))
+    return tf.where(inside, value, tf.zeros_like(value))
+
+
+def _tiff_orientation(contents: tf.Tensor, length: tf.Tensor, tiff: tf.Tensor) -> tf.Tensor:
+    """The Orientation tag (0x0112) of IFD0 of the TIFF block at `tiff`; 1 when absent or bad."""
+    order = tf.strings.substr(contents, tf.minimum(tiff, length), 2)
+    big = tf.equal(order, "MM")
+    ifd = tiff + _uint_at(contents, length, tiff + 4, 4, big)
+    count = tf.minimum(_uint_at(contents, length, ifd, 2, big), MAX_EXIF_ENTRIES)
+
+    def keep_going(i, found):
+        return (i < count) & (found < 0)
+
+    def next_entry(i, found):
+        entry = ifd + 2 + 12 * i
+        tag = _uint_at(contents, length, entry, 2, big)
+        value = _uint_at(contents, length, entry + 8, 2, big)
+        return i + 1, tf.where(tf.equal(tag, 0x0112), value, found)
+
+    _, found = tf.while_loop(keep_going, next_entry,
+                             (tf.constant(0, tf.int64), tf.constant(-1, tf.int64)))
+    known = (tf.equal(order, "MM") | tf.equal(order, "II")) & (found >= 1) & (found <= 8)
+    return tf.where(known, found, tf.constant(1, tf.int64))
+
+
+def _jpeg_orientation(contents: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
+    """EXIF orientation of a JPEG: its APP1 "Exif" segment, searched up to the scan."""
+    length = tf.cast(length, tf.int64)
+    no_tiff = tf.constant(-1, tf.int64)
+
+    def keep_going(pos, tiff):
+        return (tiff < 0) & (pos + 10 <= length)
+
+    def next_segment(pos, tiff):
+        marker = _uint_at(contents, length, pos, 2, tf.constant(True))
+        size = _uint_at(contents, length, pos + 2, 2, tf.constant(True))
+        is_exif = tf.equal(marker, 0xFFE1) & tf.equal(
+            tf.strings.substr(contents, tf.minimum(pos + 4, length), 6), b"Exif\0\0")
+        # Not a marker, or the start of the scan: no EXIF before the pixels.
+        stop = tf.not_equal(marker // 256, 0xFF) | tf.equal(marker, 0xFFDA) | (size < 2)
+        tiff = tf.where(is_exif, pos + 10, tiff)
+        return tf.where(stop & ~is_exif, length, pos + 2 + size), tiff
+
+    _, tiff = tf.while_loop(keep_going, next_segment, (tf.constant(2, tf.int64), no_tiff),
+                            maximum_iterations=MAX_IMAGE_SEGMENTS)
+    return tf.cond(tiff >= 0, lambda: _tiff_orientation(contents, length, tiff),
+                   lambda: tf.constant(1, tf.int64))
+
+
+def _png_orientation(contents: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
+    """EXIF orientation of a PNG: its eXIf chunk, searched up to the first IDAT."""
+    length = tf.cast(length, tf.int64)
+    no_tiff = tf.constant(-1, tf.int64)
+
+    def keep_going(pos, tiff):
+        return (tiff < 0) & (pos + 12 <= length)
+
+    def next_chunk(pos, tiff):
+        size = _uint_at(contents, length, pos, 4, tf.constant(True))
+        kind = tf.strings.substr(contents, tf.minimum(pos + 4, length), 4)
+        tiff = tf.where(tf.equal(kind, "eXIf"), pos + 8, tiff)
+        return tf.where(tf.equal(kind, "IDAT"), length, pos + 12 + size), tiff
+
+    _, tiff = tf.while_loop(keep_going, next_chunk, (tf.constant(8, tf.int64), no_tiff),
+                            maximum_iterations=MAX_IMAGE_SEGMENTS)
+    return tf.cond(tiff >= 0, lambda: _tiff_orientation(contents, length, tiff),
+                   lambda: tf.constant(1, tf.int64))
+
+
+def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """[H, W, C] as stored -> as displayed, for EXIF orientation 1..8 (others: unchanged)."""
+    transposed = lambda: tf.transpose(image, [1, 0, 2])  # noqa: E731
+    branches = [
+        lambda: image,                                   # 1: as stored
+        lambda: tf.image.flip_left_right(image),         # 2: mirrored
+        lambda: tf.image.rot90(image, 2),                # 3: upside down
+        lambda: tf.image.flip_up_down(image),            # 4: mirrored, upside down
+        transposed,                                      # 5: mirrored, turned
+        lambda: tf.image.rot90(image, 3),                # 6: turned: show it 90 deg clockwise
+        lambda: tf.image.rot90(transposed(), 2),         # 7: mirrored, turned the other way
+        lambda: tf.image.rot90(image, 1),                # 8: show it 90 deg anticlockwise
+    ]
+    index = tf.cast(orientation, tf.int32) - 1
+    index = tf.where((index >= 0) & (index < 8), index, 0)
+    return tf.switch_case(index, branches)
 
 
 def resize_image(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -571,6 +686,7 @@ def export_model(model: keras.Model, config: Config, export_base: str,
     started = time.perf_counter()
     try:
         archive.write_out(staging, verbose=False)
+        write_warmup_requests(os.path.join(staging, WARMUP_PATH), model_name, config)
         info = {
             "model_name": model_name, "version": version,
             "signatures": signature_summary(config, heatmap_size),
@@ -586,10 +702,70 @@ def export_model(model: keras.Model, config: Config, export_base: str,
         with open(os.path.join(staging, EXPORT_INFO_PATH), "w") as f:
             json.dump(info, f, indent=1)
         os.rename(staging, final)
+    except (tf.errors.OpError, OSError) as error:  # a full disk is ResourceExhaustedError in TF
+        shutil.rmtree(staging, ignore_errors=True)
+        reason = error.message if isinstance(error, tf.errors.OpError) else str(error)
+        raise OSError(f"cannot write the export ({reason.strip().splitlines()[0]}); nothing "
+                      f"was left behind. Received: {model_dir!r}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
+
+
+def warmup_requests(config: Config) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """(signature, inputs) of real requests: a JPEG and a PNG with WAV tones, and tensors."""
+    s, rate = config.image_size, config.sample_rate
+    ramp = np.linspace(0.0, 1.0, s, dtype=np.float32)
+    pixels = tf.constant(np.round(np.stack(np.broadcast_arrays(
+        ramp[:, None], ramp[None, :], 0.5), axis=-1) * 255).astype(np.uint8))
+    t = np.arange(int(config.clip_seconds * rate), dtype=np.float32) / rate
+    tone = 0.3 * np.sin(2 * np.pi * 440.0 * t)
+    wav = tf.audio.encode_wav(tf.constant(tone[:, None]), rate).numpy()
+    images = np.array([tf.io.encode_jpeg(pixels).numpy(), tf.io.encode_png(pixels).numpy()],
+                      dtype=object)
+    return [
+        (BYTES_SIGNATURE, {"image_bytes": images, "wav_bytes": np.array([wav, wav], object)}),
+        (TENSORS_SIGNATURE, {"image": np.full([1, s, s, 3], 0.5, np.float32),
+                             "waveform": tone[None, :config.num_samples]}),
+    ]
+
+
+def write_warmup_requests(path: str, model_name: str, config: Config) -> None:
+    """assets.extra/tf_serving_warmup_requests: TFRecords of PredictionLog protos."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path) as writer:
+        for signature, inputs in warmup_requests(config):
+            writer.write(prediction_log(model_name, signature, inputs))
+
+
+def prediction_log(model_name: str, signature: str, inputs: dict[str, np.ndarray]) -> bytes:
+    """A PredictionLog holding one PredictRequest, serialised.
+
+    Encoded by hand (five length-delimited fields) so that exporting needs no
+    tensorflow-serving-api; the tests parse it with TF Serving's own protos.
+    """
+    spec = _proto_field(1, model_name.encode()) + _proto_field(3, signature.encode())
+    entries = b"".join(
+        _proto_field(2, _proto_field(1, key.encode())
+                     + _proto_field(2, tf.make_tensor_proto(value).SerializeToString()))
+        for key, value in sorted(inputs.items()))
+    request = _proto_field(1, spec) + entries  # PredictRequest: model_spec, inputs
+    return _proto_field(6, _proto_field(1, request))  # PredictionLog.predict_log.request
+
+
+def _proto_field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def signature_summary(config: Config, heatmap_size: int | None = None) -> dict:

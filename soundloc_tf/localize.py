@@ -25,11 +25,13 @@ import dataclasses
 import io
 import math
 import os
+import re
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from serving.tf_logs import silenced_stderr
 from soundloc_tf import export
 from soundloc_tf.config import Config
 from soundloc_tf.visualize import draw_boxes, overlay
@@ -60,13 +62,23 @@ def render_overlays(images: np.ndarray, heatmaps: np.ndarray, boxes: np.ndarray)
     return tf.cast(tf.round(tf.clip_by_value(blended, 0.0, 1.0) * 255.0), tf.uint8).numpy()
 
 
+_FUNCTION_NODE = re.compile(r"\{\{function_node [^}]*\}\}\s*")
+
+
 def _error_message(error: tf.errors.OpError) -> str:
-    """The useful line of a graph error: the text of a failed in-graph check, or the first line."""
-    text = error.message
+    """The useful line of a graph error: the text of a failed in-graph check, or the first
+    line that is not graph bookkeeping ({{function_node ...}}, node names, stack notes)."""
+    text = _FUNCTION_NODE.sub("", error.message)
     if "assertion failed: [" in text:
         text = text.split("assertion failed: [", 1)[1]
-        return text.split("]\n", 1)[0].rstrip("]")
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+        # The check's own text may end in "]" (e.g. "[1, 4096]"): drop only the wrapper's.
+        return text.split("]\n", 1)[0] if "]\n" in text else text.strip()[:-1]
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("Detected at node", "<stack traces", "[[")) \
+                and line != "Graph execution error:":
+            return line
+    return type(error).__name__
 
 
 def config_from_dict(fields: dict) -> Config:
@@ -164,12 +176,14 @@ class Localizer:
             data = bytes(image)
             if data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")):
                 try:
-                    return self._decode_image(tf.constant(data)).numpy()
+                    # libjpeg prints its complaint to descriptor 2; the error says it too.
+                    with silenced_stderr():
+                        return self._decode_image(tf.constant(data)).numpy()
                 except tf.errors.OpError as error:
                     raise ValueError(_error_message(error)) from None
-            image = _open_with_pillow(data)
+            image = open_image(data)
         if _is_pil_image(image):
-            image = np.asarray(image.convert("RGB"))
+            image = np.asarray(exif_transpose(image).convert("RGB"))
         return self._resize(tf.constant(image_to_float(image))).numpy()
 
     def prepare_sound(self, sound: Any) -> np.ndarray:
@@ -314,19 +328,44 @@ def _is_pil_image(value: Any) -> bool:
     return isinstance(value, Image.Image)
 
 
-def _open_with_pillow(data: bytes):
+def open_image(source: Any):
+    """A file path or file bytes -> a loaded PIL image, its size checked before its pixels
+    are decoded: each side at most export.MAX_IMAGE_SIDE (a header claiming 30000 x 30000
+    is a one-line ValueError, not Pillow's DecompressionBombError).
+
+    Args:
+        source: a path or the file's bytes.
+    """
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
+    stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    described = f"{len(source)} bytes" if isinstance(source, (bytes, bytearray)) else repr(source)
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise ValueError(f"not an image file Pillow can read ({len(data)} bytes; "
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(stream)
+            if max(image.size) > export.MAX_IMAGE_SIDE:
+                raise ValueError(f"image is {image.size[0]}x{image.size[1]} pixels (width x "
+                                 f"height); each side must lie in [1, {export.MAX_IMAGE_SIDE}]")
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        # Pillow refuses before the size is known to the caller; its message has the count.
+        pixels = re.search(r"\((\d+) pixels\)", str(error))
+        raise ValueError(f"image has {pixels.group(1) if pixels else 'too many'} pixels; each "
+                         f"side must lie in [1, {export.MAX_IMAGE_SIDE}]") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:  # SyntaxError: bad headers
+        raise ValueError(f"not an image file Pillow can read ({described}; "
                          f"{type(error).__name__})") from None
-    if max(image.size) > export.MAX_IMAGE_SIDE:
-        raise ValueError(f"each image side must be at most {export.MAX_IMAGE_SIDE} pixels. "
-                         f"Received: {image.size[0]}x{image.size[1]}")
     return image
+
+
+def exif_transpose(image):
+    """A PIL image turned as its EXIF orientation says (as browsers and the graph show it)."""
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(image)
 
 
 def _read_with_soundfile(data: bytes) -> tuple[np.ndarray, int]:

@@ -73,10 +73,10 @@ def _probe_video(path: str) -> None:
 
 
 def _display_image(path: str) -> np.ndarray:
-    """The image as uint8 RGB at its own resolution, for drawing on."""
-    from PIL import Image
+    """The image as uint8 RGB at its own resolution, turned as its EXIF says, for drawing on."""
+    from soundloc_tf.localize import exif_transpose, open_image
 
-    with Image.open(path) as image:
+    with exif_transpose(open_image(path)) as image:
         if image.mode.startswith("I;16") or image.mode == "I":
             values = np.asarray(image, dtype=np.float64)
             scale = 65535.0 if values.max() > 255 else 255.0
@@ -85,24 +85,44 @@ def _display_image(path: str) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def _write_json(path: str, value) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(path + ".tmp", path)
+def write_files(files: dict[str, bytes]) -> None:
+    """Writes every file under a temporary name, then renames them all: on a full disk the
+    temporaries are removed and none of the files is replaced (nor half written)."""
+    written = []
+    try:
+        for path, data in files.items():
+            written.append(path + ".tmp")
+            with open(path + ".tmp", "wb") as f:
+                f.write(data)
+        for path in files:
+            os.replace(path + ".tmp", path)
+    except OSError as error:
+        for temporary in written:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+        raise OSError(f"cannot write {', '.join(map(repr, files))} ({error.strerror or error}); "
+                      "nothing was written") from None
+
+
+def _json_bytes(value) -> bytes:
+    return json.dumps(value, indent=1).encode()
 
 
 def _localize_image(localizer) -> None:
+    import io
+
     from PIL import Image
 
     result = localizer.localize(FLAGS.image, FLAGS.sound)
     picture = _display_image(FLAGS.image)
     overlay_path = os.path.join(FLAGS.output_dir, "overlay.png")
-    Image.fromarray(result.overlay(picture)).save(overlay_path + ".tmp", format="PNG")
-    os.replace(overlay_path + ".tmp", overlay_path)
+    png = io.BytesIO()
+    Image.fromarray(result.overlay(picture)).save(png, format="PNG")
     summary = {"image": os.path.abspath(FLAGS.image), "sound": os.path.abspath(FLAGS.sound),
                **result.to_json(), "heatmap_size": localizer.heatmap_size,
                "overlay": os.path.abspath(overlay_path)}
-    _write_json(os.path.join(FLAGS.output_dir, "boxes.json"), summary)
+    write_files({overlay_path: png.getvalue(),
+                 os.path.join(FLAGS.output_dir, "boxes.json"): _json_bytes(summary)})
     print(json.dumps(summary, indent=1))
 
 
@@ -147,7 +167,7 @@ class _VideoWriter:
                 self._container.mux(packet)
         self.count += 1
 
-    def finish(self, audio: np.ndarray | None) -> str:
+    def finish(self, audio: np.ndarray | None) -> None:
         if self.kind == "mp4":
             import av
 
@@ -160,6 +180,10 @@ class _VideoWriter:
                 for packet in list(self._audio.encode(frame)) + list(self._audio.encode(None)):
                     self._container.mux(packet)
             self._container.close()
+            self._container = None
+
+    def commit(self) -> str:
+        """Renames the finished staging file or directory to its final name."""
         if os.path.isdir(self.final):
             shutil.rmtree(self.final)
         os.replace(self.staging, self.final)
@@ -214,17 +238,19 @@ def _localize_video(localizer) -> None:
         # The sound the frames span, for the MP4's audio track.
         first = max(int(round((entries[0]["time"] - audio_start) * config.sample_rate)), 0)
         span = int(round(len(entries) / writer.fps * config.sample_rate))
-        path = writer.finish(audio[first:first + span])
+        writer.finish(audio[first:first + span])
+        summary = {"video": os.path.abspath(FLAGS.video), "frames": len(entries),
+                   "fps": writer.fps, "clip_seconds": config.clip_seconds,
+                   "heatmap_size": localizer.heatmap_size,
+                   "overlay": os.path.abspath(writer.final), "boxes": entries}
+        # boxes.json first: a full disk then leaves neither file new.
+        write_files({os.path.join(FLAGS.output_dir, "boxes.json"): _json_bytes(summary)})
+        path = writer.commit()
     except BaseException as error:
         writer.abort()
         if type(error).__module__.split(".")[0] == "av":  # PyAV's FFmpeg errors
             raise ValueError(f"cannot write the overlay video ({error})") from None
         raise
-    summary = {"video": os.path.abspath(FLAGS.video), "frames": len(entries),
-               "fps": writer.fps, "clip_seconds": config.clip_seconds,
-               "heatmap_size": localizer.heatmap_size, "overlay": os.path.abspath(path),
-               "boxes": entries}
-    _write_json(os.path.join(FLAGS.output_dir, "boxes.json"), summary)
     print(f"Localised {len(entries)} frames; wrote {path} and "
           f"{os.path.join(FLAGS.output_dir, 'boxes.json')}")
 
