@@ -114,8 +114,8 @@ def start_server(model_base_path: str, max_body_bytes: int,
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     process = subprocess.Popen(
         [sys.executable, "-m", "serving.dev_server", f"--model_base_path={model_base_path}",
-         "--host=127.0.0.1", "--rest_api_port=0", f"--max_body_bytes={max_body_bytes}",
-         "--quiet"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+         "--host=127.0.0.1", "--rest_api_port=0", "--port=-1",
+         f"--max_body_bytes={max_body_bytes}", "--quiet"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
     deadline = time.monotonic() + timeout
     line = process.stdout.readline()

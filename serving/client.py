@@ -1,22 +1,26 @@
-"""REST client for a soundloc model served by TensorFlow Serving (or serving/dev_server.py).
+"""Client for a soundloc model served by TensorFlow Serving (or serving/dev_server.py).
 
   soundloc-client [--server=http://localhost:8501] [--model_name=soundloc] [--version=N] status
   soundloc-client ... metadata
-  soundloc-client ... predict --image=scene.jpg --sound=scene.wav [--image=... --sound=...]
-                      [--format=row|columnar] [--output_dir=predictions]
+  soundloc-client ... [--grpc=localhost:8500] predict --image=scene.jpg --sound=scene.wav
+                      [--image=... --sound=...] [--format=row|columnar] [--output_dir=predictions]
 
-`predict` sends the files as {"b64": ...} to the `serving_default`
-signature, writes <output_dir>/<image name>_overlay.png (heat map and box
-over the image at its own resolution) and <image name>_box.json, and
-prints the boxes as JSON.
+`predict` sends the files to the `serving_default` signature (REST: as
+{"b64": ...}; with --grpc: as string tensors to PredictionService/Predict),
+writes <output_dir>/<image name>_overlay.png (heat map and box over the
+image at its own resolution, turned as its EXIF says) and <image
+name>_box.json, and prints the boxes as JSON.  Images that share a name get
+"-2", "-3", ... added, so no result overwrites another; the files are
+written all together or not at all.
 
-Speaks TF Serving's REST API only (GET /v1/models/<name>[/versions/<v>],
-.../metadata, POST ...:predict), so it depends on nothing but the exported
-signatures: the standard library, numpy, and Pillow for the PNG.  Requests
-have a timeout; connection failures, timeouts and 5xx answers are retried
-with exponential backoff, 4xx answers are not.  Server errors ({"error":
-...}) become one-line `ServingError` messages; on the command line,
-"error: <message>" on stderr and exit code 2.
+It depends on nothing but the exported signatures: over REST (GET
+/v1/models/<name>[/versions/<v>], .../metadata, POST ...:predict) the
+standard library, numpy, and Pillow for the PNG; over gRPC also grpcio and
+tensorflow-serving-api's protos (which import TensorFlow).  Requests have a
+timeout; connection failures, timeouts and 5xx answers are retried with
+exponential backoff, 4xx answers are not (a 413 sent while the body was
+still uploading included).  Server errors become one-line `ServingError`
+messages; on the command line, "error: <message>" on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -27,26 +31,28 @@ import http.client
 import io
 import json
 import os
-import socket
+import re
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 OVERLAY_OPACITY = 0.5
 DEFAULT_SERVER = "http://localhost:8501"
+DEFAULT_GRPC_SERVER = "localhost:8500"
+_FUNCTION_NODE = re.compile(r"\{\{function_node [^}]*\}\}\s*")
 
 
 class ServingError(Exception):
-    """A request that failed: the server's one-line message and the HTTP status (None: no answer)."""
+    """A request that failed: the server's one-line message, the HTTP status (None: no
+    answer, or gRPC) and the gRPC status code name (None: REST)."""
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, code: str | None = None):
         super().__init__(message)
         self.status = status
+        self.code = code
 
 
 def error_line(message: str) -> str:
@@ -57,9 +63,11 @@ def error_line(message: str) -> str:
     "n"); a failed in-graph check reads "assertion failed: [<message>]".
     """
     text = str(message).replace("\\n", "\n").replace("\\t", "\t").replace('\\"', '"')
+    text = _FUNCTION_NODE.sub("", text)
     if "assertion failed: [" in text:
-        text = text.split("assertion failed: [", 1)[1].split("]\n", 1)[0]
-        return text[:-1] if text.endswith("]") else text
+        text = text.split("assertion failed: [", 1)[1]
+        # The check's own text may end in "]" (e.g. "[1, 4096]"): drop only the wrapper's.
+        return text.split("]\n", 1)[0] if "]\n" in text else text.strip()[:-1]
     for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith(("Detected at node", "<stack traces", "[[")) \
@@ -100,27 +108,47 @@ class ServingClient:
     def request(self, method: str, url: str, body: dict | None = None) -> dict:
         """One JSON request with retries; returns the decoded JSON answer."""
         data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if data is not None else {}
         attempt = 0
         while True:
             try:
-                req = urllib.request.Request(url, data=data, method=method, headers=headers)
-                with urllib.request.urlopen(req, timeout=self.timeout) as response:
-                    return _decode_json(response.read(), response.status)
-            except urllib.error.HTTPError as error:
-                status, payload = error.code, error.read()
-                message = _error_text(payload) or f"HTTP {status} {error.reason}"
+                status, payload = self._exchange(method, url, data)
+                if status < 400:
+                    return _decode_json(payload, status)
+                message = _error_text(payload) or f"HTTP {status}"
                 failure = ServingError(f"{error_line(message)} (HTTP {status})", status)
                 if status < 500:
-                    raise failure from None
-            except (urllib.error.URLError, http.client.HTTPException, ConnectionError,
-                    socket.timeout, TimeoutError) as error:
-                reason = getattr(error, "reason", error)
+                    raise failure
+            except (http.client.HTTPException, OSError) as error:
+                reason = getattr(error, "reason", None) or error
                 failure = ServingError(f"no answer from {self.server} ({reason})")
             if attempt >= self.retries:
                 raise failure
             self._sleep(self.backoff * 2 ** attempt)
             attempt += 1
+
+    def _exchange(self, method: str, url: str, data: bytes | None) -> tuple[int, bytes]:
+        """(status, body) of one HTTP request.
+
+        A server may answer before it has read the whole body (a 413 for a body over
+        its limit) and close the connection: the upload then fails with a broken pipe
+        or a reset, but the answer is already in the socket, so it is read and
+        returned rather than reported as a lost connection (and retried).
+        """
+        parsed = urllib.parse.urlsplit(url)
+        kind = http.client.HTTPSConnection if parsed.scheme == "https" else \
+            http.client.HTTPConnection
+        connection = kind(parsed.netloc, timeout=self.timeout)
+        target = parsed.path + (f"?{parsed.query}" if parsed.query else "")
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        try:
+            try:
+                connection.request(method, target, body=data, headers=headers)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the answer, if the server sent one, is read below
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
 
     def status(self) -> dict:
         """GET /v1/models/<name>[/versions/<v>]: {"model_version_status": [...]}."""
@@ -147,6 +175,132 @@ class ServingClient:
                              f"{len(images)} images, {len(sounds)} sounds")
         body = localize_request(images, sounds, request_format)
         return parse_localize_response(self.predict(body), len(images))
+
+
+class GrpcClient:
+    """TF Serving's gRPC API (PredictionService/Predict, port 8500) for one model.
+
+    Uses tensorflow-serving-api's protos (install it with --no-deps, see
+    serving/README.md).  They live under tensorflow.core, so this client
+    imports TensorFlow; the REST client does not.  UNAVAILABLE and
+    DEADLINE_EXCEEDED are retried with exponential backoff, other failures
+    are not.
+
+    Args:
+        target: host:port of the gRPC server.
+        model_name: the served model's name.
+        version: a version number; None: the latest.
+        timeout: seconds per call.
+        retries: retries after UNAVAILABLE or DEADLINE_EXCEEDED.
+        backoff: first retry delay in seconds, doubled on each retry.
+        max_message_bytes: the largest answer accepted.
+    """
+
+    _RETRIED = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+
+    def __init__(self, target: str = DEFAULT_GRPC_SERVER, model_name: str = "soundloc",
+                 version: int | None = None, timeout: float = 60.0, retries: int = 3,
+                 backoff: float = 0.5, sleep: Callable[[float], None] = time.sleep,
+                 max_message_bytes: int = 256 * 1024 * 1024):
+        if not re.fullmatch(r"[^\s/:]+:\d+|\[[0-9a-fA-F:]+\]:\d+", target or ""):
+            raise ValueError(f"target must be host:port. Received: target={target!r}")
+        if version is not None and (isinstance(version, bool) or int(version) < 1):
+            raise ValueError(f"version must be a positive integer. Received: version={version!r}")
+        if timeout <= 0 or retries < 0 or backoff < 0:
+            raise ValueError("need timeout > 0, retries >= 0, backoff >= 0. Received: "
+                             f"timeout={timeout}, retries={retries}, backoff={backoff}")
+        import grpc
+
+        try:
+            from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+        except ImportError:
+            raise ValueError("gRPC needs tensorflow-serving-api's protos: pip install --no-deps "
+                             "tensorflow-serving-api==2.21.0") from None
+        self.target, self.model_name = target, model_name
+        self.version = None if version is None else int(version)
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self._sleep = sleep
+        self._grpc, self._predict_pb2 = grpc, predict_pb2
+        self._channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes)])
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+
+    def predict(self, inputs: dict[str, np.ndarray],
+                signature: str = "serving_default") -> dict[str, np.ndarray]:
+        """Input arrays (object arrays of bytes for strings) -> output arrays."""
+        request = self._predict_pb2.PredictRequest()
+        request.model_spec.name = self.model_name
+        request.model_spec.signature_name = signature
+        if self.version is not None:
+            request.model_spec.version.value = self.version
+        for key, array in inputs.items():
+            request.inputs[key].CopyFrom(tensor_proto(np.asarray(array)))
+        attempt = 0
+        while True:
+            try:
+                response = self._stub.Predict(request, timeout=self.timeout)
+                return {key: tensor_array(proto) for key, proto in response.outputs.items()}
+            except self._grpc.RpcError as error:
+                code = error.code().name
+                failure = ServingError(f"{error_line(error.details() or code)} (gRPC {code})",
+                                       code=code)
+                if code not in self._RETRIED or attempt >= self.retries:
+                    raise failure from None
+            self._sleep(self.backoff * 2 ** attempt)
+            attempt += 1
+
+    def localize(self, images: Sequence[bytes], sounds: Sequence[bytes]) -> list[dict[str, Any]]:
+        """Image and WAV file bytes -> one {"heatmap", "box", "score"} per pair."""
+        if len(images) != len(sounds) or not images:
+            raise ValueError("need the same, non-zero number of images and sounds. Received: "
+                             f"{len(images)} images, {len(sounds)} sounds")
+        out = self.predict({"image_bytes": np.array(list(images), dtype=object),
+                            "wav_bytes": np.array(list(sounds), dtype=object)})
+        return parse_localize_response({"outputs": {k: out[k].tolist() for k in out}},
+                                       len(images))
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def tensor_proto(array: np.ndarray):
+    """A numpy array (float32, int64, or bytes objects) -> tensorflow.TensorProto."""
+    from tensorflow.core.framework import tensor_pb2, types_pb2
+
+    proto = tensor_pb2.TensorProto()
+    for size in array.shape:
+        proto.tensor_shape.dim.add().size = size
+    if array.dtype == object or array.dtype.kind == "S":
+        proto.dtype = types_pb2.DT_STRING
+        proto.string_val.extend(bytes(v) for v in array.reshape(-1))
+    elif array.dtype.kind == "f":
+        proto.dtype = types_pb2.DT_FLOAT
+        proto.tensor_content = array.astype("<f4").tobytes()
+    elif array.dtype.kind in "iu":
+        proto.dtype = types_pb2.DT_INT64
+        proto.tensor_content = array.astype("<i8").tobytes()
+    else:
+        raise ValueError(f"arrays are float, integer or bytes. Received: dtype={array.dtype}")
+    return proto
+
+
+def tensor_array(proto) -> np.ndarray:
+    """A float32, int64 or string tensorflow.TensorProto -> numpy array."""
+    from tensorflow.core.framework import types_pb2
+
+    shape = [d.size for d in proto.tensor_shape.dim]
+    if proto.dtype == types_pb2.DT_STRING:
+        return np.array(list(proto.string_val), dtype=object).reshape(shape)
+    dtype, values = {types_pb2.DT_FLOAT: ("<f4", proto.float_val),
+                     types_pb2.DT_INT64: ("<i8", proto.int64_val)}.get(proto.dtype, (None, None))
+    if dtype is None:
+        raise ServingError(f"unexpected answer from the server: tensor of dtype enum "
+                           f"{proto.dtype}")
+    if proto.tensor_content:
+        return np.frombuffer(proto.tensor_content, dtype).reshape(shape)
+    return np.array(values, dtype).reshape(shape) if len(values) != 1 else \
+        np.full(shape, values[0], dtype)
 
 
 def b64(data: bytes) -> dict[str, str]:
@@ -196,10 +350,13 @@ def colorize(heatmap: np.ndarray) -> np.ndarray:
 
 
 def load_rgb(data: bytes) -> np.ndarray:
-    """Image file bytes -> uint8 RGB [H, W, 3] (16-bit and gray images scaled to 8 bits)."""
+    """Image file bytes -> uint8 RGB [H, W, 3] as displayed (turned as its EXIF orientation
+    says, as the served model does); 16-bit and gray images scaled to 8 bits."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as image:
+    from PIL import ImageOps
+
+    with ImageOps.exif_transpose(Image.open(io.BytesIO(data))) as image:
         if image.mode.startswith("I;16") or image.mode == "I":
             values = np.asarray(image, dtype=np.float64)
             scale = 65535.0 if values.max() > 255 else 255.0
@@ -256,16 +413,47 @@ def _error_text(payload: bytes) -> str:
     return ""
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    with open(path + ".tmp", "wb") as f:
-        f.write(data)
-    os.replace(path + ".tmp", path)
+def write_files(files: dict[str, bytes]) -> None:
+    """Writes every file under a temporary name, then renames them all: on a full disk the
+    temporaries are removed and no file is replaced or left half written."""
+    written = []
+    try:
+        for path, data in files.items():
+            written.append(path + ".tmp")
+            with open(path + ".tmp", "wb") as f:
+                f.write(data)
+        for path in files:
+            os.replace(path + ".tmp", path)
+    except OSError as error:
+        for temporary in written:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+        raise OSError(f"cannot write {len(files)} output files in "
+                      f"{os.path.dirname(next(iter(files))) or '.'!r} ({error.strerror or error}); "
+                      "nothing was written") from None
+
+
+def output_stems(image_paths: Sequence[str]) -> list[str]:
+    """One distinct file-name stem per pair: the image's name, with "-2", "-3", ... added
+    when images share a name (same file twice, or same name in different folders)."""
+    stems: list[str] = []
+    for path in image_paths:
+        stem = os.path.splitext(os.path.basename(path))[0] or "image"
+        candidate, n = stem, 1
+        while candidate in stems:
+            n += 1
+            candidate = f"{stem}-{n}"
+        stems.append(candidate)
+    return stems
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="soundloc-client", description="Query a soundloc model served by TensorFlow Serving.")
     parser.add_argument("--server", default=DEFAULT_SERVER, help="REST endpoint (default %(default)s)")
+    parser.add_argument("--grpc", default=None, metavar="HOST:PORT",
+                        help=f"send predict over gRPC to this address (TF Serving: "
+                             f"{DEFAULT_GRPC_SERVER}) instead of REST")
     parser.add_argument("--model_name", default="soundloc")
     parser.add_argument("--version", type=int, default=None, help="default: the latest")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
@@ -300,11 +488,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  f"images, {len(args.sound)} sounds")
             images = [_read(p) for p in args.image]
             sounds = [_read(p) for p in args.sound]
-            results = client.localize(images, sounds, args.format)
+            if args.grpc:
+                results = GrpcClient(args.grpc, args.model_name, args.version, args.timeout,
+                                     args.retries, args.backoff).localize(images, sounds)
+            else:
+                results = client.localize(images, sounds, args.format)
             os.makedirs(args.output_dir, exist_ok=True)
-            summary = []
-            for path, sound, data, result in zip(args.image, args.sound, images, results):
-                stem = os.path.splitext(os.path.basename(path))[0]
+            summary, files = [], {}
+            for path, sound, data, result, stem in zip(args.image, args.sound, images, results,
+                                                       output_stems(args.image)):
                 overlay_path = os.path.join(args.output_dir, f"{stem}_overlay.png")
                 box_path = os.path.join(args.output_dir, f"{stem}_box.json")
                 entry = {"image": path, "sound": sound,
@@ -315,9 +507,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 except Exception as error:  # Pillow raises many types for unreadable files
                     raise ValueError(f"the server accepted {path!r} but Pillow cannot read it "
                                      f"to draw the overlay ({type(error).__name__})") from None
-                _write_atomic(overlay_path, overlay_png(picture, result["heatmap"], result["box"]))
-                _write_atomic(box_path, json.dumps(entry, indent=1).encode())
+                files[overlay_path] = overlay_png(picture, result["heatmap"], result["box"])
+                files[box_path] = json.dumps(entry, indent=1).encode()
                 summary.append(entry)
+            write_files(files)
             print(json.dumps(summary, indent=1))
     except (ServingError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,31 +1,46 @@
-"""A development stand-in for TensorFlow Serving's REST API, on 127.0.0.1.
+"""A development stand-in for TensorFlow Serving: its REST and gRPC APIs, on 127.0.0.1.
 
   soundloc-dev-server --model_base_path=exports/soundloc [--model_name=soundloc]
-                      [--rest_api_port=8501] [--all_versions]
+                      [--rest_api_port=8501] [--port=8500] [--all_versions]
 
 Serves the versions of one exported model (`<model_base_path>/<version>/`)
-with the same URLs and JSON rules as TF Serving, so the client and any
-curl command work against either:
+with TF Serving's URLs, JSON rules and gRPC service, so the client, curl and
+any TF Serving client work against either:
 
   GET  /v1/models/<name>[/versions/<v>]            model status
   GET  /v1/models/<name>[/versions/<v>]/metadata   signature defs
   POST /v1/models/<name>[/versions/<v>]:predict    row ("instances") or
        columnar ("inputs") body, {"b64": ...} for bytes; answers
        {"predictions": [...]} or {"outputs": {...}}
+  gRPC tensorflow.serving.PredictionService/Predict (--port; needs
+       tensorflow-serving-api, see serving/README.md)
 
-Like TF Serving's default version policy it loads only the latest version
-(--all_versions loads them all), and errors are {"error": "<message>"} with
-TF Serving's HTTP codes: 400 for bad requests (malformed JSON, missing
-inputs, unknown signature, undecodable bytes: the in-graph checks'
-message), 404 for an unknown model or version, 413 for a body over
---max_body_bytes; an unexpected failure is a 500 for that request only.
-Unlike TF Serving, error messages are cut to the line that explains them,
-versions are loaded once at start (no polling), there is no request
-batching, and only :predict is implemented.
+Like TF Serving it loads only the latest version (--all_versions loads them
+all) and replays each version's assets.extra/tf_serving_warmup_requests
+before serving it.  Errors are {"error": "<message>"} (gRPC: the status
+code TF Serving uses) with TF Serving's HTTP codes: 400 for bad requests
+(malformed JSON, missing or unknown inputs, unknown signature, undecodable
+bytes: the in-graph checks' message), 404 for an unknown model or version,
+413 for a request over a limit; an unexpected failure is a 500 for that
+request only.  Error messages are cut to the line that explains them.
 
-This is for development and tests on a machine without Docker.  Production
-uses TF Serving (serving/README.md).  It needs only the standard library,
-numpy and TensorFlow (to load the SavedModel): never soundloc_tf.
+Limits, each a 413 naming it (TF Serving has none of these; they keep one
+request from exhausting a development machine):
+  --max_body_bytes      request body (64 MiB; gRPC: message size)
+  --max_instances       instances in one request (64)
+  --max_response_bytes  the answer, estimated at 24 bytes per number before
+                        the model runs (64 MiB: 55 instances of a 224 x 224
+                        heat map)
+
+The network layers are maintained servers, not hand-written ones: waitress
+(REST; pure Python, no dependencies) owns the listen backlog (1024),
+keep-alive, the connection limit (--max_connections, more wait in the
+backlog) and a bounded pool of worker threads (--threads); grpcio (gRPC,
+installed with TensorFlow) owns HTTP/2.  Requests are not batched and
+versions are not polled for.  For development and tests on a machine
+without Docker; production uses TF Serving (serving/README.md).  It needs
+only the standard library, numpy, TensorFlow (to load the SavedModel),
+waitress and grpcio: never soundloc_tf.
 """
 
 from __future__ import annotations
@@ -33,7 +48,6 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import http.server
 import json
 import os
 import re
@@ -41,17 +55,34 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from serving.tf_logs import quiet_tensorflow
+
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_INSTANCES = 64
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 DEFAULT_SIGNATURE = "serving_default"
-# Bodies up to this many times the limit are read and dropped before the 413.
+# The answer's JSON is estimated at this many bytes per number ("-0.123456789012345678, ").
+BYTES_PER_NUMBER = 24
+# Nesting of JSON lists deeper than this is refused before it is walked (numpy's limit: 64).
+MAX_JSON_DEPTH = 32
+WARMUP_PATH = os.path.join("assets.extra", "tf_serving_warmup_requests")
+# Answers from this size on hand their freed memory back to the system once sent.
+_TRIM_AFTER_BYTES = 1 << 20
+# Bodies up to this many times the limit are read and answered with a JSON 413; larger
+# ones get waitress's own 413 as soon as their header arrives.
 _DRAIN_FACTOR = 4
 _PREDICT_PATH = re.compile(
     r"(?i)/v1/models/([^/:]+)(?:/versions/(\d+))?:(classify|regress|predict)")
 _MODEL_PATH = re.compile(r"(?i)/v1/models(?:/([^/:]+))?(?:/versions/(\d+))?(?:/(metadata))?")
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 409: "Conflict",
+            411: "Length Required", 413: "Content Too Large", 429: "Too Many Requests",
+            499: "Client Closed Request", 500: "Internal Server Error", 501: "Not Implemented",
+            503: "Service Unavailable", 504: "Gateway Timeout", 401: "Unauthorized",
+            403: "Forbidden"}
 
 
 class RequestError(Exception):
@@ -97,6 +128,23 @@ class LoadedVersion:
             raise ValueError(f"cannot load the SavedModel ({type(error).__name__}: "
                              f"{str(error).strip().splitlines()[0]}). Received: {path!r}") from None
         self.functions = dict(self.module.signatures)
+        self.warmup_requests = self._replay_warmup()
+
+    def _replay_warmup(self) -> int:
+        """Runs every warm-up record, as TF Serving does before it serves a version."""
+        path = os.path.join(self.path, WARMUP_PATH)
+        if not os.path.isfile(path):
+            return 0
+        with open(path, "rb") as f:
+            records = read_tfrecords(f.read())
+        for i, record in enumerate(records):
+            signature, tensors = parse_prediction_log(record)
+            try:
+                self.functions[signature](**{k: _constant(v) for k, v in tensors.items()})
+            except Exception as error:  # TF Serving refuses to load such a version too
+                raise ValueError(f"warm-up request {i} ({signature}) failed: "
+                                 f"{_first_line(error)}. Received: {path!r}") from None
+        return len(records)
 
     def inputs(self, signature: str):
         if signature not in self.signature_defs:
@@ -108,10 +156,17 @@ class LoadedVersion:
 
 
 class ModelStore:
-    """The versions of one model found under `model_base_path` (integer directory names)."""
+    """The versions of one model found under `model_base_path` (integer directory names),
+    and the limits every request to them is held to."""
 
     def __init__(self, model_base_path: str, model_name: str | None = None,
-                 all_versions: bool = False):
+                 all_versions: bool = False, max_instances: int = DEFAULT_MAX_INSTANCES,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+                 max_concurrent_predictions: int = 4):
+        self.max_instances = max_instances
+        self.max_response_bytes = max_response_bytes
+        # Model runs at once, over REST and gRPC together; more wait their turn.
+        self.running = threading.BoundedSemaphore(max_concurrent_predictions)
         if not os.path.isdir(model_base_path):
             raise ValueError(f"model_base_path is not a directory. Received: {model_base_path!r}")
         self.model_name = model_name or os.path.basename(os.path.normpath(model_base_path))
@@ -151,17 +206,37 @@ class ModelStore:
         return {"model_spec": {"name": name, "signature_name": "", "version": str(loaded.version)},
                 "metadata": {"signature_def": {"signature_def": defs}}}
 
-    def predict(self, name: str, version: int | None, body: bytes) -> dict:
+    def predict_json(self, name: str, version: int | None, body: bytes) -> Iterator[bytes]:
+        """A REST :predict body -> the answer's JSON, in pieces of one instance each."""
         loaded = self.get(name, version)
         request = _parse_json(body)
         signature = request.get("signature_name", DEFAULT_SIGNATURE)
         if not isinstance(signature, str):
             raise _bad("'signature_name' key must be a string value.")
         signature = signature or DEFAULT_SIGNATURE
-        infos = loaded.inputs(signature)
-        tensors, row_format = _request_tensors(request, infos)
-        outputs = _run(loaded.functions[signature], tensors)
-        return _response(outputs, row_format)
+        tensors, row_format = _request_tensors(request, loaded.inputs(signature))
+        with self.running:  # the answer is built inside the slot: its memory is bounded too
+            return _response_chunks(self.predict(loaded, signature, tensors), row_format)
+
+    def predict(self, loaded: LoadedVersion, signature: str,
+                tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Checked input arrays -> output arrays, within the instance and answer limits.
+
+        Callers hold `self.running` while they run and encode the answer.
+        """
+        _check_shapes(tensors, loaded.inputs(signature))
+        count = len(next(iter(tensors.values())))
+        if count > self.max_instances:
+            raise RequestError(413, f"the request holds {count} instances; the limit is "
+                               f"{self.max_instances} per request (--max_instances)")
+        numbers = count * _numbers_per_instance(loaded.signature_defs[signature].outputs)
+        if numbers * BYTES_PER_NUMBER > self.max_response_bytes:
+            most = self.max_response_bytes // (BYTES_PER_NUMBER * (numbers // max(count, 1)))
+            raise RequestError(413, f"the answer would hold {numbers} numbers (about "
+                               f"{numbers * BYTES_PER_NUMBER} bytes), over the limit of "
+                               f"{self.max_response_bytes} bytes (--max_response_bytes); "
+                               f"send at most {most} instances")
+        return _run(loaded.functions[signature], tensors)
 
 
 def _parse_json(body: bytes) -> dict:
@@ -234,6 +309,10 @@ def _request_tensors(request: dict, infos) -> tuple[dict[str, np.ndarray], bool]
             raise _bad("inputs is a plain value/list, but expecting an object as multiple input "
                        "tensors required as per tensorinfo_map")
         inputs = {names[0]: inputs}
+    unknown = sorted(set(inputs) - set(names))
+    if unknown:
+        raise _bad(f"Unknown named input: {unknown[0]} in 'inputs' object; the signature takes "
+                   f"{', '.join(names)}")
     tensors = {}
     for name in names:
         if name not in inputs:
@@ -255,6 +334,9 @@ def _to_array(value: Any, dtype_enum: int) -> np.ndarray:
 
     def walk(node: Any, depth: int) -> None:
         if isinstance(node, list):
+            if depth >= MAX_JSON_DEPTH:
+                raise _bad(f"lists nested more than {MAX_JSON_DEPTH} deep; tensors have at most "
+                           f"{MAX_JSON_DEPTH} dimensions here")
             if depth == len(shape):
                 shape.append(len(node))
             elif depth > len(shape) or shape[depth] != len(node):
@@ -288,10 +370,15 @@ def _to_array(value: Any, dtype_enum: int) -> np.ndarray:
         for leaf in leaves:
             ok = isinstance(leaf, bool) if dtype == tf.bool else (
                 isinstance(leaf, (int, float)) and not isinstance(leaf, bool)
-                and (dtype.is_floating or float(leaf).is_integer()))
+                and (dtype.is_floating or isinstance(leaf, int) or leaf.is_integer()))
             if not ok:
                 raise _bad(f"JSON Value: {json.dumps(leaf)[:80]} not of expected type: {kind}")
-        return np.array(leaves, dtype=dtype.as_numpy_dtype).reshape(shape)
+        try:
+            return np.array(leaves, dtype=dtype.as_numpy_dtype).reshape(shape)
+        except OverflowError:  # e.g. a 400-digit integer
+            big = next(v for v in leaves if isinstance(v, int) and abs(v) > 2 ** 63)
+            raise _bad(f"JSON Value: {str(big)[:20]}... ({len(str(abs(big)))} digits) is out of "
+                       f"range for {dtype.name}") from None
     raise _bad(f"inputs of dtype {dtype.name} are not supported by the dev server")
 
 
@@ -339,106 +426,176 @@ def _json_value(array: np.ndarray, name: str) -> Any:
     return array.tolist()
 
 
-def _response(outputs: dict[str, np.ndarray], row_format: bool) -> dict:
+def _response_chunks(outputs: dict[str, np.ndarray], row_format: bool) -> list[bytes]:
+    """The answer's JSON in pieces of one instance each: the whole answer is never one
+    Python list of floats (about 60 bytes a number)."""
     names = sorted(outputs)
+
+    def column(name: str) -> Iterator[bytes]:
+        array = outputs[name]
+        if array.ndim == 0:
+            yield json.dumps(_json_value(array, name)).encode()
+            return
+        yield b"["
+        for i in range(len(array)):
+            yield (b", " if i else b"") + json.dumps(_json_value(array[i], name)).encode()
+        yield b"]"
+
     if not row_format:
         if len(names) == 1:
-            return {"outputs": _json_value(outputs[names[0]], names[0])}
-        return {"outputs": {n: _json_value(outputs[n], n) for n in names}}
+            return [b'{"outputs": ', *column(names[0]), b"}"]
+        pieces = [b'{"outputs": {']
+        for i, name in enumerate(names):
+            pieces += [(b", " if i else b"") + json.dumps(name).encode() + b": ", *column(name)]
+        return pieces + [b"}}"]
     batch = {outputs[n].shape[0] if outputs[n].ndim else -1 for n in names}
     if len(batch) != 1 or -1 in batch:
         raise RequestError(400, "Tensors in the output do not have the same 0-th dimension; use "
                            "the columnar ('inputs') format")
-    columns = {n: _json_value(outputs[n], n) for n in names}
-    if len(names) == 1:
-        return {"predictions": columns[names[0]]}
-    return {"predictions": [{n: columns[n][i] for n in names} for i in range(batch.pop())]}
+    pieces = [b'{"predictions": [']
+    for i in range(batch.pop()):
+        row = _json_value(outputs[names[0]][i], names[0]) if len(names) == 1 else \
+            {n: _json_value(outputs[n][i], n) for n in names}
+        pieces.append((b", " if i else b"") + json.dumps(row).encode())
+    return pieces + [b"]}"]
+
+
+def _numbers_per_instance(outputs) -> int:
+    """Numbers one instance adds to the answer, from the signature's output shapes."""
+    total = 0
+    for info in outputs.values():
+        dims = [d.size for d in info.tensor_shape.dim][1:]
+        total += int(np.prod([max(d, 1) for d in dims])) if dims else 1
+    return total
+
+
+def _constant(array: np.ndarray):
+    import tensorflow as tf
+
+    return tf.constant(array)
+
+
+def _first_line(error: BaseException) -> str:
+    from serving.client import error_line
+
+    return error_line(getattr(error, "message", None) or str(error) or type(error).__name__)
 
 
 # ---------------------------------------------------------------------------
-# HTTP.
+# Warm-up records: TFRecord framing around PredictionLog protos, read by hand (the
+# wheel ships no TF Serving protos): varints and length-delimited fields only.
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server_version = "soundloc-dev-server"
-    protocol_version = "HTTP/1.1"
-    timeout = 120  # seconds a connection may stall before it is dropped
-    server: "_HTTPServer"
+def read_tfrecords(data: bytes) -> list[bytes]:
+    """Payloads of a TFRecord file (length, CRC, payload, CRC; the CRCs are not checked)."""
+    records, pos = [], 0
+    while pos < len(data):
+        if pos + 12 > len(data):
+            raise ValueError(f"truncated TFRecord header at byte {pos}")
+        length = int.from_bytes(data[pos:pos + 8], "little")
+        if pos + 16 + length > len(data):
+            raise ValueError(f"truncated TFRecord payload at byte {pos}")
+        records.append(data[pos + 12:pos + 12 + length])
+        pos += 16 + length
+    return records
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        self._handle("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
-        self._handle("POST")
+def _fields(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(field number, bytes) of each length-delimited field of a message; others skipped."""
+    pos = 0
 
-    def do_PUT(self) -> None:  # noqa: N802
-        self._handle("PUT")
+    def varint() -> int:
+        nonlocal pos
+        value = shift = 0
+        while True:
+            if pos >= len(data):
+                raise ValueError("truncated varint in a warm-up record")
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
 
-    def do_DELETE(self) -> None:  # noqa: N802
-        self._handle("DELETE")
+    while pos < len(data):
+        key = varint()
+        kind = key & 7
+        if kind == 0:
+            varint()
+        elif kind in (1, 5):
+            pos += 8 if kind == 1 else 4
+        elif kind == 2:
+            length = varint()
+            yield key >> 3, data[pos:pos + length]
+            pos += length
+        else:
+            raise ValueError(f"unsupported wire type {kind} in a warm-up record")
 
-    def _handle(self, method: str) -> None:
+
+def parse_prediction_log(record: bytes) -> tuple[str, dict[str, np.ndarray]]:
+    """PredictionLog.predict_log.request -> (signature name, input arrays)."""
+    import tensorflow as tf
+    from tensorflow.core.framework import tensor_pb2
+
+    signature, tensors = DEFAULT_SIGNATURE, {}
+    for number, log in _fields(record):
+        for part, request in (_fields(log) if number == 6 else ()):
+            for key, value in (_fields(request) if part == 1 else ()):
+                if key == 1:  # ModelSpec
+                    signature = dict(_fields(value)).get(3, b"").decode() or signature
+                elif key == 2:  # map<string, TensorProto> entry
+                    entry = dict(_fields(value))
+                    proto = tensor_pb2.TensorProto.FromString(entry.get(2, b""))
+                    tensors[entry.get(1, b"").decode()] = tf.make_ndarray(proto)
+    if not tensors:
+        raise ValueError("a warm-up record holds no predict request")
+    return signature, tensors
+
+
+# ---------------------------------------------------------------------------
+# REST, as a WSGI application served by waitress.
+
+
+class RestApp:
+    """TF Serving's REST API over a ModelStore, as a WSGI application."""
+
+    def __init__(self, store: ModelStore, max_body_bytes: int, quiet: bool):
+        self.store = store
+        self.max_body_bytes = max_body_bytes
+        self.quiet = quiet
+
+    def __call__(self, environ: dict, start_response) -> list[bytes]:
         started = time.perf_counter()
-        path = self.path.split("?", 1)[0]
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
         try:
-            if method != "POST" and self.headers.get("Content-Length", "0") != "0":
-                self.close_connection = True  # an unread body must not become the next request
-            body = self._read_body() if method == "POST" else b""
-            status, answer = 200, self._dispatch(method, path, body)
+            body = self._read_body(environ) if method == "POST" else b""
+            status, pieces = 200, self._dispatch(method, path, body)
         except RequestError as error:
-            status, answer = error.status, {"error": error.message}
+            status, pieces = error.status, [json.dumps({"error": error.message}).encode()]
         except Exception as error:  # never let one request take the server down
             traceback.print_exc(file=sys.stderr)
-            status, answer = 500, {"error": f"Internal: {type(error).__name__}: {error}"}
-        payload = json.dumps(answer).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(payload)
-        except OSError:  # the client went away
-            self.close_connection = True
-        if not self.server.quiet:
-            sys.stderr.write(f"{self.address_string()} {method} {path} {status} "
+            status = 500
+            pieces = [json.dumps({"error": f"Internal: {type(error).__name__}: {error}"}).encode()]
+        size = sum(len(p) for p in pieces)
+        start_response(f"{status} {_REASONS.get(status, 'Error')}", [
+            ("Content-Type", "application/json"), ("Content-Length", str(size))])
+        if not self.quiet:
+            sys.stderr.write(f"{environ.get('REMOTE_ADDR', '-')} {method} {path} {status} "
                              f"{(time.perf_counter() - started) * 1000:.1f} ms\n")
+        return _Answer(pieces) if size >= _TRIM_AFTER_BYTES else pieces
 
-    def _read_body(self) -> bytes:
-        length = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked" or length is None:
-            self.close_connection = True
-            raise RequestError(411, "send the body with a Content-Length header (chunked "
-                               "transfer is not supported by the dev server)")
-        try:
-            size = int(length)
-        except ValueError:
-            self.close_connection = True
-            raise _bad(f"bad Content-Length header: {length!r}") from None
-        if size < 0:
-            self.close_connection = True
-            raise _bad(f"bad Content-Length header: {length!r}")
-        if size > self.server.max_body_bytes:
-            self.close_connection = True  # the unread body must not be parsed as a request
-            if size <= _DRAIN_FACTOR * self.server.max_body_bytes:
-                # Read and drop it, so a client that sends before it reads gets the 413.
-                left = size
-                while left > 0:
-                    chunk = self.rfile.read(min(left, 1 << 20))
-                    if not chunk:
-                        break
-                    left -= len(chunk)
+    def _read_body(self, environ: dict) -> bytes:
+        size = int(environ.get("CONTENT_LENGTH") or 0)  # waitress checked the header
+        stream = environ["wsgi.input"]
+        if size > self.max_body_bytes:
+            while stream.read(1 << 20):  # waitress has it already; read it so it is freed
+                pass
             raise RequestError(413, f"the request body of {size} bytes exceeds the limit of "
-                               f"{self.server.max_body_bytes} bytes")
-        body = self.rfile.read(size)
-        if len(body) != size:
-            self.close_connection = True
-            raise _bad(f"the request body ended after {len(body)} of {size} bytes")
-        return body
+                               f"{self.max_body_bytes} bytes")
+        return stream.read(size)
 
-    def _dispatch(self, method: str, path: str, body: bytes) -> dict:
-        store = self.server.store
+    def _dispatch(self, method: str, path: str, body: bytes) -> list[bytes]:
+        store = self.store
         if method == "POST":
             match = _PREDICT_PATH.fullmatch(path)
             if match:
@@ -446,33 +603,43 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 if verb.lower() != "predict":
                     raise RequestError(501, f"only :predict is implemented by the dev server, "
                                        f"not :{verb}")
-                with self.server.predictions:
-                    return store.predict(_unquote(name), _version(version), body)
+                return store.predict_json(name, _version(version), body)
         elif method == "GET":
             match = _MODEL_PATH.fullmatch(path)
             if match:
                 name, version, metadata = match.groups()
                 if not name:
                     raise _bad("Missing model name in request.")
-                if metadata:
-                    return store.metadata(_unquote(name), _version(version))
-                return store.status(_unquote(name), _version(version))
+                answer = store.metadata(name, _version(version)) if metadata else \
+                    store.status(name, _version(version))
+                return [json.dumps(answer).encode()]
         if path.lower().startswith("/v1/"):
             raise _bad(f"Malformed request: {method} {path}")
         raise RequestError(404, f"Not found: {method} {path} (the API is under /v1/models/)")
 
-    def log_request(self, code: Any = "-", size: Any = "-") -> None:
-        pass  # _handle logs one line per request, with its duration
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's name)
-        if not self.server.quiet:
-            super().log_message(format, *args)
+class _Answer(list):
+    """A large answer's pieces; once waitress has sent them (and calls close), the freed heap
+    goes back to the system: glibc keeps it otherwise, and the probe's server kept 1.5 GB."""
+
+    def close(self) -> None:
+        self.clear()
+        if _LIBC is not None:
+            _LIBC.malloc_trim(0)
 
 
-def _unquote(name: str) -> str:
-    from urllib.parse import unquote
+def _load_libc():
+    import ctypes
+    import ctypes.util
 
-    return unquote(name)
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:  # not glibc: nothing to trim
+        return None
+
+
+_LIBC = _load_libc()
 
 
 def _version(text: str | None) -> int | None:
@@ -484,59 +651,171 @@ def _version(text: str | None) -> int | None:
     return value
 
 
-class _HTTPServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
+# ---------------------------------------------------------------------------
+# gRPC: tensorflow.serving.PredictionService/Predict, with tensorflow-serving-api's protos.
 
-    def __init__(self, address, store: ModelStore, max_body_bytes: int, quiet: bool,
-                 max_concurrent_predictions: int):
-        self.store = store
-        self.max_body_bytes = max_body_bytes
-        self.quiet = quiet
-        self.predictions = threading.BoundedSemaphore(max_concurrent_predictions)
-        super().__init__(address, _Handler)
+_GRPC_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 413: "RESOURCE_EXHAUSTED",
+               429: "RESOURCE_EXHAUSTED", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE",
+               504: "DEADLINE_EXCEEDED", 409: "ABORTED", 403: "PERMISSION_DENIED",
+               401: "UNAUTHENTICATED", 499: "CANCELLED"}
+GRPC_INSTALL_HINT = ("gRPC needs tensorflow-serving-api's protos: pip install --no-deps "
+                     "tensorflow-serving-api==2.21.0 (--no-deps: it would pull a second "
+                     "TensorFlow next to tensorflow-cpu)")
+
+
+def grpc_server(store: ModelStore, host: str, port: int, max_message_bytes: int,
+                threads: int):
+    """A started grpc.Server answering PredictionService/Predict: (server, bound port).
+
+    `max_message_bytes` bounds requests; answers are bounded by the store's
+    max_response_bytes (checked before the model runs).
+    """
+    from concurrent import futures
+
+    import grpc
+    import tensorflow as tf
+    try:
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    except ImportError:
+        raise ValueError(GRPC_INSTALL_HINT) from None
+
+    class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+        def Predict(self, request, context):  # noqa: N802 (the proto's name)
+            try:
+                version = request.model_spec.version.value \
+                    if request.model_spec.HasField("version") else None
+                loaded = store.get(request.model_spec.name, version)
+                signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
+                infos = loaded.inputs(signature)
+                unknown = sorted(set(request.inputs) - set(infos))
+                missing = sorted(set(infos) - set(request.inputs))
+                if unknown or missing:
+                    raise _bad(f"input names {sorted(request.inputs)} do not match the "
+                               f"signature's {sorted(infos)}")
+                tensors = {}
+                for key, proto in request.inputs.items():
+                    if proto.dtype != infos[key].dtype:
+                        raise _bad(f"input {key}: expects {tf.dtypes.as_dtype(infos[key].dtype).name}"
+                                   f", got {tf.dtypes.as_dtype(proto.dtype).name}")
+                    tensors[key] = tf.make_ndarray(proto)
+                with store.running:
+                    outputs = store.predict(loaded, signature, tensors)
+                    response = predict_pb2.PredictResponse()
+                    response.model_spec.name = store.model_name
+                    response.model_spec.version.value = loaded.version
+                    response.model_spec.signature_name = signature
+                    for key, array in outputs.items():
+                        response.outputs[key].CopyFrom(tf.make_tensor_proto(array))
+                    return response
+            except RequestError as error:
+                context.abort(getattr(grpc.StatusCode, _GRPC_CODES.get(error.status, "INTERNAL")),
+                              error.message)
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="soundloc-grpc"),
+        maximum_concurrent_rpcs=threads * 16,  # beyond: RESOURCE_EXHAUSTED at once
+        options=[("grpc.max_receive_message_length", max_message_bytes),
+                 ("grpc.max_send_message_length", store.max_response_bytes)])
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(),
+                                                                        server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen for gRPC on {host}:{port}")
+    server.start()
+    return server, bound
+
+
+# ---------------------------------------------------------------------------
+# Both servers.
 
 
 class DevServer:
-    """TF Serving's REST API for one exported model, in this process.
+    """TF Serving's REST (and, with `grpc_port`, gRPC) API for one exported model, in this
+    process.
 
         with DevServer("exports/soundloc", port=0) as server:   # port 0: any free port
             urllib.request.urlopen(server.url + "/v1/models/soundloc")
+
+    Args:
+        model_base_path: directory holding the integer version directories.
+        model_name: the name in URLs; default: the directory's name.
+        host: address to listen on (loopback by default).
+        port: REST port (0: any free one).
+        all_versions: load every version, not only the latest.
+        max_body_bytes: request body limit (REST body, gRPC message), 413 beyond.
+        quiet: no request log on stderr.
+        max_concurrent_predictions: model runs at once; the others wait.
+        grpc_port: gRPC port (0: any free one; None: no gRPC).
+        max_instances: instances per request, 413 beyond.
+        max_response_bytes: estimated answer size, 413 beyond.
+        threads: worker threads of each server.
+        max_connections: open REST connections; more wait in the listen backlog.
     """
 
     def __init__(self, model_base_path: str, model_name: str | None = None,
                  host: str = "127.0.0.1", port: int = 8501, all_versions: bool = False,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, quiet: bool = False,
-                 max_concurrent_predictions: int = 4):
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port must lie in [0, 65535]. Received: port={port}")
-        if max_body_bytes < 1 or max_concurrent_predictions < 1:
-            raise ValueError("max_body_bytes and max_concurrent_predictions must be >= 1. "
-                             f"Received: {max_body_bytes}, {max_concurrent_predictions}")
-        self.store = ModelStore(model_base_path, model_name, all_versions)
-        self.httpd = _HTTPServer((host, port), self.store, max_body_bytes, quiet,
-                                 max_concurrent_predictions)
+                 max_concurrent_predictions: int = 4, grpc_port: int | None = None,
+                 max_instances: int = DEFAULT_MAX_INSTANCES,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, threads: int = 8,
+                 max_connections: int = 100):
+        for name, value in (("port", port), ("grpc_port", grpc_port)):
+            if value is not None and not 0 <= value <= 65535:
+                raise ValueError(f"{name} must lie in [0, 65535]. Received: {name}={value}")
+        limits = {"max_body_bytes": max_body_bytes, "max_instances": max_instances,
+                  "max_response_bytes": max_response_bytes, "threads": threads,
+                  "max_connections": max_connections,
+                  "max_concurrent_predictions": max_concurrent_predictions}
+        if min(limits.values()) < 1:
+            raise ValueError(f"limits must be >= 1. Received: {limits}")
+        import waitress
+
+        self.store = ModelStore(model_base_path, model_name, all_versions, max_instances,
+                                max_response_bytes, max_concurrent_predictions)
+        self.rest = waitress.create_server(
+            RestApp(self.store, max_body_bytes, quiet), host=host, port=port, threads=threads,
+            backlog=1024, connection_limit=max_connections, channel_timeout=120,
+            max_request_body_size=_DRAIN_FACTOR * max_body_bytes + 1, ident="soundloc-dev-server",
+            expose_tracebacks=False)
+        self.grpc = self.grpc_port = None
+        if grpc_port is not None:
+            try:
+                self.grpc, self.grpc_port = grpc_server(self.store, host, grpc_port,
+                                                        max_body_bytes, threads)
+            except BaseException:
+                self.rest.close()
+                raise
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{self.rest.effective_host}:{self.rest.effective_port}"
+
+    @property
+    def grpc_target(self) -> str | None:
+        """host:port of the gRPC server (None: not started)."""
+        return None if self.grpc is None else f"{self.rest.effective_host}:{self.grpc_port}"
 
     def start(self) -> "DevServer":
         """Serves in a background thread."""
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True,
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True,
                                         name="soundloc-dev-server")
         self._thread.start()
         return self
 
     def serve_forever(self) -> None:
-        self.httpd.serve_forever()
+        try:
+            self.rest.run()
+        except OSError:  # the socket closed by stop()
+            pass
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        if self.grpc is not None:
+            self.grpc.stop(grace=1).wait()
+        self.rest.close()
+        self.rest.task_dispatcher.shutdown()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout=10)
 
     def __enter__(self) -> "DevServer":
         return self.start()
@@ -546,34 +825,51 @@ class DevServer:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_tensorflow(sys.argv if argv is None else argv)
     parser = argparse.ArgumentParser(
         prog="soundloc-dev-server",
-        description="Development stand-in for TF Serving's REST API (production: TF Serving).")
+        description="Development stand-in for TF Serving's REST and gRPC APIs (production: "
+                    "TF Serving).")
     parser.add_argument("--model_base_path", required=True,
                         help="directory holding the integer version directories")
     parser.add_argument("--model_name", default=None, help="default: the directory's name")
     parser.add_argument("--host", default="127.0.0.1", help="default %(default)s (local only)")
     parser.add_argument("--rest_api_port", type=int, default=8501)
+    parser.add_argument("--port", type=int, default=8500,
+                        help="gRPC port, as TF Serving's flag (default %(default)s; -1: no gRPC)")
     parser.add_argument("--all_versions", action="store_true",
                         help="load every version, not only the latest")
     parser.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    parser.add_argument("--max_instances", type=int, default=DEFAULT_MAX_INSTANCES)
+    parser.add_argument("--max_response_bytes", type=int, default=DEFAULT_MAX_RESPONSE_BYTES)
+    parser.add_argument("--threads", type=int, default=8, help="worker threads per server")
+    parser.add_argument("--max_connections", type=int, default=100,
+                        help="open REST connections; more wait in the listen backlog")
     parser.add_argument("--quiet", action="store_true", help="no request log on stderr")
+    parser.add_argument("--verbose", action="store_true", help="TensorFlow's C++ log lines too")
     args = parser.parse_args(argv)
     try:
         server = DevServer(args.model_base_path, args.model_name, args.host, args.rest_api_port,
-                           args.all_versions, args.max_body_bytes, args.quiet)
+                           args.all_versions, args.max_body_bytes, args.quiet,
+                           grpc_port=None if args.port < 0 else args.port,
+                           max_instances=args.max_instances,
+                           max_response_bytes=args.max_response_bytes, threads=args.threads,
+                           max_connections=args.max_connections)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     versions = ", ".join(str(v) for v in sorted(server.store.versions))
-    print(f"Serving {server.store.model_name} (versions {versions}) at {server.url}/v1/models/"
-          f"{server.store.model_name}  (development server; production: TF Serving)", flush=True)
+    warmed = sum(v.warmup_requests for v in server.store.versions.values())
+    grpc_note = f" (gRPC: {server.grpc_target})" if server.grpc_target else ""
+    print(f"Serving {server.store.model_name} (versions {versions}; {warmed} warm-up requests "
+          f"replayed) at {server.url}/v1/models/{server.store.model_name}{grpc_note}  "
+          "(development server; production: TF Serving)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
-        server.httpd.server_close()
+        server.stop()
     return 0
 
 
