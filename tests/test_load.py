@@ -42,6 +42,23 @@ def test_load_test_serves_every_good_request_and_4xx_for_every_bad_one(exported,
     assert result["rss_growth_mb"] <= 200, result
 
 
+@pytest.mark.slow
+def test_200_concurrent_requests_half_bad_lose_no_good_one(exported, tmp_path):
+    """200 clients at once, one request each (a connection each), every second one bad: all
+    100 good ones answered 200, every bad one its 4xx, and the server grows by at most 300 MB
+    (the bound the dev server documents for its default limits)."""
+    output = tmp_path / "burst.json"
+    code = load_test.main([f"--model_base_path={exported.model_dir}", "--clients=200",
+                           "--requests=1", "--bad_every=2", "--max_seconds=400",
+                           "--max_rss_growth_mb=300", f"--output={output}"])
+    result = json.loads(output.read_text())
+    assert code == 0, result
+    assert result["sent"] == 200 and result["good"] == 100 and result["bad"] == 100
+    assert result["statuses"]["200"] == 100 and result["failed_good"] == 0
+    assert result["bad_not_4xx"] == 0 and result["bad_wrong_status"] == 0
+    assert result["server_alive_after"] and result["rss_growth_mb"] <= 300, result
+
+
 def test_load_test_rejects_an_empty_load():
     with pytest.raises(ValueError, match="clients and requests must be >= 1"):
         load_test.load_test("unused", clients=0)

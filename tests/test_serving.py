@@ -428,3 +428,79 @@ def test_deployment_files_name_the_same_model_and_paths():
     for field in ("max_batch_size", "batch_timeout_micros", "num_batch_threads",
                   "max_enqueued_batches"):
         assert field + " { value: " in batching
+
+
+# ---------------------------------------------------------------------------
+# TF Serving's warm-up records and its gRPC API.
+
+try:
+    from tensorflow_serving.apis import prediction_log_pb2
+except ImportError:  # installed with --no-deps (serving/README.md)
+    prediction_log_pb2 = None
+needs_tf_serving_api = pytest.mark.skipif(
+    prediction_log_pb2 is None, reason="tensorflow-serving-api is not installed (pip install "
+                                       "--no-deps tensorflow-serving-api==2.21.0)")
+
+
+@needs_tf_serving_api
+def test_export_writes_warmup_records_that_tf_serving_parses(exported):
+    path = exported.version(1) / "assets.extra" / "tf_serving_warmup_requests"
+    logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
+            for r in tf.data.TFRecordDataset(str(path))]
+    requests = [log.predict_log.request for log in logs]
+    assert [r.model_spec.signature_name for r in requests] == ["serving_default",
+                                                               "serving_tensors"]
+    assert all(r.model_spec.name == "soundloc" for r in requests)
+    images = tf.make_ndarray(requests[0].inputs["image_bytes"])
+    assert [bytes(i[:3]) for i in images] == [b"\xff\xd8\xff", b"\x89PN"]  # a JPEG and a PNG
+    assert tf.make_ndarray(requests[1].inputs["image"]).shape == (1, 96, 96, 3)
+    assert tf.make_ndarray(requests[1].inputs["waveform"]).shape == (1, 8000)
+
+
+def test_the_dev_server_replays_the_warmup_records(server):
+    assert {v: loaded.warmup_requests for v, loaded in server.store.versions.items()} == \
+        {1: 2, 2: 2}
+
+
+@pytest.fixture(scope="module")
+def grpc_server(exported):
+    with DevServer(str(exported.model_dir), port=0, grpc_port=0, all_versions=True,
+                   quiet=True) as running:
+        yield running
+
+
+@needs_tf_serving_api
+def test_grpc_predict_round_trip_equals_rest(grpc_server, pairs):
+    from serving.client import GrpcClient
+
+    images, sounds = pairs
+    rest = ServingClient(grpc_server.url, version=1).localize(images, sounds)
+    client = GrpcClient(grpc_server.grpc_target, version=1)
+    over_grpc = client.localize(images, sounds)
+    for a, b in zip(over_grpc, rest):
+        np.testing.assert_array_equal(a["heatmap"], b["heatmap"])
+        assert a["box"] == b["box"] and a["score"] == b["score"]
+    latest = GrpcClient(grpc_server.grpc_target).localize(images[:1], sounds[:1])[0]
+    assert latest["heatmap"].shape == (SMALL_HEATMAP, SMALL_HEATMAP)
+    with pytest.raises(ServingError) as error:
+        client.localize([b"junk"], sounds[:1])
+    assert error.value.code == "INVALID_ARGUMENT"
+    assert str(error.value) == ("image_bytes[0]: not a JPEG or PNG image (4 bytes) "
+                                "(gRPC INVALID_ARGUMENT)")
+    with pytest.raises(ServingError, match=r"Servable not found for request: Specific\(soundloc, "
+                                           r"7\) \(gRPC NOT_FOUND\)"):
+        GrpcClient(grpc_server.grpc_target, version=7).localize(images[:1], sounds[:1])
+    client.close()
+
+
+@needs_tf_serving_api
+def test_client_program_predicts_over_grpc(grpc_server, pairs, tmp_path):
+    images, sounds = pairs
+    (tmp_path / "a.jpg").write_bytes(images[0])
+    (tmp_path / "a.wav").write_bytes(sounds[0])
+    result = run_module("serving.client", f"--grpc={grpc_server.grpc_target}", "--version=1",
+                        "predict", f"--image={tmp_path / 'a.jpg'}",
+                        f"--sound={tmp_path / 'a.wav'}", f"--output_dir={tmp_path / 'out'}")
+    assert result.returncode == 0, result.stderr
+    rest = ServingClient(grpc_server.url, version=1).localize(images[:1], sounds[:1])[0]
+    assert json.loads(result.stdout)[0]["box"] == [round(v, 6) for v in rest["box"]]
