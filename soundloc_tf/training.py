@@ -10,8 +10,11 @@ optimiser.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
+import re
+import shutil
 import time
 from typing import Callable
 
@@ -432,9 +435,14 @@ class Trainer:
                 try:
                     self.manager.save(checkpoint_number=step)
                 except tf.errors.OpError as error:  # a full disk: ResourceExhaustedError
-                    raise OSError(f"cannot write the checkpoint of step {step} "
-                                  f"({error.message.strip().splitlines()[0]}); the previous "
-                                  f"checkpoint is kept. Received: {self.workdir!r}") from None
+                    for staging in glob.glob(os.path.join(self.manager.directory,
+                                                          f"ckpt-{step}_temp*")):
+                        shutil.rmtree(staging, ignore_errors=True)
+                    reason = re.sub(r"\{\{function_node [^}]*\}\}\s*", "",
+                                    error.message).strip().splitlines()[0]
+                    raise OSError(f"cannot write the checkpoint of step {step} ({reason}); the "
+                                  f"previous checkpoint is kept. Received: "
+                                  f"{self.workdir!r}") from None
             if step % c.eval_every == 0 or step == target:
                 self.validate(step)
         return last
