@@ -705,6 +705,7 @@ def export_model(model: keras.Model, config: Config, export_base: str,
     except (tf.errors.OpError, OSError) as error:  # a full disk is ResourceExhaustedError in TF
         shutil.rmtree(staging, ignore_errors=True)
         reason = error.message if isinstance(error, tf.errors.OpError) else str(error)
+        reason = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", reason)
         raise OSError(f"cannot write the export ({reason.strip().splitlines()[0]}); nothing "
                       f"was left behind. Received: {model_dir!r}") from None
     except BaseException:

@@ -192,6 +192,25 @@ def test_4_import_onto_a_full_disk_is_one_line(full_disk, tmp_path):
     assert not [p for p in _listing(full_disk) if p.endswith((".tfrecord", ".tmp"))]
 
 
+def test_4_training_onto_a_full_disk_is_one_line_and_drops_the_half_checkpoint(tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    # 256 KiB: the run's config and first events fit, its first checkpoint does not.
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs ({done.stderr.strip()[:100]}); needs root")
+    try:
+        result = run_module("tools.train", "--preset=tiny", "--train_steps=1",
+                            "--eval_every=1000", f"--workdir={mount / 'run'}")
+        line = assert_one_line_error(result, "cannot write the checkpoint of step 1",
+                                     "No space left on device", "previous checkpoint is kept")
+        assert "function_node" not in line
+        assert list((mount / "run" / "checkpoints").iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
 def test_6_localize_onto_a_full_disk_leaves_no_file(exported, pair, full_disk, tmp_path):
     (tmp_path / "a.jpg").write_bytes(pair[0])
     (tmp_path / "a.wav").write_bytes(pair[1])
@@ -416,3 +435,4 @@ def test_11_tools_print_no_tensorflow_log_line_unless_verbose(exported, tmp_path
                              capture_output=True, text=True, timeout=300)
     assert verbose.returncode == 0
     assert any(CPP_LOG_LINE.search(line) for line in verbose.stderr.splitlines())
+
