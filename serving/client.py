@@ -406,8 +406,9 @@ def _decode_json(payload: bytes, status: int) -> dict:
 def _error_text(payload: bytes) -> str:
     try:
         value = json.loads(payload)
-    except ValueError:
-        return payload.decode("utf-8", "replace").strip()[:500]
+    except ValueError:  # e.g. waitress's "Request Entity Too Large\r\n\r\nexceeds max_body ..."
+        lines = [line.strip() for line in payload.decode("utf-8", "replace").splitlines()]
+        return ": ".join(line for line in lines if line)[:500]
     if isinstance(value, dict) and isinstance(value.get("error"), str):
         return value["error"]
     return ""

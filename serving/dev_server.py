@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import importlib.util
 import json
 import os
 import re
@@ -585,14 +586,13 @@ class RestApp:
         return _Answer(pieces) if size >= _TRIM_AFTER_BYTES else pieces
 
     def _read_body(self, environ: dict) -> bytes:
-        size = int(environ.get("CONTENT_LENGTH") or 0)  # waitress checked the header
-        stream = environ["wsgi.input"]
+        # waitress has checked the header and read the whole body (up to 4x the limit), so
+        # the connection stays usable and the client reads this 413 after its upload.
+        size = int(environ.get("CONTENT_LENGTH") or 0)
         if size > self.max_body_bytes:
-            while stream.read(1 << 20):  # waitress has it already; read it so it is freed
-                pass
             raise RequestError(413, f"the request body of {size} bytes exceeds the limit of "
                                f"{self.max_body_bytes} bytes")
-        return stream.read(size)
+        return environ["wsgi.input"].read(size)
 
     def _dispatch(self, method: str, path: str, body: bytes) -> list[bytes]:
         store = self.store
@@ -836,7 +836,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="default %(default)s (local only)")
     parser.add_argument("--rest_api_port", type=int, default=8501)
     parser.add_argument("--port", type=int, default=8500,
-                        help="gRPC port, as TF Serving's flag (default %(default)s; -1: no gRPC)")
+                        help="gRPC port, as TF Serving's flag (default %(default)s; -1: no gRPC; "
+                             "without tensorflow-serving-api: REST only, with a note)")
     parser.add_argument("--all_versions", action="store_true",
                         help="load every version, not only the latest")
     parser.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
@@ -848,10 +849,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no request log on stderr")
     parser.add_argument("--verbose", action="store_true", help="TensorFlow's C++ log lines too")
     args = parser.parse_args(argv)
+    grpc_port = None if args.port < 0 else args.port
+    if grpc_port is not None and importlib.util.find_spec("tensorflow_serving") is None:
+        print(f"note: REST only; {GRPC_INSTALL_HINT}", file=sys.stderr)
+        grpc_port = None
     try:
         server = DevServer(args.model_base_path, args.model_name, args.host, args.rest_api_port,
                            args.all_versions, args.max_body_bytes, args.quiet,
-                           grpc_port=None if args.port < 0 else args.port,
+                           grpc_port=grpc_port,
                            max_instances=args.max_instances,
                            max_response_bytes=args.max_response_bytes, threads=args.threads,
                            max_connections=args.max_connections)

@@ -359,7 +359,7 @@ def test_9_a_body_over_the_limit_reads_as_the_413_sent_once(server):
     with pytest.raises(ServingError) as error:  # 4 MB: past the 4x the server reads first
         client.predict({"instances": [{"b64": "A" * (4 * 1024 * 1024)}]})
     assert error.value.status == 413 and delays == []
-    assert str(error.value).startswith("Request Entity Too Large")
+    assert str(error.value).startswith("Request Entity Too Large: exceeds max_body of ")
     with pytest.raises(ServingError) as error:  # 300 KB: read, and answered in JSON
         client.predict({"instances": [{"b64": "A" * (300 * 1024)}]})
     assert error.value.status == 413 and delays == []
