@@ -876,9 +876,10 @@ def main(argv: list[str]) -> None:
         from tools import real_photos
 
         config = config_lib.get_config(preset, **{**real_photos.SCALES[scale], **explicit})
+        command = "python -m tools.experiment " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         summary = real_photos.run_real_photos(config, FLAGS.output_dir, scale, FLAGS.photos,
                                               FLAGS.stamps, make_strategy(), environment(),
-                                              FLAGS.runs)
+                                              command, FLAGS.runs)
         print(f"Wrote {os.path.join(FLAGS.output_dir, 'real_photos.json')}: "
               f"{len(summary['runs'])} runs")
         return

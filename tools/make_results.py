@@ -23,6 +23,7 @@ EXPERIMENT_TITLES = {
     "label_sweep": "Label-fraction sweep (built-in scenes)",
     "superstition": "The superstition experiment (a context cue that announces the sound)",
     "real_material": "Real material (composites of real photos and recordings)",
+    "real_photos": "Real photographs (held-out photos and recordings, paper preset)",
 }
 
 flags.DEFINE_list("results", None, "Experiment output directories (or their <name>.json).")
@@ -115,8 +116,21 @@ def _environment_lines(env: dict) -> list[str]:
             f"- code: commit {commit}"]
 
 
+def render_real_photos(doc: dict, level: int = 2) -> str:
+    """The real-photo experiment's section: its own table (folds pooled) and provenance."""
+    title = EXPERIMENT_TITLES["real_photos"]
+    return "\n".join([f"{'#' * level} {title}", "", doc["description"], "",
+                      f"- command: `{doc['command']}`",
+                      f"- scale: {doc['scale']}; {doc['folds']} folds; scenes per fold: "
+                      + ", ".join(f"{k} {v}" for k, v in doc["counts"].items()),
+                      f"- total wall time: {_duration(doc.get('seconds'))}",
+                      *_environment_lines(doc.get("environment", {})), "", doc["table"]])
+
+
 def render_experiment(doc: dict, level: int = 2) -> str:
     """One experiment's section: command, settings, table, baselines, conclusions, provenance."""
+    if doc["experiment"] == "real_photos":
+        return render_real_photos(doc, level)
     h = "#" * level
     title = EXPERIMENT_TITLES.get(doc["experiment"], doc["experiment"])
     out = [f"{h} {title}", ""]

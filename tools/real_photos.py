@@ -40,6 +40,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+DESCRIPTION = (
+    "The paper preset on real photographs: leave-photos-out folds of the 15 whole photos of "
+    "../shared/realsets/photos (every fold's photos and recordings unseen in its training, "
+    "which adds composites of ../shared/realsets/stamps); scored on 2x2 mosaics of the "
+    "fold's own photos with one tile's recording (pointing: the peak in that tile, chance "
+    "0.25; cIoU against the tile at the fixed threshold 0.5 on the 224x224 heat map), and "
+    "with another tile's recording (mismatched). Rows pool the three folds' mosaics; the "
+    "bold row queries the exported SavedModel's serving_default with JPEG and WAV bytes.")
 FOLDS = 3
 GRID = 2
 PHOTO_SAMPLE_RATE = 16000  # the realsets' recordings; the reader resamples for SoundNet-8
@@ -57,6 +65,7 @@ SCALES: dict[str, dict[str, Any]] = {
 }
 SEEDS = {"train": 0, "validation": 1}
 VALIDATION_DURING_TRAINING = 8
+OVERLAY_MOSAICS = 3  # per fold, in overlays_fold<k>.png
 SOUNDNET_WEIGHTS = os.path.join("~", ".keras", "models", "soundnet8.weights.h5")
 TOWER_SETS: dict[str, dict[str, Any]] = {
     "random": {"image_weights": "none", "audio_weights": "none"},
@@ -247,18 +256,49 @@ def model_maps(model, config, images: np.ndarray, waves: np.ndarray,
     return np.concatenate(out)
 
 
-def serving_maps(export_dir: str, images: list[bytes], sounds: list[bytes],
+def serving_maps(signature, images: list[bytes], sounds: list[bytes],
                  batch: int = 8) -> np.ndarray:
-    """Heat maps from the SavedModel's serving_default, queried with JPEG and WAV bytes."""
+    """Heat maps from a SavedModel's serving_default, queried with JPEG and WAV bytes."""
     import tensorflow as tf
 
-    signature = tf.saved_model.load(export_dir).signatures["serving_default"]
     out = []
     for i in range(0, len(images), batch):
         result = signature(image_bytes=tf.constant(images[i:i + batch]),
                            wav_bytes=tf.constant(sounds[i:i + batch]))
         out.append(result["heatmap"].numpy())
     return np.concatenate(out)
+
+
+def write_overlays(path: str, images: np.ndarray, maps: np.ndarray, other_maps: np.ndarray,
+                   validation: Validation, fold: int) -> str:
+    """Held-out mosaics with the served heat map for their sound and for another tile's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from soundloc_tf import visualize
+
+    rows = len(images)
+    figure, axes = plt.subplots(rows, 2, figsize=(6, 3 * rows), squeeze=False)
+    for i in range(rows):
+        tiles = validation.classes[i]
+        for j, (heat, tile) in enumerate(((maps, validation.sounding[i]),
+                                          (other_maps, validation.partners[i]))):
+            row, col = divmod(tile, GRID)
+            box = [[col / GRID, row / GRID, (col + 1) / GRID, (row + 1) / GRID]]
+            shown = visualize.draw_boxes(visualize.overlay(images[i:i + 1], heat[i:i + 1]),
+                                         np.array([box], np.float32))
+            axes[i, j].imshow(np.clip(shown[0].numpy(), 0, 1))
+            axes[i, j].set_title(f"{'sound' if j == 0 else 'mismatched sound'}: "
+                                 f"{tiles[tile]}", fontsize=9)
+            axes[i, j].axis("off")
+    figure.suptitle(f"Held-out photos and recordings (fold {fold}); white: the sounding tile",
+                    fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
 
 
 # ---------------------------------------------------------------------------
@@ -307,7 +347,7 @@ def train_run(run: Run, config, fold: int, train_dir: str, output_dir: str, stra
 
 
 def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
-                    stamps_dir: str, strategy, environment: dict,
+                    stamps_dir: str, strategy, environment: dict, command: str,
                     runs_filter: list[str] | None = None,
                     log: Callable[[str], None] = print) -> dict:
     """Every fold of every run, the export check of FINAL_RUN, and the summary JSON."""
@@ -375,9 +415,15 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
                 path = export.export_model(model, config, os.path.join(run_dir, "export"),
                                            extra_info={"experiment": "real_photos",
                                                        "fold": fold})
-                served = score(serving_maps(path, validation.images, validation.matched),
-                               serving_maps(path, validation.images, validation.mismatched),
-                               validation.boxes, config.eval_size, config.ciou_threshold)
+                signature = tf.saved_model.load(path).signatures["serving_default"]
+                served_maps = serving_maps(signature, validation.images, validation.matched)
+                served_other = serving_maps(signature, validation.images,
+                                            validation.mismatched)
+                served = score(served_maps, served_other, validation.boxes, config.eval_size,
+                               config.ciou_threshold)
+                write_overlays(os.path.join(output_dir, f"overlays_fold{fold}.png"),
+                               images[:OVERLAY_MOSAICS], served_maps[:OVERLAY_MOSAICS],
+                               served_other[:OVERLAY_MOSAICS], validation, fold)
                 fold_result["served"] = {**served, "export": path,
                                          "signature": "serving_default (JPEG + WAV bytes)"}
                 log(f"[fold {fold} {run.key}] served: pointing {served['pointing_game']:.3f}, "
@@ -388,9 +434,9 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
             log(f"[fold {fold} {run.key}] pointing {fold_result['pointing_game']:.3f}  "
                 f"cIoU@0.5 {fold_result['ciou_at_0_5']:.3f}  mismatched pointing "
                 f"{fold_result['mismatched_pointing_game']:.3f}")
-            _write(summary_path, output_dir, results, scale, started, environment)
+            _write(summary_path, output_dir, results, scale, started, environment, command)
             tf.keras.backend.clear_session()
-    return _write(summary_path, output_dir, results, scale, started, environment)
+    return _write(summary_path, output_dir, results, scale, started, environment, command)
 
 
 METRICS = ("pointing_game", "ciou_at_0_5", "mean_ciou", "auc", "mismatched_pointing_game",
@@ -406,21 +452,26 @@ def pooled(folds: dict[str, dict], key: str | None = None) -> dict[str, float]:
             p["baselines"]["center_box"]["ciou_at_0_5"] * p["n"] for p in parts) / max(total, 1)}
 
 
+SCHEMA = "soundloc.experiment/1"  # tools/make_results.py reads it
+
+
 def _write(path: str, output_dir: str, results: dict, scale: str, started: float,
-           environment: dict) -> dict:
-    summary = {"experiment": "real_photos", "scale": scale, "folds": FOLDS,
+           environment: dict, command: str) -> dict:
+    summary = {"schema": SCHEMA, "experiment": "real_photos", "command": command,
+               "description": DESCRIPTION, "scale": scale, "folds": FOLDS,
                "counts": COUNTS[scale], "final_run": FINAL_RUN,
                "seconds": round(time.perf_counter() - started, 1),
                "environment": environment, "runs": results,
                "pooled": {k: pooled(v["folds"]) for k, v in results.items() if v["folds"]},
                "served": {k: pooled(v["folds"], "served") for k, v in results.items()
                           if any("served" in f for f in v["folds"].values())}}
+    summary["table"] = markdown(summary)
     os.makedirs(output_dir, exist_ok=True)
     with open(path + ".tmp", "w") as f:
         json.dump(summary, f, indent=1)
     os.replace(path + ".tmp", path)
     with open(os.path.join(output_dir, "real_photos.md"), "w") as f:
-        f.write(markdown(summary))
+        f.write(summary["table"])
     return summary
 
 
