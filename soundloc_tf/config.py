@@ -176,8 +176,8 @@ class Config:
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's towers: ImageNet VGG16 at 320x320 and SoundNet-8 with its converted
     # weights (`python -m tools.fetch_weights --what=all`), both frozen as in the authors'
-    # re-implementation, trained from the feature cache. The attention's temperature and
-    # the softmax over raw cosines were chosen on real photographs (README, "Deviations").
+    # re-implementation, trained from the feature cache. InfoNCE and the softmax over raw
+    # cosines (no ReLU) were chosen on real photographs (README, "Deviations").
     "paper": {
         "image_weights": "imagenet",
         "audio_tower": "soundnet8",
@@ -185,6 +185,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "freeze_image_tower": True,
         "freeze_audio_tower": True,
         "cache_features": True,
+        "unsupervised_loss": "infonce",
+        "attention_temperature": 1.0,
+        "attention_relu": False,
     },
     # A narrow VGG-style tower at 96x96 (12x12 map) and 1 s of 8 kHz audio:
     # semi-supervised training with 10% labels in a few minutes on 2 cores.

