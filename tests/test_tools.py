@@ -49,6 +49,18 @@ def test_train_then_evaluate_writes_metrics_and_overlays(trained_run):
     assert list((trained_run / "tensorboard").glob("events.out.tfevents*"))
 
 
+def test_evaluate_under_a_peers_protocol_names_it_and_reports_every_protocol(trained_run,
+                                                                            tmp_path):
+    result = _run("evaluate", f"--workdir={trained_run}", "--num_samples=12",
+                  "--num_overlays=0", "--protocol=lvs", f"--output_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["protocol"]["name"] == "lvs" and metrics["n"] == 12
+    assert set(metrics["by_protocol"]) == {"fixed", "lvs", "ezvsl", "slavc", "vssl_eval"}
+    assert metrics["ciou_at_0_5"] == metrics["by_protocol"]["lvs"]["ciou_at_0_5"]
+    assert "protocol lvs" in result.stdout
+
+
 def test_rerun_of_a_finished_run_resumes_and_does_nothing(trained_run):
     result = _run("train", f"--workdir={trained_run}", "--train_steps=2", "--batch_size=4")
     assert result.returncode == 0, result.stderr

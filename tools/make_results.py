@@ -180,7 +180,11 @@ def render_results(docs: list[dict]) -> str:
            "average; AUC: area under the success-rate curve over cIoU thresholds 0, 0.05, ..., "
            "1 (trapezoid); pointing: fraction of images whose map peak lies on the ground truth. "
            "All on the attention map alpha, upsampled to the evaluation frame and min-max "
-           "normalised, binarised by the rule stated with each experiment.",
+           "normalised, binarised by the rule stated with each experiment. Protocol: "
+           "soundloc's own `fixed` rule throughout (threshold 0.5, annotators' consensus "
+           "divided by min(annotators, 2)); docs/PROTOCOLS.md says how it differs from the "
+           "peers' `lvs`, `ezvsl`, `slavc` and `vssl_eval`, which `soundloc-evaluate "
+           "--protocol` computes.",
            "- Audio-dependence gap: the same metric with each image paired with the clip of "
            "the first later evaluation scene whose sounding class differs (matched minus "
            "mismatched); a map that ignores the sound has gap 0.",
