@@ -65,6 +65,9 @@ SCALES: dict[str, dict[str, Any]] = {
 }
 SEEDS = {"train": 0, "validation": 1}
 VALIDATION_DURING_TRAINING = 8
+# The protocols that score the normalised attention map (docs/PROTOCOLS.md); SLAVC's and
+# vssl_eval's fixed thresholds apply to raw similarities, which the served heat map is not.
+MAP_PROTOCOLS = ("fixed", "lvs", "ezvsl")
 OVERLAY_MOSAICS = 3  # per fold, in overlays_fold<k>.png
 SOUNDNET_WEIGHTS = os.path.join("~", ".keras", "models", "soundnet8.weights.h5")
 TOWER_SETS: dict[str, dict[str, Any]] = {
@@ -228,11 +231,17 @@ def decoded(validation: Validation, config) -> tuple[np.ndarray, np.ndarray, np.
 def score(maps: np.ndarray, mismatched_maps: np.ndarray, boxes: np.ndarray,
           eval_size: int, threshold: float) -> dict[str, Any]:
     """Pointing and cIoU (fixed threshold) of the maps; the mismatched maps' pointing."""
-    from soundloc_tf import metrics
+    from soundloc_tf import metrics, protocols
 
     matched, per_image = metrics.score_heatmaps(maps, boxes, eval_size, "fixed", threshold)
     other, _ = metrics.score_heatmaps(mismatched_maps, boxes, eval_size, "fixed", threshold)
-    return {"pointing_game": matched["pointing_game"], "ciou_at_0_5": matched["ciou_at_0_5"],
+    by_protocol = {}
+    for name in MAP_PROTOCOLS:
+        peer, _ = protocols.score_heatmaps(maps, boxes, name, threshold=threshold,
+                                           size=eval_size)
+        by_protocol[name] = {m: peer[m] for m in ("ciou_at_0_5", "mean_ciou", "auc",
+                                                   "pointing_game")}
+    return {"by_protocol": by_protocol,"pointing_game": matched["pointing_game"], "ciou_at_0_5": matched["ciou_at_0_5"],
             "mean_ciou": matched["mean_ciou"], "auc": matched["auc"],
             "mismatched_pointing_game": other["pointing_game"],
             "mismatched_ciou_at_0_5": other["ciou_at_0_5"],
@@ -385,10 +394,20 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
                                              "description": run.description,
                                              "overrides": run.overrides, "folds": {}})
         for fold in range(FOLDS):
-            if str(fold) in entry["folds"]:
+            done = entry["folds"].get(str(fold))
+            if done and "by_protocol" in done.get("served", done):
                 log(f"[fold {fold} {run.key}] finished earlier; skipped")
                 continue
             train_dir, validation, images, matched, mismatched = fold_data(fold)
+            if done:  # finished before the peers' protocols were scored: score the export
+                signature = tf.saved_model.load(done["served"]["export"]).signatures[
+                    "serving_default"]
+                done["served"].update(score(
+                    serving_maps(signature, validation.images, validation.matched),
+                    serving_maps(signature, validation.images, validation.mismatched),
+                    validation.boxes, base_config.eval_size, base_config.ciou_threshold))
+                _write(summary_path, output_dir, results, scale, started, environment, command)
+                continue
 
             def validation_fn(config, fold=fold, images=images, matched=matched,
                               validation=validation):
@@ -489,6 +508,20 @@ def markdown(summary: dict) -> str:
             f"{row['mean_ciou']:.3f} | {row['auc']:.3f} | "
             f"**{row['mismatched_pointing_game']:.3f}** | {row['gap_pointing']:+.3f} | "
             f"{row['n']} |")
+    for key, run in summary["runs"].items():
+        served = [f["served"] for f in run["folds"].values()
+                  if "by_protocol" in f.get("served", {})]
+        if not served:
+            continue
+        total = sum(f["n"] for f in served)
+        lines += ["", f"{key}, exported, `serving_default`, under each protocol that scores "
+                  "the attention map (folds pooled):", "",
+                  "| protocol | pointing | cIoU@0.5 | mean cIoU | AUC |", "|---|---|---|---|---|"]
+        for name in MAP_PROTOCOLS:
+            cell = {m: sum(f["by_protocol"][name][m] * f["n"] for f in served) / total
+                    for m in ("pointing_game", "ciou_at_0_5", "mean_ciou", "auc")}
+            lines.append(f"| {name} | {cell['pointing_game']:.3f} | {cell['ciou_at_0_5']:.3f} "
+                         f"| {cell['mean_ciou']:.3f} | {cell['auc']:.3f} |")
     any_row = next(iter(summary["pooled"].values()), None)
     if any_row:
         lines.append(f"| baseline: chance (a random tile) / centre box | | | 0.250 | "
