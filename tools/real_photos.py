@@ -395,7 +395,7 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
                                              "overrides": run.overrides, "folds": {}})
         for fold in range(FOLDS):
             done = entry["folds"].get(str(fold))
-            if done and "by_protocol" in done.get("served", done):
+            if done and (run.key != FINAL_RUN or "by_protocol" in done.get("served", {})):
                 log(f"[fold {fold} {run.key}] finished earlier; skipped")
                 continue
             train_dir, validation, images, matched, mismatched = fold_data(fold)
@@ -500,7 +500,8 @@ def markdown(summary: dict) -> str:
         lines.append(
             f"| {key} | {run['towers']} | {run['description']} | {row['pointing_game']:.3f} | "
             f"{row['ciou_at_0_5']:.3f} | {row['mean_ciou']:.3f} | {row['auc']:.3f} | "
-            f"{row['mismatched_pointing_game']:.3f} | {row['gap_pointing']:+.3f} | {row['n']} |")
+            f"{row['mismatched_pointing_game']:.3f} | {row['gap_pointing']:+.3f} | {row['n']} "
+            f"({len(run['folds'])} of {summary['folds']} folds) |")
     for key, row in summary["served"].items():
         lines.append(
             f"| **{key}, exported, `serving_default`** | | JPEG + WAV bytes | "
@@ -508,6 +509,10 @@ def markdown(summary: dict) -> str:
             f"{row['mean_ciou']:.3f} | {row['auc']:.3f} | "
             f"**{row['mismatched_pointing_game']:.3f}** | {row['gap_pointing']:+.3f} | "
             f"{row['n']} |")
+    any_row = next(iter(summary["pooled"].values()), None)
+    if any_row:
+        lines.append(f"| baseline: chance (a random tile) / centre box | | | 0.250 | "
+                     f"{any_row['center_box_ciou_at_0_5']:.3f} | | | | | |")
     for key, run in summary["runs"].items():
         served = [f["served"] for f in run["folds"].values()
                   if "by_protocol" in f.get("served", {})]
@@ -522,8 +527,4 @@ def markdown(summary: dict) -> str:
                     for m in ("pointing_game", "ciou_at_0_5", "mean_ciou", "auc")}
             lines.append(f"| {name} | {cell['pointing_game']:.3f} | {cell['ciou_at_0_5']:.3f} "
                          f"| {cell['mean_ciou']:.3f} | {cell['auc']:.3f} |")
-    any_row = next(iter(summary["pooled"].values()), None)
-    if any_row:
-        lines.append(f"| baseline: chance (a random tile) / centre box | | | 0.250 | "
-                     f"{any_row['center_box_ciou_at_0_5']:.3f} | | | | | |")
     return "\n".join(lines) + "\n"
