@@ -371,10 +371,14 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
     counts = COUNTS[scale]
     summary_path = os.path.join(output_dir, "real_photos.json")
     results: dict[str, Any] = {}
-    if os.path.exists(summary_path):
-        with open(summary_path) as f:
-            results = json.load(f).get("runs", {})
     started = time.perf_counter()
+    if os.path.exists(summary_path):
+        # A resumed experiment: its first command and the time already spent stand.
+        with open(summary_path) as f:
+            previous = json.load(f)
+        results = previous.get("runs", {})
+        command = previous.get("command", command)
+        started -= previous.get("seconds", 0.0)
     folds: dict[int, tuple] = {}
 
     def fold_data(fold: int) -> tuple:
