@@ -180,10 +180,43 @@ def _composites(root):
             {"drum__1.png": "corrupt image"})
 
 
+def _photo_folder(root):
+    """Four whole photos of four groups with a box each, their tones, one truncated photo."""
+    (root / "photos").mkdir(parents=True)
+    (root / "sounds").mkdir()
+    photos = []
+    for i, (name, colour) in enumerate({"bell": (250, 30, 30), "drum": (30, 30, 250),
+                                        "gong": (30, 250, 30), "horn": (250, 250, 30)}.items()):
+        image = np.full([60, 80, 3], 100, np.uint8)
+        image[15:45, 20:60] = colour
+        Image.fromarray(image).save(root / "photos" / f"{name}__0.jpg")
+        photos.append({"file": f"photos/{name}__0.jpg", "class": name,
+                       "boxes": [[0.25, 0.25, 0.75, 0.75]]})
+        soundfile.write(root / "sounds" / f"{name}__0.wav", _tone(300 * (i + 1), 0.5), RATE)
+    Image.fromarray(np.full([60, 80, 3], 90, np.uint8)).save(root / "photos" / "bell__1.jpg")
+    _truncate(root / "photos" / "bell__1.jpg")
+    photos.append({"file": "photos/bell__1.jpg", "class": "bell", "boxes": [[0, 0, 1, 1]]})
+    (root / "manifest.json").write_text(json.dumps({"photos": photos}))
+    return {"bell__1.jpg": "corrupt image"}
+
+
+def _mosaics(root):
+    """2x2 mosaics of the photo folder: the truth is the sounding tile."""
+    return {"count": 6, "image_size": 96, "seed": 3}, None, _photo_folder(root)
+
+
+def _photos(root):
+    """Single photos of the photo folder with their boxes."""
+    return {"count": 4, "image_size": 96, "seed": 3}, None, _photo_folder(root)
+
+
 BUILDERS = {"flickr": _flickr, "vggss": _vggss, "avsbench_s4": _avsbench_s4,
-            "videos": _videos, "composites": _composites}
-IMPORTED = {"flickr": 5, "vggss": 5, "avsbench_s4": 5, "videos": 4, "composites": 6}
-LABELED = {"flickr": 5, "vggss": 5, "avsbench_s4": 5, "videos": 0, "composites": 6}
+            "videos": _videos, "composites": _composites, "mosaics": _mosaics,
+            "photos": _photos}
+IMPORTED = {"flickr": 5, "vggss": 5, "avsbench_s4": 5, "videos": 4, "composites": 6,
+            "mosaics": 6, "photos": 4}
+LABELED = {"flickr": 5, "vggss": 5, "avsbench_s4": 5, "videos": 0, "composites": 6,
+           "mosaics": 6, "photos": 4}
 
 
 # --- helpers --------------------------------------------------------------------------
@@ -216,7 +249,7 @@ class _Imports:
             report, summary = importers.run_import(
                 fmt, str(root), str(out), sample_rate=RATE, clip_seconds=CLIP,
                 progress=io.StringIO(), **options)
-            if boxes is None:  # composites: the boxes the importer computed
+            if boxes is None:  # composites, mosaics, photos: the boxes the importer computed
                 boxes = [e["boxes"][0, 0].numpy() for e in records.read_records(
                     TINY, str(out), training=False)]
             self.done[fmt] = dict(records=out, report=report, summary=summary, boxes=boxes,
