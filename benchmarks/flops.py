@@ -3,7 +3,7 @@
 Why not a profiler: TF's profiler needs a frozen graph and counts ops the
 CPU kernels may fuse or skip; the paper's figure (VGG16 to block5_conv3 at
 320x320 = 31.32 GMAC) is a shape count, so GFLOP/s and "% of peak" here are
-computed the same way: 2 FLOP per MAC of every Conv2D and Dense layer.
+computed the same way: 2 FLOP per MAC of every Conv1D, Conv2D and Dense layer.
 Element-wise work (bias, ReLU, pooling, normalisation) is left out; it is
 under 0.5% of VGG16's MACs.
 """
@@ -34,6 +34,11 @@ def layer_macs(layer: keras.layers.Layer) -> int:
         kh, kw = layer.kernel_size
         groups = getattr(layer, "groups", 1) or 1
         return math.prod(out) * kh * kw * in_channels // groups
+    if isinstance(layer, keras.layers.Conv1D):  # SoundNet-8, the paper's audio tower
+        out = _dims(layer.output.shape)  # [T, C_out] (channels_last)
+        in_channels = _dims(layer.input.shape)[-1]
+        groups = getattr(layer, "groups", 1) or 1
+        return math.prod(out) * layer.kernel_size[0] * in_channels // groups
     if isinstance(layer, keras.layers.Dense):
         in_dims = _dims(layer.input.shape)
         rows = math.prod(in_dims[:-1]) if len(in_dims) > 1 else 1
@@ -42,7 +47,7 @@ def layer_macs(layer: keras.layers.Layer) -> int:
 
 
 def count_macs(model: keras.Model) -> int:
-    """MACs per example of every Conv2D and Dense layer, nested models included."""
+    """MACs per example of every Conv1D, Conv2D and Dense layer, nested models included."""
     return sum(layer_macs(layer) for layer in model.layers)
 
 
