@@ -27,6 +27,7 @@ import sys
 import numpy as np
 from absl import flags
 
+from serving.client import write_files  # the client's all-or-nothing writer
 from tools import common
 
 flags.DEFINE_string("workdir", None, "Training run directory (soundloc-train --workdir).")
@@ -83,25 +84,6 @@ def _display_image(path: str) -> np.ndarray:
             gray = np.round(values / scale * 255.0).clip(0, 255).astype(np.uint8)
             return np.repeat(gray[..., None], 3, axis=2)
         return np.asarray(image.convert("RGB"))
-
-
-def write_files(files: dict[str, bytes]) -> None:
-    """Writes every file under a temporary name, then renames them all: on a full disk the
-    temporaries are removed and none of the files is replaced (nor half written)."""
-    written = []
-    try:
-        for path, data in files.items():
-            written.append(path + ".tmp")
-            with open(path + ".tmp", "wb") as f:
-                f.write(data)
-        for path in files:
-            os.replace(path + ".tmp", path)
-    except OSError as error:
-        for temporary in written:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-        raise OSError(f"cannot write {', '.join(map(repr, files))} ({error.strerror or error}); "
-                      "nothing was written") from None
 
 
 def _json_bytes(value) -> bytes:

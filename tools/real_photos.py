@@ -398,20 +398,10 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
                                              "description": run.description,
                                              "overrides": run.overrides, "folds": {}})
         for fold in range(FOLDS):
-            done = entry["folds"].get(str(fold))
-            if done and (run.key != FINAL_RUN or "by_protocol" in done.get("served", {})):
+            if str(fold) in entry["folds"]:
                 log(f"[fold {fold} {run.key}] finished earlier; skipped")
                 continue
             train_dir, validation, images, matched, mismatched = fold_data(fold)
-            if done:  # finished before the peers' protocols were scored: score the export
-                signature = tf.saved_model.load(done["served"]["export"]).signatures[
-                    "serving_default"]
-                done["served"].update(score(
-                    serving_maps(signature, validation.images, validation.matched),
-                    serving_maps(signature, validation.images, validation.mismatched),
-                    validation.boxes, base_config.eval_size, base_config.ciou_threshold))
-                _write(summary_path, output_dir, results, scale, started, environment, command)
-                continue
 
             def validation_fn(config, fold=fold, images=images, matched=matched,
                               validation=validation):
