@@ -10,6 +10,7 @@ optimiser.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -41,11 +42,14 @@ def print_line(message: str) -> None:
     print(message, flush=True)
 
 
+@functools.cache
 def make_strategy() -> tf.distribute.Strategy:
     """MultiWorkerMirrored when TF_CONFIG is set, else Mirrored over the local devices.
 
     One device gets OneDeviceStrategy: the same step without Mirrored's replica
     machinery, and the only one under which the XLA-compiled update can run.
+    One per process: two MirroredStrategy objects reuse collective instance keys
+    and mix up each other's all-gathers.
     """
     if os.environ.get("TF_CONFIG"):
         return tf.distribute.MultiWorkerMirroredStrategy()

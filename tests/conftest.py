@@ -19,12 +19,12 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def mirrored_strategy() -> tf.distribute.Strategy:
-    """One MirroredStrategy over both logical CPUs for the whole session.
+    """The process's one MirroredStrategy over both logical CPUs (see make_strategy)."""
+    from soundloc_tf.training import make_strategy
 
-    Several MirroredStrategy objects in one process reuse collective instance
-    keys and can mix up each other's all-gathers; a real run creates one.
-    """
-    return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
+    strategy = make_strategy()
+    assert isinstance(strategy, tf.distribute.MirroredStrategy), strategy
+    return strategy
 
 
 @pytest.fixture(scope="session")

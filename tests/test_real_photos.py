@@ -59,14 +59,14 @@ def test_pooled_metrics_weight_each_fold_by_its_mosaics():
                     .is_file() and not os.environ.get("SOUNDLOC_IMAGENET_WEIGHTS"),
                     reason="ImageNet VGG16 weights absent; fetch them with "
                            "`python -m tools.fetch_weights --what=vgg16_imagenet`")
-def test_quick_run_trains_every_fold_exports_and_scores_the_served_maps(tmp_path):
+def test_quick_run_trains_every_fold_exports_and_scores_the_served_maps(tmp_path,
+                                                                      mirrored_strategy):
     from soundloc_tf.config import get_config
-    from soundloc_tf.training import make_strategy
 
     config = get_config("paper", **real_photos.SCALES["quick"])
     summary = real_photos.run_real_photos(
         config, str(tmp_path), "quick", str(REALSETS / "photos"), str(REALSETS / "stamps"),
-        make_strategy(), {"machine": "test"}, "test", [real_photos.FINAL_RUN],
+        mirrored_strategy, {"machine": "test"}, "test", [real_photos.FINAL_RUN],
         log=lambda message: None)
     run = summary["runs"][real_photos.FINAL_RUN]
     assert sorted(run["folds"]) == ["0", "1", "2"]
