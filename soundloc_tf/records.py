@@ -478,7 +478,8 @@ def _resample(waveform: tf.Tensor, source_rate: int, target_rate: int) -> tf.Ten
 
 def read_records(config: Config, path_or_pattern: str, training: bool, seed: int = 0,
                  start: int = 0, repeat: bool | None = None, verify: bool = True,
-                 num_shards: int = 1, shard_index: int = 0) -> tf.data.Dataset:
+                 num_shards: int = 1, shard_index: int = 0,
+                 annotations: str | None = None) -> tf.data.Dataset:
     """Records -> an unbatched dataset of exactly `data.element_spec(config)`.
 
     Images are decoded in parallel and resized to config.image_size; audio is
@@ -494,6 +495,10 @@ def read_records(config: Config, path_or_pattern: str, training: bool, seed: int
     Sharding across workers: tf.distribute's auto-sharding applies (policy
     AUTO: by file when there are enough shards, else by element); pass
     `num_shards`/`shard_index` to shard explicitly instead (policy OFF).
+
+    `annotations` (an annotation layer file, see `soundloc_tf.annotations`)
+    replaces the records' labels: exactly the layer's pairs with boxes are
+    labelled, with the layer's boxes.
     """
     if start < 0:
         raise ValueError(f"start must be >= 0. Received: start={start}")
@@ -508,6 +513,12 @@ def read_records(config: Config, path_or_pattern: str, training: bool, seed: int
     if audio_dtype not in AUDIO_DTYPES:
         raise ValueError(f"unknown audio_dtype in the manifest. Received: {audio_dtype!r}")
     repeat = training if repeat is None else repeat
+    override = None
+    if annotations is not None:
+        from soundloc_tf import annotations as annotations_lib
+
+        labels = annotations_lib.training_labels(os.fspath(annotations), record_ids(records))
+        override = annotations_lib.element_override(labels)
 
     files = tf.data.Dataset.from_tensor_slices(list(records.files))
     if num_shards > 1:
@@ -536,7 +547,10 @@ def read_records(config: Config, path_or_pattern: str, training: bool, seed: int
 
     def decode(position, serialized):
         key = tf.stack([tf.constant(seed, tf.int64), position]) if training else None
-        return _decode(_parse(serialized, audio_dtype), config, training, source_rate, key)
+        element = _parse(serialized, audio_dtype)
+        if override is not None:
+            element = override(element)
+        return _decode(element, config, training, source_rate, key)
 
     dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = tf.data.Options()
@@ -544,6 +558,38 @@ def read_records(config: Config, path_or_pattern: str, training: bool, seed: int
         tf.data.experimental.AutoShardPolicy.OFF if num_shards > 1
         else tf.data.experimental.AutoShardPolicy.AUTO)
     return dataset.with_options(options)
+
+
+def record_ids(records: RecordSet) -> list[str]:
+    """The sample ids of `records`, in file order (only the id feature is parsed)."""
+    spec = {"id": _FEATURES["id"]}
+    ids = tf.data.TFRecordDataset(list(records.files)).map(
+        lambda s: tf.io.parse_single_example(s, spec)["id"])
+    return [i.decode("utf-8") for i in ids.as_numpy_iterator()]
+
+
+def count_labeled(path_or_pattern: str, annotations: str | None = None) -> tuple[int, int]:
+    """(labelled pairs, all pairs) as `read_records` gives them to training.
+
+    With `annotations` the count goes through the same override as training
+    reads, so it is the number of pairs the supervised term can use.
+    """
+    records = resolve(os.fspath(path_or_pattern))
+    dtype = records.manifest["features"].get("audio_dtype", "int16")
+    override = None
+    if annotations is not None:
+        from soundloc_tf import annotations as annotations_lib
+
+        override = annotations_lib.element_override(
+            annotations_lib.training_labels(os.fspath(annotations), record_ids(records)))
+    labelled = total = 0
+    for serialized in tf.data.TFRecordDataset(list(records.files)):
+        element = _parse(serialized, dtype)
+        if override is not None:
+            element = override(element)
+        labelled += int(bool(element["labeled"]) and int(tf.size(element["boxes_flat"])) > 0)
+        total += 1
+    return labelled, total
 
 
 def iterate_examples(path_or_pattern: str, verify: bool = True) -> Iterator[dict[str, Any]]:

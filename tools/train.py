@@ -35,6 +35,9 @@ flags.DEFINE_string("workdir", None, "Run directory: config, checkpoints, Tensor
                     "Default: runs/<preset>.")
 flags.DEFINE_string("records", None, "Train on these records (directory or shard pattern) "
                     "instead of the synthetic scenes.")
+flags.DEFINE_string("annotations", None, "With --records: the annotation layer (labels "
+                    "drawn in soundloc-studio, <records>/annotations.json) whose labelled "
+                    "pairs, and only those, the semi-supervised term trains on.")
 flags.DEFINE_string("validation_records", None, "Validate on these records (the first "
                     "VALIDATION_SAMPLES_DURING_TRAINING samples).")
 flags.DEFINE_enum("tower_mode", None, ["fine_tuned", "frozen", "cached"],
@@ -94,6 +97,13 @@ def _config():
 
 def main(argv: list[str]) -> None:
     config = _config()
+    if FLAGS.annotations and not FLAGS.records:
+        raise ValueError(f"--annotations labels imported pairs; it needs --records. Received: "
+                         f"--annotations={FLAGS.annotations!r}")
+    if FLAGS.annotations and not (config.label_fraction > 0 and config.supervised_weight > 0):
+        raise ValueError(f"--annotations needs the semi-supervised term on (label_fraction > 0 "
+                         f"and supervised_weight > 0). Received: label_fraction="
+                         f"{config.label_fraction}, supervised_weight={config.supervised_weight}")
     workdir = FLAGS.workdir or os.path.join("runs", FLAGS.preset)
     from soundloc_tf.training import Trainer, make_strategy  # after flag parsing: slow
 
@@ -106,11 +116,16 @@ def main(argv: list[str]) -> None:
         from soundloc_tf.training import VALIDATION_SAMPLES_DURING_TRAINING
 
         if FLAGS.records:
-            records.read_records(config, FLAGS.records, training=True)  # fail early, verified
-            train_records = FLAGS.records
+            records.read_records(config, FLAGS.records, training=True,  # fail early, verified
+                                 annotations=FLAGS.annotations)
+            train_records, annotations = FLAGS.records, FLAGS.annotations
             dataset_fn = lambda start: records.read_records(  # noqa: E731
                 config, train_records, training=True, seed=config.train_seed, start=start,
-                verify=False)
+                verify=False, annotations=annotations)
+            if annotations:
+                labelled, total = records.count_labeled(train_records, annotations)
+                print(f"Semi-supervised on {labelled} labelled pairs of {total} (annotation "
+                      f"layer {annotations})", flush=True)
         if FLAGS.validation_records:
             validation = records.read_records(config, FLAGS.validation_records,
                                               training=False).take(
@@ -120,7 +135,8 @@ def main(argv: list[str]) -> None:
         from soundloc_tf import data, feature_cache
 
         if FLAGS.records:
-            source = records.read_records(config, FLAGS.records, training=False, verify=False)
+            source = records.read_records(config, FLAGS.records, training=False, verify=False,
+                                          annotations=FLAGS.annotations)
         else:
             source = data.synthetic_dataset(config, config.train_seed, count=FLAGS.cache_samples)
         cache_dir = FLAGS.feature_cache or os.path.join(workdir, "feature_cache")
