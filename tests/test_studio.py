@@ -143,23 +143,24 @@ def test_label_two_frames_train_on_exactly_them_export_and_localise(browser, imp
         assert page.locator("#progress").text_content() == "0 / 4 labelled"
         page.fill("#who", "tester")
 
+        # The bell clip's pairs come first (sorted paths); its red box is BOXES[2].
+        assert ids[0].startswith("bell@") and ids[1].startswith("bell@")
         # Pair 1: two boxes drawn, the second deleted, the deletion undone, the box clicked and
-        # deleted again,
-        # the first moved right by 0.1, then saved with the S key.
-        _drag(page, (0.2, 0.2), (0.6, 0.7))
-        _drag(page, (0.7, 0.1), (0.95, 0.3))
+        # deleted again, the first moved right by 0.1 onto the red box, then saved with S.
+        _drag(page, (0.4, 0.125), (0.775, 0.5))
+        _drag(page, (0.05, 0.6), (0.3, 0.9))
         assert len(_boxes(page)) == 2
         page.keyboard.press("Delete")
         assert len(_boxes(page)) == 1
         page.keyboard.press("u")
         assert len(_boxes(page)) == 2
-        _drag(page, (0.8, 0.2), (0.8, 0.2))  # a click selects the box under it
+        _drag(page, (0.15, 0.75), (0.15, 0.75))  # a click selects the box under it
         page.keyboard.press("Delete")
         assert len(_boxes(page)) == 1
-        _drag(page, (0.4, 0.45), (0.5, 0.45))
+        _drag(page, (0.6, 0.3), (0.7, 0.3))
         first = _boxes(page)
         assert len(first) == 1
-        np.testing.assert_allclose(first[0], [0.3, 0.2, 0.7, 0.7], atol=0.01)
+        np.testing.assert_allclose(first[0], BOXES[2], atol=0.01)
         page.keyboard.press("s")
         _message(page, "Saved pair 1")
         assert page.locator("#progress").text_content() == "1 / 4 labelled"
@@ -168,8 +169,9 @@ def test_label_two_frames_train_on_exactly_them_export_and_localise(browser, imp
         page.keyboard.press("ArrowRight")
         page.wait_for_function("document.getElementById('pair-title').textContent.startsWith('2 /')")
         page.wait_for_function("JSON.parse(document.getElementById('boxes').dataset.boxes).length === 0")
-        _drag(page, (0.1, 0.5), (0.5, 0.9))
+        _drag(page, BOXES[2][:2], BOXES[2][2:])
         second = _boxes(page)
+        np.testing.assert_allclose(second, [BOXES[2]], atol=0.01)
         page.keyboard.press("ArrowRight")
         _message(page, "Saved pair 2")
         page.wait_for_function("document.getElementById('pair-title').textContent.startsWith('3 /')")
