@@ -303,6 +303,23 @@ def test_two_tabs_saving_one_pair_and_a_corrupt_file_lose_no_label(browser, impo
         _message(one, "Saved pair 2")
         assert len(annotations.load(str(path))["labels"]) == 2
 
+        # Pair 3: "no visible source" with the N key (it clears the boxes), saved; P plays the
+        # pair's 1-second sound.
+        one.keyboard.press("ArrowRight")
+        one.wait_for_function("document.getElementById('pair-title').textContent.startsWith('3 /')")
+        _drag(one, (0.2, 0.2), (0.4, 0.4))
+        one.keyboard.press("n")
+        assert _boxes(one) == [] and one.locator("#no-source").is_checked()
+        one.keyboard.press("s")
+        _message(one, "Saved pair 3")
+        assert one.locator("#progress").text_content() == "3 / 4 labelled"
+        label = annotations.load(str(path))["labels"][studio.app.pairs.ids[2]]
+        assert label["no_source"] is True and label["boxes"] == []
+        one.keyboard.press("p")
+        one.wait_for_function("!document.getElementById('sound').paused || "
+                              "document.getElementById('sound').ended")
+        assert one.evaluate("document.getElementById('sound').duration") == pytest.approx(1.0)
+
         # A corrupt file is shown on the page and never overwritten.
         corrupt = path.read_bytes()[:-30]
         path.write_bytes(corrupt)

@@ -21,6 +21,10 @@ imported data instead: shuffled with --train_seed, augmented, repeated, and
 on resume skipped to step * batch_size.  The skip replays the same stream
 when the files are unchanged; with other files (or another worker count)
 the resume is approximate.
+
+--annotations (with --records) trains the semi-supervised term on the labels
+drawn in soundloc-studio (<records>/annotations.json): exactly its pairs with
+boxes are labelled, whatever the records hold, and their number is printed.
 """
 
 from __future__ import annotations
