@@ -270,7 +270,8 @@ def test_label_two_frames_train_on_exactly_them_export_and_localise(browser, imp
     assert annotate_png.exists() and localize_png.exists()
 
 
-def test_two_tabs_saving_one_pair_and_a_corrupt_file_lose_no_label(browser, imported, tmp_path):
+def test_two_tabs_saving_one_pair_and_a_corrupt_file_lose_no_label(browser, imported, tmp_path,
+                                                                   monkeypatch):
     _, records_dir, _ = imported
     copy = tmp_path / "records"
     shutil.copytree(records_dir, copy, ignore=shutil.ignore_patterns("annotations.json*"))
@@ -319,6 +320,22 @@ def test_two_tabs_saving_one_pair_and_a_corrupt_file_lose_no_label(browser, impo
         one.wait_for_function("!document.getElementById('sound').paused || "
                               "document.getElementById('sound').ended")
         assert one.evaluate("document.getElementById('sound').duration") == pytest.approx(1.0)
+
+        # A save that fails on the disk (the fsync of the new file) changes nothing.
+        before = path.read_bytes()
+
+        def full_disk(fd):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(os, "fsync", full_disk)
+        one.keyboard.press("ArrowLeft")
+        one.wait_for_function("document.getElementById('pair-title').textContent.startsWith('2 /')")
+        _drag(one, (0.6, 0.6), (0.9, 0.9))
+        one.click("#save")
+        assert "No space left on device" in _message(one, "Not saved")
+        monkeypatch.undo()
+        assert path.read_bytes() == before
+        assert not [p for p in copy.iterdir() if p.name.endswith(".tmp")]
 
         # A corrupt file is shown on the page and never overwritten.
         corrupt = path.read_bytes()[:-30]
