@@ -60,7 +60,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from serving.tf_logs import quiet_tensorflow
+from soundloc_tf.tf_logs import quiet_tensorflow
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_INSTANCES = 64
@@ -408,7 +408,7 @@ _HTTP_STATUS = {  # TF error class name -> HTTP status, as TF Serving maps canon
 def _run(function, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     import tensorflow as tf
 
-    from serving.client import error_line
+    from .client import error_line
 
     try:
         outputs = function(**{k: tf.constant(v) for k, v in tensors.items()})
@@ -477,7 +477,7 @@ def _constant(array: np.ndarray):
 
 
 def _first_line(error: BaseException) -> str:
-    from serving.client import error_line
+    from .client import error_line
 
     return error_line(getattr(error, "message", None) or str(error) or type(error).__name__)
 

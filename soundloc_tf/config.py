@@ -175,7 +175,7 @@ class Config:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's towers: ImageNet VGG16 at 320x320 and SoundNet-8 with its converted
-    # weights (`python -m tools.fetch_weights --what=all`), both frozen as in the authors'
+    # weights (`soundloc-fetch-weights --what=all`), both frozen as in the authors'
     # re-implementation, trained from the feature cache. InfoNCE and the softmax over raw
     # cosines (no ReLU) were chosen on real photographs (README, "Deviations").
     "paper": {

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
-from serving.tf_logs import silenced_stderr
+from soundloc_tf.tf_logs import silenced_stderr
 from soundloc_tf import export
 from soundloc_tf.config import Config
 from soundloc_tf.visualize import draw_boxes, overlay

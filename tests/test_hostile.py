@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving import client as client_module
-from serving.client import ServingClient, ServingError
-from serving.dev_server import DevServer
+from soundloc_tf.serving import client as client_module
+from soundloc_tf.serving.client import ServingClient, ServingError
+from soundloc_tf.serving.dev_server import DevServer
 from serving_fixtures import (ROOT, assert_one_line_error, exported, jpeg_bytes,  # noqa: F401
                               png_bytes, run_module, scenes, to_uint8, wav_bytes, write_video)
 
@@ -137,7 +137,7 @@ def _bmp_header(width: int, height: int) -> bytes:
 def test_3_a_bmp_claiming_30000_pixels_a_side_is_one_error_line(exported, pair, tmp_path):
     (tmp_path / "bomb.bmp").write_bytes(_bmp_header(30000, 30000))
     (tmp_path / "a.wav").write_bytes(pair[1])
-    result = run_module("tools.localize", f"--saved_model={exported.model_dir}",
+    result = run_module("soundloc_tf.tools.localize", f"--saved_model={exported.model_dir}",
                         f"--image={tmp_path / 'bomb.bmp'}", f"--sound={tmp_path / 'a.wav'}",
                         f"--output_dir={tmp_path / 'out'}")
     assert result.stderr.splitlines() == [
@@ -174,7 +174,7 @@ def _listing(root: Path) -> list[str]:
 
 
 def test_4_export_onto_a_full_disk_is_one_line_and_leaves_nothing(exported, full_disk):
-    result = run_module("tools.export", f"--workdir={exported.workdir}",
+    result = run_module("soundloc_tf.tools.export", f"--workdir={exported.workdir}",
                         f"--export_base={full_disk}")
     assert_one_line_error(result, "cannot write the export", "No space left on device")
     assert _listing(full_disk) == ["soundloc"]  # the model directory; no half version
@@ -185,7 +185,7 @@ def test_4_import_onto_a_full_disk_is_one_line(full_disk, tmp_path):
     videos.mkdir()
     frames = [np.full([64, 64, 3], 10 * i, np.uint8) for i in range(20)]
     write_video(videos / "a.mp4", frames, 0.3 * np.sin(np.arange(32000) / 5.0), 10, 16000)
-    result = run_module("tools.import_data", "--format=videos", f"--input={videos}",
+    result = run_module("soundloc_tf.tools.import_data", "--format=videos", f"--input={videos}",
                         f"--output={full_disk / 'records'}", "--sample_rate=8000",
                         "--clip_seconds=1")
     assert_one_line_error(result, "No space left on device")
@@ -201,7 +201,7 @@ def test_4_training_onto_a_full_disk_is_one_line_and_drops_the_half_checkpoint(t
     if done.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs ({done.stderr.strip()[:100]}); needs root")
     try:
-        result = run_module("tools.train", "--preset=tiny", "--train_steps=1",
+        result = run_module("soundloc_tf.tools.train", "--preset=tiny", "--train_steps=1",
                             "--eval_every=1000", f"--workdir={mount / 'run'}")
         line = assert_one_line_error(result, "cannot write the checkpoint of step 1",
                                      "No space left on device", "previous checkpoint is kept")
@@ -214,7 +214,7 @@ def test_4_training_onto_a_full_disk_is_one_line_and_drops_the_half_checkpoint(t
 def test_6_localize_onto_a_full_disk_leaves_no_file(exported, pair, full_disk, tmp_path):
     (tmp_path / "a.jpg").write_bytes(pair[0])
     (tmp_path / "a.wav").write_bytes(pair[1])
-    result = run_module("tools.localize", f"--saved_model={exported.model_dir}",
+    result = run_module("soundloc_tf.tools.localize", f"--saved_model={exported.model_dir}",
                         f"--image={tmp_path / 'a.jpg'}", f"--sound={tmp_path / 'a.wav'}",
                         f"--output_dir={full_disk / 'out'}")
     assert_one_line_error(result, "No space left on device", "nothing was written")
@@ -334,7 +334,7 @@ def _iou(a, b) -> float:
 
 def test_8_a_turned_jpeg_gets_the_heat_map_and_box_of_the_picture_as_shown(server, exported,
                                                                              pair):
-    from serving.client import load_rgb
+    from soundloc_tf.serving.client import load_rgb
 
     upright = to_uint8(scenes(exported.config, 1)[0]["image"])
     stored = np.rot90(upright, 1)  # as a camera held sideways stores it; EXIF 6 turns it back
@@ -399,7 +399,7 @@ def test_11_limit_messages_keep_their_closing_bracket(server, pair):
 def test_11_a_corrupt_jpeg_in_localize_is_exactly_one_stderr_line(exported, pair, tmp_path):
     (tmp_path / "cut.jpg").write_bytes(pair[0][:600])
     (tmp_path / "a.wav").write_bytes(pair[1])
-    result = run_module("tools.localize", f"--saved_model={exported.model_dir}",
+    result = run_module("soundloc_tf.tools.localize", f"--saved_model={exported.model_dir}",
                         f"--image={tmp_path / 'cut.jpg'}", f"--sound={tmp_path / 'a.wav'}",
                         f"--output_dir={tmp_path / 'out'}")
     assert result.returncode == 2
@@ -407,14 +407,17 @@ def test_11_a_corrupt_jpeg_in_localize_is_exactly_one_stderr_line(exported, pair
 
 
 @pytest.mark.parametrize("module,args,fragment", [
-    ("tools.train", ["--preset=bogus"], "flag --preset=bogus: value should be one of"),
-    ("tools.train", ["--train_steps=abc"], "flag --train_steps=abc: invalid literal for int()"),
-    ("tools.import_data", ["--sample_rate=0", "--format=videos", "--input=.", "--output=x"],
+    ("soundloc_tf.tools.train", ["--preset=bogus"], "flag --preset=bogus: value should be one of"),
+    ("soundloc_tf.tools.train",
+     ["--train_steps=abc"], "flag --train_steps=abc: invalid literal for int()"),
+    ("soundloc_tf.tools.import_data",
+     ["--sample_rate=0", "--format=videos", "--input=.", "--output=x"],
      "flag --sample_rate=0: 0 is not an integer in the range [4000, 192000]"),
 ])
 def test_11_flag_errors_are_one_line_and_exit_2(module, args, fragment, tmp_path):
-    result = run_module(module, *args, f"--workdir={tmp_path}" if module == "tools.train" else
-                        f"--report={tmp_path / 'r.json'}")
+    last = (f"--workdir={tmp_path}" if module == "soundloc_tf.tools.train" else
+            f"--report={tmp_path / 'r.json'}")
+    result = run_module(module, *args, last)
     assert result.stderr.splitlines() == [assert_one_line_error(result, fragment)]
 
 
@@ -424,7 +427,7 @@ def _without_log_settings() -> dict:
 
 
 def test_11_tools_print_no_tensorflow_log_line_unless_verbose(exported, tmp_path):
-    command = [sys.executable, "-m", "tools.export", f"--workdir={exported.workdir}",
+    command = [sys.executable, "-m", "soundloc_tf.tools.export", f"--workdir={exported.workdir}",
                f"--export_base={tmp_path}"]
     quiet = subprocess.run(command, cwd=ROOT, env=_without_log_settings(), capture_output=True,
                            text=True, timeout=300)

@@ -224,7 +224,8 @@ LABELED = {"flickr": 5, "vggss": 5, "avsbench_s4": 5, "videos": 0, "composites":
 
 def _run(tool, *args, timeout=240):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", f"tools.{tool}", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", f"soundloc_tf.tools.{tool}",
+                           *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

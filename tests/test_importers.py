@@ -338,7 +338,7 @@ def test_composites_from_the_real_stamps():
 def test_import_tool_prints_the_summary(flickr_root, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run(
-        [sys.executable, "-m", "tools.import_data", "--format=flickr",
+        [sys.executable, "-m", "soundloc_tf.tools.import_data", "--format=flickr",
          f"--input={flickr_root}", f"--ids={flickr_root / 'test.txt'}",
          f"--output={tmp_path / 'out'}", "--sample_rate=8000", "--clip_seconds=1"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
@@ -347,7 +347,7 @@ def test_import_tool_prints_the_summary(flickr_root, tmp_path):
     assert "200.jpg: corrupt image" in result.stdout
     assert "flickr [" in result.stderr  # the progress bar
     again = subprocess.run(
-        [sys.executable, "-m", "tools.import_data", "--format=flickr",
+        [sys.executable, "-m", "soundloc_tf.tools.import_data", "--format=flickr",
          f"--input={flickr_root}", f"--output={tmp_path / 'out'}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "already holds records" in again.stderr

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from benchmarks import load_test
-from serving.dev_server import DevServer
+from soundloc_tf.serving.dev_server import DevServer
 from serving_fixtures import exported, png_bytes, wav_bytes  # noqa: F401 (fixture)
 
 LIMIT = 256 * 1024  # the test server's --max_body_bytes

@@ -158,7 +158,7 @@ def test_localize_tool_writes_an_overlay_at_the_image_size(exported, files, from
 
     root, _, _ = files
     out = tmp_path / "out"
-    result = run_module("tools.localize", f"--workdir={exported.workdir}",
+    result = run_module("soundloc_tf.tools.localize", f"--workdir={exported.workdir}",
                         f"--image={root / 'wide.jpg'}", f"--sound={root / 'scene0.wav'}",
                         f"--output_dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -195,7 +195,7 @@ def test_localize_tool_follows_the_sound_through_a_video(exported, video, from_e
 
     path, _ = video
     out = tmp_path / "video"
-    result = run_module("tools.localize", f"--saved_model={exported.version(1)}",
+    result = run_module("soundloc_tf.tools.localize", f"--saved_model={exported.version(1)}",
                         f"--video={path}", f"--output_dir={out}", "--batch_size=5")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "boxes.json").read_text())
@@ -224,7 +224,8 @@ def test_localize_tool_follows_the_sound_through_a_video(exported, video, from_e
     assert sorted(p.name for p in out.iterdir()) == ["boxes.json", "overlay.mp4"]
 
     frames_out = tmp_path / "frames"
-    result = run_module("tools.localize", f"--workdir={exported.workdir}", f"--video={path}",
+    result = run_module("soundloc_tf.tools.localize",
+                        f"--workdir={exported.workdir}", f"--video={path}",
                         f"--output_dir={frames_out}", "--video_format=png", "--max_frames=3")
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in (frames_out / "frames").iterdir()) == [
@@ -235,13 +236,15 @@ def test_localize_tool_follows_the_sound_through_a_video(exported, video, from_e
 def test_localize_tool_errors_are_one_line(exported, files, video, tmp_path):
     root, _, _ = files
     workdir = f"--workdir={exported.workdir}"
-    assert_one_line_error(run_module("tools.localize", workdir, f"--image={root / 'wide.jpg'}"),
+    assert_one_line_error(run_module("soundloc_tf.tools.localize",
+                                     workdir, f"--image={root / 'wide.jpg'}"),
                           "give --image together with --sound, or --video")
-    assert_one_line_error(run_module("tools.localize", workdir, f"--saved_model={root}",
+    assert_one_line_error(run_module("soundloc_tf.tools.localize", workdir, f"--saved_model={root}",
                                      f"--video={video[0]}"),
                           "exactly one of --workdir and --saved_model")
-    assert_one_line_error(run_module("tools.localize", workdir, f"--video={video[1]}",
+    assert_one_line_error(run_module("soundloc_tf.tools.localize", workdir, f"--video={video[1]}",
                                      f"--output_dir={tmp_path}"), "the video has no audio track")
-    assert_one_line_error(run_module("tools.localize", workdir, f"--image={root / 'nope.jpg'}",
+    assert_one_line_error(run_module("soundloc_tf.tools.localize",
+                                     workdir, f"--image={root / 'nope.jpg'}",
                                      f"--sound={root / 'scene0.wav'}"), "no such file")
     assert list(tmp_path.iterdir()) == []

@@ -186,8 +186,8 @@ def test_bad_fold_options_are_refused_before_any_work(photo_dir, tmp_path, optio
 def test_import_tool_refuses_a_fold_out_of_range_in_one_line(photo_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run(
-        [sys.executable, "-m", "tools.import_data", "--format=photos", f"--input={photo_dir}",
-         f"--output={tmp_path / 'out'}", "--folds=3", "--fold=3"],
+        [sys.executable, "-m", "soundloc_tf.tools.import_data", "--format=photos",
+         f"--input={photo_dir}", f"--output={tmp_path / 'out'}", "--folds=3", "--fold=3"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "error: fold must lie in [0, folds). Received: fold=3, folds=3" in result.stderr

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from soundloc_tf import data
-from tools import real_photos
+from soundloc_tf.tools import real_photos
 
 ROOT = Path(__file__).resolve().parent.parent
 REALSETS = ROOT.parent / "shared" / "realsets"
@@ -54,11 +54,11 @@ def test_pooled_metrics_weight_each_fold_by_its_mosaics():
 @pytest.mark.slow
 @pytest.mark.skipif(not REALSETS.is_dir(), reason=f"real material absent: {REALSETS}")
 @pytest.mark.skipif(not all(p.is_file() for p in WEIGHTS.values()), reason=(
-    "SoundNet-8 weights absent; fetch them with `python -m tools.fetch_weights --what=all`"))
+    "SoundNet-8 weights absent; fetch them with `soundloc-fetch-weights --what=all`"))
 @pytest.mark.skipif(not Path(os.path.expanduser("~/.keras/models/vgg16_imagenet.weights.h5"))
                     .is_file() and not os.environ.get("SOUNDLOC_IMAGENET_WEIGHTS"),
                     reason="ImageNet VGG16 weights absent; fetch them with "
-                           "`python -m tools.fetch_weights --what=vgg16_imagenet`")
+                           "`soundloc-fetch-weights --what=vgg16_imagenet`")
 def test_quick_run_trains_every_fold_exports_and_scores_the_served_maps(tmp_path,
                                                                       mirrored_strategy):
     from soundloc_tf.config import get_config

@@ -224,7 +224,7 @@ def test_train_tool_trains_from_records(record_dir, tmp_path):
 
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    args = [sys.executable, "-m", "tools.train", f"--workdir={tmp_path / 'run'}",
+    args = [sys.executable, "-m", "soundloc_tf.tools.train", f"--workdir={tmp_path / 'run'}",
             f"--records={record_dir}", f"--validation_records={record_dir}", "--batch_size=4",
             "--eval_every=100", "--checkpoint_every=1", "--num_summary_images=0"]
     first = subprocess.run(args + ["--train_steps=2"], cwd=root, env=env, capture_output=True,

@@ -110,7 +110,8 @@ def test_the_cli_exits_2_with_one_line_when_the_loss_diverges(tmp_path):
     args = ["--preset=tiny", f"--workdir={workdir}", f"--batch_size={BATCH}", "--train_steps=8",
             "--checkpoint_every=1", "--log_every=1", "--eval_every=1000",
             "--num_summary_images=0", "--learning_rate=1e10", "--lr_schedule=constant"]
-    result = subprocess.run([sys.executable, "-m", "tools.train", *args], cwd=ROOT, env=env,
+    result = subprocess.run([sys.executable, "-m", "soundloc_tf.tools.train",
+                             *args], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=240)
     assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-2000:])
     assert "Traceback" not in result.stderr

@@ -78,7 +78,8 @@ def start(args: list[str], tf_config_json: str | None) -> subprocess.Popen:
     env.pop("TF_CONFIG", None)
     if tf_config_json:
         env["TF_CONFIG"] = tf_config_json
-    return subprocess.Popen([sys.executable, "-m", "tools.train", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "soundloc_tf.tools.train",
+                             *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -49,7 +49,7 @@ def train_env(**extra) -> dict[str, str]:
 
 
 def run_train(args: list[str], timeout: float = 600, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tools.train", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "soundloc_tf.tools.train", *args], cwd=ROOT,
                           env=train_env(**env), capture_output=True, text=True, timeout=timeout)
 
 
@@ -133,7 +133,7 @@ def test_sigkill_between_checkpoints_then_rerun_ends_with_the_uninterrupted_weig
     workdir = tmp_path / "killed"
     shutil.copytree(initial_run, workdir)  # the same initial weights as `uninterrupted`
     args = train_flags(workdir, validation_records)
-    process = subprocess.Popen([sys.executable, "-m", "tools.train", *args], cwd=ROOT,
+    process = subprocess.Popen([sys.executable, "-m", "soundloc_tf.tools.train", *args], cwd=ROOT,
                                env=train_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True)
     seen = []

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from serving.client import ServingClient, ServingError, error_line, localize_request
-from serving.dev_server import DevServer
+from soundloc_tf.serving.client import ServingClient, ServingError, error_line, localize_request
+from soundloc_tf.serving.dev_server import DevServer
 from serving_fixtures import (ROOT, SMALL_HEATMAP, assert_one_line_error, exported,  # noqa: F401
                               jpeg_bytes, png_bytes, run_module, scenes, to_uint8, wav_bytes)
 
@@ -269,7 +269,8 @@ def test_client_program_writes_overlays_and_boxes(server, pairs, tmp_path):
         (tmp_path / f"scene{i}.wav").write_bytes(sound)
         files += [f"--image={tmp_path / f'scene{i}.{ext}'}", f"--sound={tmp_path / f'scene{i}.wav'}"]
     out = tmp_path / "out"
-    result = run_module("serving.client", f"--server={server.url}", "--version=1", "predict",
+    result = run_module("soundloc_tf.serving.client",
+                        f"--server={server.url}", "--version=1", "predict",
                         *files, "--format=columnar", f"--output_dir={out}")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
@@ -283,9 +284,9 @@ def test_client_program_writes_overlays_and_boxes(server, pairs, tmp_path):
             assert overlay.size == (96, 96) and overlay.mode == "RGB"
         assert json.loads((out / f"scene{i}_box.json").read_text())["box"] == entry["box"]
 
-    status = run_module("serving.client", f"--server={server.url}", "status")
+    status = run_module("soundloc_tf.serving.client", f"--server={server.url}", "status")
     assert json.loads(status.stdout)["model_version_status"][0]["version"] == "2"
-    metadata = run_module("serving.client", f"--server={server.url}", "metadata")
+    metadata = run_module("soundloc_tf.serving.client", f"--server={server.url}", "metadata")
     assert "serving_default" in json.loads(metadata.stdout)["metadata"]["signature_def"][
         "signature_def"]
 
@@ -294,18 +295,19 @@ def test_client_program_reports_server_errors_in_one_line(server, pairs, tmp_pat
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff" + b"\x00" * 50)
     (tmp_path / "a.txt").write_bytes(b"plain text")
     (tmp_path / "a.wav").write_bytes(pairs[1][0])
-    result = run_module("serving.client", f"--server={server.url}", "--version=1", "predict",
+    result = run_module("soundloc_tf.serving.client",
+                        f"--server={server.url}", "--version=1", "predict",
                         f"--image={tmp_path / 'a.txt'}", f"--sound={tmp_path / 'a.wav'}",
                         f"--output_dir={tmp_path / 'out'}")
     assert_one_line_error(result, "image_bytes[0]: not a JPEG or PNG image (10 bytes) (HTTP 400)")
     assert not (tmp_path / "out").exists()
-    corrupt = run_module("serving.client", f"--server={server.url}", "predict",
+    corrupt = run_module("soundloc_tf.serving.client", f"--server={server.url}", "predict",
                          f"--image={tmp_path / 'bad.jpg'}", f"--sound={tmp_path / 'a.wav'}")
     assert_one_line_error(corrupt, "JPEG", "(HTTP 400)")
-    nothing = run_module("serving.client", "--server=http://127.0.0.1:9", "--retries=1",
+    nothing = run_module("soundloc_tf.serving.client", "--server=http://127.0.0.1:9", "--retries=1",
                          "--backoff=0.01", "status")
     assert_one_line_error(nothing, "no answer from http://127.0.0.1:9")
-    mismatch = run_module("serving.client", f"--server={server.url}", "predict",
+    mismatch = run_module("soundloc_tf.serving.client", f"--server={server.url}", "predict",
                           f"--image={tmp_path / 'bad.jpg'}")
     assert mismatch.returncode == 2 and "--sound" in mismatch.stderr
 
@@ -397,9 +399,9 @@ def test_serving_programs_never_import_soundloc_tf(module):
 
 
 def test_the_client_needs_no_tensorflow():
-    result = run_module("serving.client", "--help")
+    result = run_module("soundloc_tf.serving.client", "--help")
     assert result.returncode == 0 and "predict" in result.stdout
-    code = ("import sys, serving.client; assert 'tensorflow' not in sys.modules; "
+    code = ("import sys, soundloc_tf.serving.client; assert 'tensorflow' not in sys.modules; "
             "assert 'soundloc_tf' not in sys.modules")
     import subprocess
 
@@ -408,10 +410,11 @@ def test_the_client_needs_no_tensorflow():
 
 
 def test_dev_server_program_reports_a_bad_model_path(tmp_path):
-    result = run_module("serving.dev_server", f"--model_base_path={tmp_path / 'missing'}")
+    result = run_module("soundloc_tf.serving.dev_server",
+                        f"--model_base_path={tmp_path / 'missing'}")
     assert_one_line_error(result, "model_base_path is not a directory")
     (tmp_path / "empty").mkdir()
-    result = run_module("serving.dev_server", f"--model_base_path={tmp_path / 'empty'}")
+    result = run_module("soundloc_tf.serving.dev_server", f"--model_base_path={tmp_path / 'empty'}")
     assert_one_line_error(result, "no version directories")
 
 
@@ -471,7 +474,7 @@ def grpc_server(exported):
 
 @needs_tf_serving_api
 def test_grpc_predict_round_trip_equals_rest(grpc_server, pairs):
-    from serving.client import GrpcClient
+    from soundloc_tf.serving.client import GrpcClient
 
     images, sounds = pairs
     rest = ServingClient(grpc_server.url, version=1).localize(images, sounds)
@@ -498,7 +501,8 @@ def test_client_program_predicts_over_grpc(grpc_server, pairs, tmp_path):
     images, sounds = pairs
     (tmp_path / "a.jpg").write_bytes(images[0])
     (tmp_path / "a.wav").write_bytes(sounds[0])
-    result = run_module("serving.client", f"--grpc={grpc_server.grpc_target}", "--version=1",
+    result = run_module("soundloc_tf.serving.client",
+                        f"--grpc={grpc_server.grpc_target}", "--version=1",
                         "predict", f"--image={tmp_path / 'a.jpg'}",
                         f"--sound={tmp_path / 'a.wav'}", f"--output_dir={tmp_path / 'out'}")
     assert result.returncode == 0, result.stderr

@@ -80,7 +80,7 @@ def test_soundnet8_is_the_audio_tower_of_the_paper_config():
 
 @pytest.mark.skipif(not WEIGHTS.is_file(), reason=(
     f"converted SoundNet-8 weights absent ({WEIGHTS}); make them with "
-    "`python -m tools.fetch_weights --what=soundnet`"))
+    "`soundloc-fetch-weights --what=soundnet`"))
 @pytest.mark.skipif(not SOUNDS.is_dir(), reason=f"real recordings absent: {SOUNDS}")
 def test_top_imagenet_classes_of_real_recordings_are_plausible():
     from soundloc_tf.models import build_audio_tower
@@ -115,7 +115,7 @@ HED = Path(os.environ.get("SOUNDLOC_HED_WEIGHTS",
 
 
 @pytest.mark.skipif(not HED.is_file(), reason=(
-    f"HED weights absent ({HED}); fetch them with `python -m tools.fetch_weights --what=hed`"))
+    f"HED weights absent ({HED}); fetch them with `soundloc-fetch-weights --what=hed`"))
 def test_hed_weights_load_into_the_vgg16_tower():
     import h5py
     import tensorflow as tf

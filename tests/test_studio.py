@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.client import ServingClient
+from soundloc_tf.serving.client import ServingClient
 from serving_fixtures import png_bytes, wav_bytes
 from soundloc_tf import annotations
 from test_import_to_training import BOXES, _write_video
@@ -71,14 +71,15 @@ def imported(tmp_path_factory):
     _write_video(videos / "drums.mp4", 2.0, BOXES[0], 500, size=(96, 72))
     _write_video(videos / "bell.mp4", 2.0, BOXES[2], 900, size=(96, 72))
     out = base / "records"
-    result = _run("tools.import_data", "--format=videos", f"--input={videos}", f"--output={out}",
+    result = _run("soundloc_tf.tools.import_data",
+                  "--format=videos", f"--input={videos}", f"--output={out}",
                   f"--sample_rate={RATE}", f"--clip_seconds={CLIP}", "--pairs_per_clip=2")
     assert result.returncode == 0, result.stderr[-2000:]
     return base, out, videos
 
 
 def _studio(records_dir, server):
-    from soundloc_tf.studio.app import StudioServer
+    from soundloc_tf.serving.studio.app import StudioServer
 
     return StudioServer(str(records_dir), server, port=0, quiet=True)
 
@@ -132,7 +133,7 @@ def _keep_screenshot(page, tmp_dir, name):
 @pytest.mark.slow
 def test_label_two_frames_train_on_exactly_them_export_and_localise(browser, imported,
                                                                      tmp_path):
-    from serving.dev_server import DevServer
+    from soundloc_tf.serving.dev_server import DevServer
 
     base, records_dir, videos = imported
     port = _free_port()  # the model server comes up on it later: first it is down
@@ -199,7 +200,7 @@ def test_label_two_frames_train_on_exactly_them_export_and_localise(browser, imp
 
         # Train the tiny model on exactly the two labels, then export it.
         workdir, exports = tmp_path / "run", tmp_path / "exports"
-        train = _run("tools.train", "--preset=tiny", f"--workdir={workdir}",
+        train = _run("soundloc_tf.tools.train", "--preset=tiny", f"--workdir={workdir}",
                      f"--records={records_dir}",
                      f"--annotations={records_dir / 'annotations.json'}",
                      "--train_steps=2", "--batch_size=4", "--eval_every=100",
@@ -208,7 +209,8 @@ def test_label_two_frames_train_on_exactly_them_export_and_localise(browser, imp
         assert "Semi-supervised on 2 labelled pairs of 4 (annotation layer" in train.stdout
         supervised = [float(v) for v in re.findall(r"supervised (\d+\.\d+)\)", train.stdout)]
         assert len(supervised) == 2 and max(supervised) > 0, train.stdout
-        export = _run("tools.export", f"--workdir={workdir}", f"--export_base={exports}")
+        export = _run("soundloc_tf.tools.export",
+                      f"--workdir={workdir}", f"--export_base={exports}")
         assert export.returncode == 0, export.stderr[-3000:]
 
         with DevServer(str(exports / "soundloc"), port=port, quiet=True) as model:
@@ -351,7 +353,7 @@ def test_two_tabs_saving_one_pair_and_a_corrupt_file_lose_no_label(browser, impo
 
 
 def test_studio_program_reports_bad_records_in_one_line(tmp_path):
-    result = _run("tools.studio", f"--records={tmp_path / 'nothing'}", timeout=120)
+    result = _run("soundloc_tf.tools.studio", f"--records={tmp_path / 'nothing'}", timeout=120)
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "must be a record directory" in errors[0], result.stderr
@@ -359,7 +361,8 @@ def test_studio_program_reports_bad_records_in_one_line(tmp_path):
 
 
 def test_the_localise_side_knows_the_model_only_through_rest():
-    code = ("import sys; import soundloc_tf.studio.localize, soundloc_tf.studio.app\n"
+    code = ("import sys; import soundloc_tf.serving.studio.localize\n"
+            "import soundloc_tf.serving.studio.app\n"
             "print(sorted(m for m in sys.modules if m.startswith('soundloc_tf.') and m.split('.')[1]"
             " in ('training', 'export', 'models', 'losses', 'evaluation', 'feature_cache')))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _run(tool, *args, timeout=300):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", f"tools.{tool}", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", f"soundloc_tf.tools.{tool}",
+                           *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -174,5 +175,5 @@ def test_paper_preset_without_the_soundnet_weights_names_the_fetch_command(tmp_p
     result = _run("train", f"--workdir={tmp_path}", "--preset=paper", "--image_weights=none",
                   f"--audio_weights={tmp_path / 'absent.weights.h5'}", "--image_size=32")
     _assert_clean_failure(result, "error: the SoundNet-8 weights file is missing; run "
-                          "`python -m tools.fetch_weights --what=soundnet`")
+                          "`soundloc-fetch-weights --what=soundnet`")
     assert len(result.stderr.strip().splitlines()) == 1

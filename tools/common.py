@@ -17,7 +17,7 @@ from typing import Callable
 
 from absl import app, flags, logging
 
-from serving.tf_logs import quiet_tensorflow
+from soundloc_tf.tf_logs import quiet_tensorflow
 
 quiet_tensorflow()
 

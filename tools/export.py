@@ -19,7 +19,7 @@ import time
 
 from absl import flags
 
-from tools import common
+from . import common
 
 flags.DEFINE_string("workdir", None, "Run directory written by soundloc-train.", required=True)
 flags.DEFINE_string("export_base", "exports", "Base directory; the model goes to "

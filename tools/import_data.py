@@ -23,7 +23,7 @@ import sys
 
 from absl import flags
 
-from tools import common
+from . import common
 
 flags.DEFINE_enum("format", None, ["flickr", "vggss", "avsbench_s4", "videos", "composites",
                                    "mosaics", "photos"],

@@ -27,8 +27,8 @@ import sys
 import numpy as np
 from absl import flags
 
-from serving.client import write_files  # the client's all-or-nothing writer
-from tools import common
+from soundloc_tf.serving.client import write_files  # the client's all-or-nothing writer
+from . import common
 
 flags.DEFINE_string("workdir", None, "Training run directory (soundloc-train --workdir).")
 flags.DEFINE_string("saved_model", None, "Exported model: <export_base>/<model_name>[/<version>].")

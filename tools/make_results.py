@@ -16,7 +16,7 @@ import json
 import os
 from absl import flags
 
-from tools import common
+from . import common
 
 SCHEMA = "soundloc.experiment/1"
 EXPERIMENT_TITLES = {

@@ -325,8 +325,8 @@ def check_inputs(photos_dir: str, stamps_dir: str, towers: set[str]) -> None:
         needed.append(models.hed_weights_path())
     missing = [p for p in needed if not os.path.isfile(p)]
     if missing:
-        raise ValueError("the pretrained towers' weights are missing; run `python -m "
-                         f"tools.fetch_weights --what=all` first. Received: {missing}")
+        raise ValueError("the pretrained towers' weights are missing; run `"
+                         f"soundloc-fetch-weights --what=all` first. Received: {missing}")
 
 
 def train_run(run: Run, config, fold: int, train_dir: str, output_dir: str, strategy,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from tools import common
+from . import common
 
 flags.DEFINE_string("records", None, "The record directory whose pairs are labelled.")
 flags.DEFINE_string("server", "http://localhost:8501", "TF Serving's REST address (or "
@@ -32,7 +32,7 @@ def main(argv: list[str]) -> None:
     if not FLAGS.records:
         raise ValueError("--records is required: the record directory to label (made by "
                          "soundloc-import). Received: no --records")
-    from soundloc_tf.studio.app import StudioServer  # after flag parsing: imports TensorFlow
+    from soundloc_tf.serving.studio.app import StudioServer  # after flag parsing: imports TensorFlow
 
     studio = StudioServer(FLAGS.records, FLAGS.server, FLAGS.annotations, FLAGS.model_name,
                           port=FLAGS.port, quiet=FLAGS.quiet)

@@ -18,7 +18,7 @@ import os
 import numpy as np
 from absl import flags
 
-from tools import common
+from . import common
 
 flags.DEFINE_string("workdir", None, "Training run directory (for its config).", required=True)
 flags.DEFINE_string("output", "switch.mp4", "The MP4 to write (H.264 + AAC).")

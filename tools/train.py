@@ -33,7 +33,7 @@ import os
 
 from absl import flags
 
-from tools import common
+from . import common
 
 flags.DEFINE_string("workdir", None, "Run directory: config, checkpoints, TensorBoard logs. "
                     "Default: runs/<preset>.")

@@ -32,9 +32,9 @@ import threading
 from typing import Any, Callable, Iterable
 
 from soundloc_tf import annotations
-from soundloc_tf.studio.localize import (Localizer, ModelUnavailable, UnsupportedFile,
+from .localize import (Localizer, ModelUnavailable, UnsupportedFile,
                                          as_model_image, as_model_sound)
-from soundloc_tf.studio.pairs import RecordPairs
+from .pairs import RecordPairs
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 # Uploads travel base64 in JSON; a phone video of a few minutes fits.

@@ -19,8 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from serving.client import ServingClient, ServingError, colorize
-from soundloc_tf.studio.pairs import wav_bytes
+from ..client import ServingClient, ServingError, colorize
+from .pairs import wav_bytes
 
 # Rate of the WAV windows cut from uploaded audio and videos; the model resamples.
 WAV_RATE = 16000

@@ -1,0 +1,107 @@
+"""The architecture as a test: imports only run down the floors, and the installed names.
+
+Floors, bottom to top (README, Layout): the config and the pure maths; audio and data;
+the models; training, evaluation and export; the command lines and the serving side.
+A module may import its own floor or a lower one, never a higher one.
+"""
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FLOORS = {
+    0: ("config", "losses", "metrics", "protocols", "visualize", "tf_logs"),
+    1: ("audio", "audio_io", "data", "records", "annotations", "importers", "negatives"),
+    2: ("models", "soundnet", "int8_tower"),
+    3: ("training", "evaluation", "export", "feature_cache", "localize", "plots"),
+}
+TOP = 4  # tools/ and serving/: installed as soundloc_tf.tools and soundloc_tf.serving
+FLOOR_OF = {module: floor for floor, modules in FLOORS.items() for module in modules}
+
+
+def _floor(module: str) -> int:
+    """The floor of a dotted name inside the project (soundloc_tf.x, tools.x, serving.x)."""
+    parts = module.split(".")
+    if parts[0] in ("tools", "serving") or parts[1:2] in (["tools"], ["serving"]):
+        return TOP
+    return FLOOR_OF[parts[1]]
+
+
+def _project_imports(path: Path, package: str) -> set[str]:
+    """Every project module `path` imports, at any depth (function-level imports too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolved against the file's package
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            names = [base] if "." in base else [f"{base}.{a.name}" for a in node.names]
+            found.update(n for n in names if n.split(".")[0] in ("soundloc_tf", "tools",
+                                                                   "serving"))
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names
+                         if a.name.split(".")[0] in ("soundloc_tf", "tools", "serving"))
+    return found
+
+
+def _sources():
+    for path in sorted((ROOT / "soundloc_tf").glob("*.py")):
+        if path.stem != "__init__":
+            yield path, "soundloc_tf", FLOOR_OF.get(path.stem)
+    for folder in ("tools", "serving"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            package = ".".join(path.relative_to(ROOT).parent.parts)
+            yield path, package, TOP
+
+
+def test_every_library_module_has_a_floor():
+    modules = {p.stem for p in (ROOT / "soundloc_tf").glob("*.py")} - {"__init__"}
+    assert modules == set(FLOOR_OF)
+
+
+def test_no_module_imports_a_module_on_a_higher_floor():
+    upward = []
+    for path, package, floor in _sources():
+        for module in _project_imports(path, package):
+            if module in ("soundloc_tf", "tools", "serving"):
+                continue
+            if _floor(module) > floor:
+                upward.append(f"{path.relative_to(ROOT)} (floor {floor}) imports {module} "
+                              f"(floor {_floor(module)})")
+    assert upward == []
+
+
+def test_the_serving_side_does_not_import_the_model_code():
+    """The client, dev server and studio know the model only through its signatures."""
+    model_floors = {m for floor in (2, 3) for m in FLOORS[floor]}
+    reached = []
+    for path in sorted((ROOT / "serving").rglob("*.py")):
+        package = ".".join(path.relative_to(ROOT).parent.parts)
+        reached += [f"{path.relative_to(ROOT)}: {m}" for m in _project_imports(path, package)
+                    if m.startswith("soundloc_tf.") and m.split(".")[1] in model_floors]
+    assert reached == []
+
+
+def test_installed_names_live_inside_the_library_namespace(tmp_path):
+    """Outside the repository, `tools`, `serving` and `benchmarks` are not importable: the
+    command lines come from soundloc_tf.tools and soundloc_tf.serving."""
+    code = ("import importlib.util as u\n"
+            "print([n for n in ('tools', 'serving', 'benchmarks') if u.find_spec(n)])\n"
+            "print([n for n in ('soundloc_tf.tools.train', 'soundloc_tf.serving.client',"
+            " 'soundloc_tf.serving.studio.app') if u.find_spec(n)])")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    if result.returncode == 0 and "soundloc_tf.tools.train" not in result.stdout:
+        pytest.skip("soundloc_tf is not installed in this interpreter (pip install -e .)")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == [
+        "[]", "['soundloc_tf.tools.train', 'soundloc_tf.serving.client', "
+        "'soundloc_tf.serving.studio.app']"]
