@@ -44,8 +44,9 @@ class Config:
     freeze_image_tower: bool = True
     # "bfloat16" runs the image tower's convolutions in bfloat16 (Keras's
     # mixed_bfloat16: float32 weights, bf16 arithmetic) and hands a float32
-    # map on: 2x the images/s with AVX-512 BF16 or a GPU; the evidence on
-    # results is in README.md. The localiser and losses stay in float32.
+    # map on: faster where the CPU has AVX-512 BF16 (or on a GPU), at a small cost
+    # in accuracy (benchmarks/README.md), hence not the default. The localiser and
+    # losses stay in float32.
     image_tower_precision: str = "float32"
 
     # --- audio stream -----------------------------------------------------
@@ -80,7 +81,7 @@ class Config:
     # The paper applies ReLU to the cosines before the softmax.  When every
     # cosine of a sample is negative (common at random initialisation) the
     # attention is exactly uniform and no gradient reaches it; False uses
-    # softmax(cos / T) instead (see README, "Deviations").
+    # softmax(cos / T) instead (docs/FINDINGS.md, "Deviations").
     attention_relu: bool = True
 
     # --- losses -------------------------------------------------------------
@@ -99,8 +100,9 @@ class Config:
     batch_size: int = 30
     train_steps: int = 48_000  # ~10 epochs of 144k pairs at batch 30
     # Compile the localiser, loss and update with XLA when training from the
-    # feature cache on one device (OneDeviceStrategy): 1.5x the pairs/s there.
-    # The conv towers are never compiled; XLA slows them on CPU.
+    # feature cache on one device (OneDeviceStrategy), where the fused heads step is
+    # memory-bound and gains from fusion. The conv towers are never compiled: XLA's CPU
+    # convolutions are slower than oneDNN's.
     xla_heads: bool = True
 
     # --- built-in synthetic scenes -----------------------------------------
@@ -177,7 +179,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The paper's towers: ImageNet VGG16 at 320x320 and SoundNet-8 with its converted
     # weights (`soundloc-fetch-weights --what=all`), both frozen as in the authors'
     # re-implementation, trained from the feature cache. InfoNCE and the softmax over raw
-    # cosines (no ReLU) were chosen on real photographs (README, "Deviations").
+    # cosines (no ReLU) were chosen on real photographs (docs/FINDINGS.md, "Deviations").
     "paper": {
         "image_weights": "imagenet",
         "audio_tower": "soundnet8",

@@ -9,8 +9,8 @@ replay) next to the boxes, flags and id, in checksummed TFRecord shards like
 localiser and heads on them with the trainer's own loss (`compute_losses`), so
 a cached step optimises the same objective as a live one.
 
-`image_tower="int8"` builds the cache through `int8_tower` (3.5x float32's
-speed for VGG16 where oneDNN has int8 kernels); the manifest records it.
+`image_tower="int8"` builds the cache through `int8_tower` (faster than float32
+for VGG16 where oneDNN has int8 kernels); the manifest records it.
 
 The cache fixes the image crop and audio window of each sample: no per-step
 augmentation.  Its manifest holds a fingerprint of the towers' weights, and
@@ -45,7 +45,7 @@ DTYPES = {"float16": tf.float16, "bfloat16": tf.bfloat16, "float32": tf.float32,
 INT8_MAX = 127.0
 # The image tower a cache build runs: "model", the model's own (float32, or bfloat16 under
 # image_tower_precision=bfloat16); "int8", that tower through oneDNN int8 convolutions
-# (`int8_tower`), 3.5x float32's speed for VGG16 on AVX-512 VNNI CPUs.
+# (`int8_tower`), faster than float32 for VGG16 on AVX-512 VNNI CPUs.
 CACHE_IMAGE_TOWERS = ("model", "int8")
 PROGRESS_SECONDS = 5.0  # between progress lines while caching
 # in_memory="auto" holds a cache in RAM when it takes under this share of the available
@@ -184,11 +184,11 @@ def read_cache(config: Config, directory: str, training: bool, seed: int = 0, st
 
     The features come in the cache's storage type (int8 is dequantised to
     float32): 16-bit maps cross the input pipeline at half the bytes, and the
-    training step casts them to float32 (inside XLA when it is compiled);
-    streaming from the cache ran 1.4x faster for it. `in_memory` parses every
+    training step casts them to float32 (inside XLA when it is compiled), so
+    streaming moves fewer bytes. `in_memory` parses every
     sample once and keeps it in RAM (`in_memory_bytes` of it): later
-    epochs cost a shuffle and a batch copy, not a read and a parse, and
-    training from the cache ran 1.9x faster on 2 cores. The order of samples is
+    epochs cost a shuffle and a batch copy, not a read and a parse, which
+    is what streaming spends its cores on. The order of samples is
     the same either way.
     Verifies the shard checksums, and with `model` that the cache was made by
     its towers.  Training streams are shuffled (seeded), repeated, and skip

@@ -1,10 +1,10 @@
 """The frozen image tower through int8 convolutions, for building a feature cache.
 
 Why: on x86 CPUs with AVX-512 VNNI, TensorFlow's oneDNN int8 convolutions run
-VGG16 about 3.5x faster than float32 and 1.8x faster than bfloat16 (2-core
-Zen: 28 against 7.9 images/s at 320x320). The cache build is the one place the
+VGG16 several times faster than float32, and faster than bfloat16 (figures in
+benchmarks/README.md). The cache build is the one place the
 tower runs over every sample, so it sets how much faster cached training is
-than training through the tower; see benchmarks/README.md.
+than training through the tower.
 
 Static post-training quantisation of a `models.build_image_tower` tower:
 weights symmetric int8 with one scale per output channel; activations quint8

@@ -1,6 +1,6 @@
 """The architecture as a test: imports only run down the floors, and the installed names.
 
-Floors, bottom to top (README, Layout): the config and the pure maths; audio and data;
+Floors, bottom to top (README.md, Layout): the config and the pure maths; audio and data;
 the models; training, evaluation and export; the command lines and the serving side.
 A module may import its own floor or a lower one, never a higher one.
 """

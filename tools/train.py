@@ -57,12 +57,12 @@ flags.DEFINE_enum("cache_dtype", "float16", ["float32", "float16", "bfloat16", "
 flags.DEFINE_enum("cache_image_tower", "model", ["model", "int8"],
                   "tower_mode=cached: the image tower that builds the cache. model: as "
                   "built (float32, or bfloat16 with --image_tower_precision); int8: through "
-                  "oneDNN int8 convolutions calibrated on the first images, about 3.5x "
+                  "oneDNN int8 convolutions calibrated on the first images, several times "
                   "float32's speed for VGG16 on AVX-512 VNNI CPUs, maps within about 2% "
                   "(see docs in soundloc_tf/int8_tower.py).")
 flags.DEFINE_enum("cache_in_memory", "auto", ["auto", "true", "false"],
                   "tower_mode=cached: parse the cache once and hold it in RAM (later epochs "
-                  "skip the read and parse; 1.9x the pairs/s on 2 cores) or stream it from "
+                  "skip the read and parse) or stream it from "
                   "disk every epoch. auto: in RAM when it takes under half the available "
                   "memory.")
 flags.DEFINE_integer("cache_samples", 10_000, "tower_mode=cached on synthetic scenes: how "

@@ -28,7 +28,9 @@ def main(argv):
     args = list(argv)
     # The runfiles tree is not the place for a cache; keep temp files in the
     # per-test directory Bazel hands out and cleans up.
-    args += ["-p", "no:cacheprovider", "-ra"]
+    # -m "": every test, the slow ones too, as CI's plain pytest run (pyproject.toml's
+    # default skips them for the developer's loop).
+    args += ["-p", "no:cacheprovider", "-ra", "-m", ""]
     tmpdir = os.environ.get("TEST_TMPDIR")
     if tmpdir:
         args.append("--basetemp=" + os.path.join(tmpdir, "pytest"))
