@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import keras
 import numpy as np
@@ -251,8 +251,21 @@ class Trainer:
                  strategy: tf.distribute.Strategy | None = None,
                  dataset_fn: DatasetFn | None = None,
                  validation: tf.data.Dataset | None = None,
-                 log: Callable[[str], None] = print_line):
+                 log: Callable[[str], None] = print_line,
+                 run_flags: dict[str, Any] | None = None):
+        """Args:
+          config: the model and training settings, saved as the run's config.json.
+          workdir: the run directory (config, checkpoints, TensorBoard logs).
+          strategy: the distribution strategy (default: `make_strategy()`).
+          dataset_fn: start step -> training pairs (default: the synthetic scenes).
+          validation: pairs scored during training (default: held-out synthetic scenes).
+          log: where progress lines go.
+          run_flags: the settings outside `Config` that shaped the run (the command
+            line's data and cache flags), saved in config.json under "run_flags" so
+            that the file records the whole run.
+        """
         self.config = config
+        self.run_flags = dict(run_flags or {})
         self.workdir = workdir
         self.log = log
         self.strategy = strategy or make_strategy()
@@ -307,7 +320,8 @@ class Trainer:
                     f"the work directory holds a run with another configuration; use a new "
                     f"--workdir or the same settings. Received: differing fields {changed}")
         with open(os.path.join(self.workdir, "config.json"), "w") as f:
-            json.dump(dataclasses.asdict(self.config), f, indent=1)
+            json.dump({**dataclasses.asdict(self.config), "run_flags": self.run_flags}, f,
+                      indent=1)
 
     def _restore(self) -> None:
         # The `checkpoint` state file, as restore_model reads it: CheckpointManager.checkpoints

@@ -71,6 +71,10 @@ common.define_config_flags()
 FLAGS = flags.FLAGS
 
 TOWER_MODES = {"fine_tuned": False, "frozen": True, "cached": True}  # -> freeze both towers
+# The flags outside Config: the run's config.json records them under "run_flags".
+RUN_FLAGS = ("preset", "records", "annotations", "validation_records", "tower_mode",
+             "feature_cache", "cache_dtype", "cache_image_tower", "cache_in_memory",
+             "cache_samples")
 
 
 def _config():
@@ -134,7 +138,8 @@ def main(argv: list[str]) -> None:
             validation = records.read_records(config, FLAGS.validation_records,
                                               training=False).take(
                 VALIDATION_SAMPLES_DURING_TRAINING)
-    trainer = Trainer(config, workdir, strategy, dataset_fn=dataset_fn, validation=validation)
+    trainer = Trainer(config, workdir, strategy, dataset_fn=dataset_fn, validation=validation,
+                      run_flags={name: FLAGS[name].value for name in RUN_FLAGS})
     if FLAGS.tower_mode == "cached":
         from soundloc_tf import data, feature_cache
 
