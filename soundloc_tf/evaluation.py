@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from soundloc_tf import losses, metrics, negatives, protocols
 from soundloc_tf.config import Config
+from soundloc_tf.models import Towers, split_model
 
 EVAL_BATCH = 32
 MISMATCH_DEFINITION = (
@@ -79,25 +80,6 @@ def predict_maps(model: keras.Model, dataset: tf.data.Dataset, mismatched: bool 
 
 # ---------------------------------------------------------------------------
 # The two passes.
-
-
-@dataclasses.dataclass(frozen=True)
-class Towers:
-    """The three parts of a `build_model` model, to run them separately."""
-
-    image: keras.Model
-    audio: keras.Model
-    localizer: keras.Model
-
-
-def split_model(model: keras.Model) -> Towers:
-    try:
-        return Towers(model.get_layer("image_tower"), model.get_layer("audio_tower"),
-                      model.get_layer("localizer"))
-    except ValueError:
-        raise ValueError("the model must be built by soundloc_tf.models.build_model (layers "
-                         "image_tower, audio_tower and localizer). Received: model "
-                         f"{model.name!r}") from None
 
 
 def audio_features(towers: Towers, waveforms: np.ndarray | tf.Tensor) -> np.ndarray:

@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from soundloc_tf import data, int8_tower, records
 from soundloc_tf.config import Config
+from soundloc_tf.models import split_model
 from soundloc_tf.training import (compute_losses, localizer_outputs, make_optimizer,
                                   pick_annotators)
 
@@ -51,12 +52,6 @@ PROGRESS_SECONDS = 5.0  # between progress lines while caching
 # in_memory="auto" holds a cache in RAM when it takes under this share of the available
 # memory: the shuffle buffer, the model and the batches need the rest.
 IN_MEMORY_FRACTION = 0.5
-
-
-def towers(model: keras.Model) -> tuple[keras.Model, keras.Model, keras.Model]:
-    """The image tower, audio tower and localiser inside a `build_model` model."""
-    return (model.get_layer("image_tower"), model.get_layer("audio_tower"),
-            model.get_layer("localizer"))
 
 
 def fingerprint(*models: keras.Model) -> str:
@@ -99,7 +94,7 @@ def write_cache(model: keras.Model, config: Config, dataset: tf.data.Dataset, di
     os.makedirs(directory, exist_ok=True)
     if os.path.exists(os.path.join(directory, records.MANIFEST)):
         raise ValueError(f"the directory already holds a cache. Received: {directory!r}")
-    image_model, audio_model, _ = towers(model)
+    image_model, audio_model, _ = split_model(model)
     ranges = None
     if image_tower == "int8":
         calibration = next(iter(dataset.take(int8_tower.CALIBRATION_IMAGES)
@@ -208,7 +203,7 @@ def read_cache(config: Config, directory: str, training: bool, seed: int = 0, st
         raise ValueError(f"the cache was made for other towers: visual {manifest['visual_shape']}"
                          f", audio {manifest['audio_dim']}; this config needs {shape}, "
                          f"{config.audio_feature_dim}. Received: {directory!r}")
-    if model is not None and fingerprint(*towers(model)[:2]) != manifest["towers_sha256"]:
+    if model is not None and fingerprint(*split_model(model)[:2]) != manifest["towers_sha256"]:
         raise ValueError(f"the cache was made with other tower weights; rebuild it. "
                          f"Received: {directory!r}")
     files = tuple(os.path.join(directory, s["file"]) for s in manifest["shards"])
@@ -300,7 +295,7 @@ def _feature_function(model: keras.Model, dtype: str,
     """The towers' features for a batch, stored as `dtype`; the image tower runs in int8
     with `int8_ranges` where they are given."""
     per_model = _FEATURE_FUNCTIONS.setdefault(model, {})
-    image_tower, audio_tower, _ = towers(model)
+    image_tower, audio_tower, _ = split_model(model)
     # The int8 tower holds a copy of the weights: a tower changed since (restored from
     # another checkpoint) needs a new one.
     key = (dtype, int8_ranges, fingerprint(image_tower) if int8_ranges else None)
@@ -431,7 +426,7 @@ class CachedStep:
 def train_from_cache(config: Config, model: keras.Model, directory: str, steps: int,
                      seed: int = 0, log_every: int = 50) -> Iterable[dict[str, float]]:
     """Trains `model`'s localiser for `steps` on the cache; yields the logged losses."""
-    step = CachedStep(config, towers(model)[2])
+    step = CachedStep(config, split_model(model)[2])
     dataset = read_cache(config, directory, training=True, seed=seed, model=model)
     iterator = iter(dataset.batch(config.batch_size, drop_remainder=True).prefetch(2))
     for i in range(1, steps + 1):

@@ -135,7 +135,7 @@ class Localizer:
     @classmethod
     def from_workdir(cls, workdir: PathLike, heatmap_size: int | None = None) -> "Localizer":
         """The latest checkpoint of a training run."""
-        from soundloc_tf.training import restore_model
+        from soundloc_tf.run_dir import restore_model
 
         config, model, _ = restore_model(os.fspath(workdir))
         return cls.from_model(model, config, heatmap_size)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import keras
 import tensorflow as tf
@@ -403,3 +403,27 @@ def build_model(config: Config) -> keras.Model:
     outputs = dict(build_localizer(config)([visual, audio_feature]))
     outputs["audio_feature"] = keras.layers.Identity(name="audio_feature_out")(audio_feature)
     return keras.Model({"image": image, "waveform": waveform}, outputs, name="soundloc")
+
+
+class Towers(NamedTuple):
+    """The three parts of a `build_model` model, to run them separately (evaluation, the
+    feature cache)."""
+
+    image: keras.Model
+    audio: keras.Model
+    localizer: keras.Model
+
+
+def split_model(model: keras.Model) -> Towers:
+    """The image tower, audio tower and localiser inside a `build_model` model.
+
+    Raises:
+      ValueError: `model` was not built by `build_model`.
+    """
+    try:
+        return Towers(model.get_layer("image_tower"), model.get_layer("audio_tower"),
+                      model.get_layer("localizer"))
+    except ValueError:
+        raise ValueError("the model must be built by soundloc_tf.models.build_model (layers "
+                         "image_tower, audio_tower and localizer). Received: model "
+                         f"{model.name!r}") from None

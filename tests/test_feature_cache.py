@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from soundloc_tf import data, feature_cache, int8_tower, training
 from soundloc_tf.config import get_config
-from soundloc_tf.models import build_model
+from soundloc_tf.models import build_model, split_model
 
 CONFIG = get_config("tiny", freeze_image_tower=True, freeze_audio_tower=True, batch_size=16)
 
@@ -50,7 +50,7 @@ def _live_losses(model, batch):
 def _cached_losses(model, directory):
     batch = next(iter(feature_cache.read_cache(CONFIG, directory, training=False, model=model)
                       .batch(CONFIG.batch_size)))
-    step = feature_cache.CachedStep(CONFIG, feature_cache.towers(model)[2])
+    step = feature_cache.CachedStep(CONFIG, split_model(model)[2])
     return step.losses(batch), batch
 
 
@@ -119,7 +119,7 @@ def test_training_from_the_cache_trains_the_models_localizer(tmp_path):
 
 def _cached_losses_for(config, model, directory):
     batch = next(iter(feature_cache.read_cache(config, directory, training=False).batch(16)))
-    return feature_cache.CachedStep(config, feature_cache.towers(model)[2]).losses(batch), batch
+    return feature_cache.CachedStep(config, split_model(model)[2]).losses(batch), batch
 
 
 def test_cache_refuses_other_towers_corruption_and_unfrozen_towers(model, caches, tmp_path):
@@ -210,8 +210,8 @@ def test_a_bfloat16_image_tower_does_not_reuse_a_float32_cache(model):
     """Same weights, other arithmetic: other features, so another fingerprint."""
     bf16 = build_model(CONFIG.replace(image_tower_precision="bfloat16"))
     bf16.set_weights(model.get_weights())
-    assert feature_cache.fingerprint(*feature_cache.towers(bf16)[:2]) != \
-        feature_cache.fingerprint(*feature_cache.towers(model)[:2])
+    assert feature_cache.fingerprint(*split_model(bf16)[:2]) != \
+        feature_cache.fingerprint(*split_model(model)[:2])
 
 
 def test_in_memory_reading_gives_the_streamed_samples_in_the_same_order(caches):
@@ -277,7 +277,7 @@ def test_an_int8_tower_cache_records_its_ranges_and_keeps_the_loss(model, caches
                                          image_tower="int8")
     assert manifest["image_tower"] == "int8" and len(manifest["int8_ranges"]) == 7
     assert manifest["towers_sha256"] == feature_cache.fingerprint(
-        *feature_cache.towers(model)[:2])  # the same weights; the arithmetic is recorded
+        *split_model(model)[:2])  # the same weights; the arithmetic is recorded
     exact, _ = _cached_losses(model, caches["float32"])
     quantized, _ = _cached_losses(model, directory)
     errors = {k: abs(float(quantized[k]) - float(v)) / abs(float(v))
@@ -304,7 +304,7 @@ def test_an_int8_cache_build_sees_tower_weights_changed_since_the_last_one(tmp_p
     read = lambda d: next(iter(feature_cache.read_cache(  # noqa: E731
         config, d, training=False).batch(16)))["visual_map"].numpy()
     feature_cache.write_cache(model, config, dataset, str(tmp_path / "a"), image_tower="int8")
-    last = feature_cache.towers(model)[0].get_layer("block4_conv2")
+    last = split_model(model)[0].get_layer("block4_conv2")
     last.kernel.assign(last.kernel * 2.0)  # the last convolution: no calibrated range moves
     feature_cache.write_cache(model, config, dataset, str(tmp_path / "b"), image_tower="int8")
     ratio = np.abs(read(str(tmp_path / "b"))).sum() / np.abs(read(str(tmp_path / "a"))).sum()

@@ -19,7 +19,7 @@ FLOORS = {
     0: ("config", "losses", "metrics", "protocols", "visualize", "tf_logs"),
     1: ("audio", "audio_io", "data", "records", "annotations", "importers", "negatives"),
     2: ("models", "soundnet", "int8_tower"),
-    3: ("training", "evaluation", "export", "feature_cache", "localize", "plots"),
+    3: ("run_dir", "training", "evaluation", "export", "feature_cache", "localize", "plots"),
 }
 TOP = 4  # tools/ and serving/: installed as soundloc_tf.tools and soundloc_tf.serving
 FLOOR_OF = {module: floor for floor, modules in FLOORS.items() for module in modules}

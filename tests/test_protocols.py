@@ -8,7 +8,8 @@ import tensorflow as tf
 
 from soundloc_tf import data, metrics, negatives
 from soundloc_tf.config import get_config
-from soundloc_tf.evaluation import evaluate_detailed, mismatch_partners, predict_maps, split_model
+from soundloc_tf.evaluation import evaluate_detailed, mismatch_partners, predict_maps
+from soundloc_tf.models import split_model
 from soundloc_tf.models import build_model
 
 

@@ -9,8 +9,8 @@ import tensorflow as tf
 
 from soundloc_tf import data
 from soundloc_tf.config import get_config
-from soundloc_tf.training import (Trainer, all_finite, learning_rate_at, make_optimizer,
-                                  restore_model)
+from soundloc_tf.run_dir import restore_model
+from soundloc_tf.training import Trainer, all_finite, learning_rate_at, make_optimizer
 
 QUIET = dict(eval_every=10_000, num_summary_images=0, log_every=10_000)
 

@@ -188,7 +188,7 @@ def _write_overlay_grid(model, dataset, count: int, path: str) -> None:
 def main(argv: list[str]) -> None:
     from soundloc_tf import data, plots
     from soundloc_tf.evaluation import evaluate_detailed
-    from soundloc_tf.training import restore_model
+    from soundloc_tf.run_dir import restore_model
 
     config, model, step = restore_model(FLAGS.workdir)
     output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir, "eval")

@@ -54,7 +54,7 @@ def main(argv: list[str]) -> None:
     import av
     from PIL import Image
 
-    from soundloc_tf.training import load_saved_config
+    from soundloc_tf.run_dir import load_saved_config
 
     config = load_saved_config(FLAGS.workdir)
     if config is None:

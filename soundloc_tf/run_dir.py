@@ -1,0 +1,85 @@
+"""A run directory's files: its config.json and the newest readable checkpoint.
+
+Kept apart from the training loop so that evaluation, export and localisation
+read a run without importing the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+from soundloc_tf.config import Config
+from soundloc_tf.models import build_model
+
+
+def print_line(message: str) -> None:
+    print(message, flush=True)
+
+
+_UNREADABLE = (tf.errors.OpError, ValueError, AssertionError, IndexError, KeyError)
+
+
+def restore_newest_readable(checkpoint: tf.train.Checkpoint, paths: list[str],
+                            log: Callable[[str], None], partial: bool) -> str | None:
+    """Restores the newest readable checkpoint of `paths` (oldest first); returns its path.
+
+    An unreadable one (a kill or a full disk during a write, a damaged file)
+    is skipped with a log line and the next older one tried; if none reads,
+    a ValueError lists why each failed.  `partial` allows objects of the
+    checkpoint that `checkpoint` does not track (the optimiser, for a model).
+    """
+    failures = []
+    for path in reversed(paths):
+        try:
+            status = checkpoint.restore(path)
+            (status.expect_partial() if partial else status).assert_existing_objects_matched()
+        except _UNREADABLE as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            failures.append(f"{path} ({type(error).__name__}: {first_line})")
+            log(f"Skipped checkpoint {path}: it is unreadable or was written by another model "
+                f"({type(error).__name__}: {first_line}); trying an older one.")
+            continue
+        return path
+    if failures:
+        raise ValueError(f"could not restore the checkpoint; every one is unreadable or was "
+                         f"written by another model. Received: {'; '.join(failures)}")
+    return None
+
+
+def restore_model(workdir: str, log: Callable[[str], None] = print_line
+                  ) -> tuple[Config, keras.Model, int]:
+    """The config, model weights and step of the newest readable checkpoint in `workdir`."""
+    config = load_saved_config(workdir)
+    if config is None:
+        raise ValueError(f"no training run found (config.json is missing). Received: "
+                         f"workdir={workdir!r}")
+    state = tf.train.get_checkpoint_state(os.path.join(workdir, "checkpoints"))
+    if state is None or not state.all_model_checkpoint_paths:
+        raise ValueError(f"the run has no checkpoint yet. Received: workdir={workdir!r}")
+    model = build_model(config)
+    step = tf.Variable(0, dtype=tf.int64)
+    restore_newest_readable(tf.train.Checkpoint(model=model, step=step),
+                            list(state.all_model_checkpoint_paths), log, partial=True)
+    return config, model, int(step.numpy())
+
+
+def load_saved_config(workdir: str) -> Config | None:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            fields = json.load(f)
+        known = {f.name: f for f in dataclasses.fields(Config)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()
+                  if k in known}
+        return Config(**values)
+    except (OSError, ValueError, TypeError) as error:
+        raise ValueError(f"could not read the run's config file. Received: {path} "
+                         f"({type(error).__name__}: {error})") from None
