@@ -5,9 +5,9 @@ pretrained SoundNet-8 is usually frozen too), every step recomputes the same
 conv maps.  `write_cache` stores, per sample, the visual map [m, m, C] and the
 audio feature [D] (float16 by default: half the bytes; float32 for exact
 replay) next to the boxes, flags and id, in checksummed TFRecord shards like
-`records`.  `read_cache` streams them back and `CachedStep` trains the
-localiser and heads on them with the trainer's own loss (`compute_losses`), so
-a cached step optimises the same objective as a live one.
+`records`.  `read_cache` streams them back, and `training.Trainer.use_feature_cache`
+trains the localiser and heads on them with the trainer's own step (the same loss,
+update and non-finite check as a live step).
 
 `image_tower="int8"` builds the cache through `int8_tower` (faster than float32
 for VGG16 where oneDNN has int8 kernels); the manifest records it.
@@ -25,7 +25,7 @@ import os
 import tempfile
 import time
 import weakref
-from typing import Callable, Iterable
+from typing import Callable
 
 import keras
 import numpy as np
@@ -34,8 +34,6 @@ import tensorflow as tf
 from soundloc_tf import data, int8_tower, records
 from soundloc_tf.config import Config
 from soundloc_tf.models import split_model
-from soundloc_tf.training import (compute_losses, localizer_outputs, make_optimizer,
-                                  pick_annotators)
 
 CACHE_FORMAT = "soundloc-feature-cache"
 # Storage types.  int8 is symmetric and linear with one float32 scale per sample and
@@ -386,50 +384,3 @@ def cache_dataset_fn(config: Config, directory: str,
     """
     return lambda start: read_cache(config, directory, training=True, seed=config.train_seed,
                                     start=start, in_memory=in_memory)
-
-
-class CachedStep:
-    """One optimisation step of the localiser and heads on cached features.
-
-    Uses `training.compute_losses`, so the objective is the live trainer's.
-    `localizer` is the model's own localiser (trained in place).
-    """
-
-    def __init__(self, config: Config, localizer: keras.Model,
-                 optimizer: keras.optimizers.Optimizer | None = None):
-        self.config = config
-        self.localizer = localizer
-        self.optimizer = optimizer or make_optimizer(config)
-        self.optimizer.build(localizer.trainable_variables)
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
-
-    def outputs(self, batch: dict) -> dict[str, tf.Tensor]:
-        return localizer_outputs(self.localizer, batch)
-
-    def losses(self, batch: dict) -> dict[str, tf.Tensor]:
-        global_batch = int(batch["visual_map"].shape[0])
-        return compute_losses(self.config, self.outputs(batch), batch, global_batch,
-                              pick_annotators(self.config, batch, self.step))
-
-    @tf.function
-    def __call__(self, batch: dict) -> dict[str, tf.Tensor]:
-        with tf.GradientTape() as tape:
-            terms = self.losses(batch)
-        variables = self.localizer.trainable_variables
-        gradients = tape.gradient(terms["total"], variables)
-        self.optimizer.apply_gradients(
-            [(g, v) for g, v in zip(gradients, variables) if g is not None])
-        self.step.assign_add(1)
-        return terms
-
-
-def train_from_cache(config: Config, model: keras.Model, directory: str, steps: int,
-                     seed: int = 0, log_every: int = 50) -> Iterable[dict[str, float]]:
-    """Trains `model`'s localiser for `steps` on the cache; yields the logged losses."""
-    step = CachedStep(config, split_model(model)[2])
-    dataset = read_cache(config, directory, training=True, seed=seed, model=model)
-    iterator = iter(dataset.batch(config.batch_size, drop_remainder=True).prefetch(2))
-    for i in range(1, steps + 1):
-        terms = step(next(iterator))
-        if i % log_every == 0 or i == steps:
-            yield {"step": i, **{k: float(v) for k, v in terms.items()}}
