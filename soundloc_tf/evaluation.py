@@ -226,11 +226,25 @@ def evaluate_detailed(model: keras.Model, config: Config, dataset: tf.data.Datas
                       annotation: str = "flickr") -> tuple[dict, EvaluationDetails]:
     """`evaluate`, also returning the per-image arrays (see `EvaluationDetails`).
 
-    `class_groups[c]` is the group of class c (classes that sound alike, e.g.
-    hen and rooster): mismatched and off-screen sounds are then chosen by
-    group, so an image never "mismatches" with a sound of its own group.
-    `protocol` names the rules of the headline numbers (`protocols.NAMES`);
-    `annotation` ("flickr" or "vggss") is the box format a peer's loader assumes.
+    Args:
+      model: a `build_model` model (its towers and localiser run separately).
+      config: the run's config (map size, attention, thresholds).
+      dataset: unbatched pairs with boxes (pairs without any are left out and counted).
+      rule: how soundloc's `fixed` protocol binarises a map (`metrics.BINARIZE_RULES`).
+      progress: called with the number of pairs done, for long evaluations.
+      all_rules: also score every rule (`by_rule`).
+      with_negatives: also pair every image with silence, white noise and an off-screen
+        sound, and score how the model separates them (SLAVC's AP/F1, vssl_eval's pIA).
+      random_seed: seed of the random-box baseline.
+      noise_seed: seed of the white-noise negatives.
+      class_groups: `class_groups[c]` is the group of class c (classes that sound alike,
+        e.g. hen and rooster): mismatched and off-screen sounds are then chosen by group,
+        so an image never "mismatches" with a sound of its own group.
+      protocol: the rules of the headline numbers (`protocols.NAMES`).
+      annotation: the box format a peer's loader assumes ("flickr" or "vggss").
+
+    Returns:
+      (the metrics dict `evaluate` returns, the per-image `EvaluationDetails`).
     """
     if rule not in metrics.BINARIZE_RULES:
         raise ValueError(f"rule must be one of {metrics.BINARIZE_RULES}. Received: rule={rule!r}")
