@@ -119,12 +119,6 @@ class GlobalBatchNorm(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="soundloc")
-class L2Normalize(keras.layers.Layer):
-    def call(self, x):
-        return tf.math.l2_normalize(x, axis=-1)
-
-
-@keras.saving.register_keras_serializable(package="soundloc")
 class SoundAttention(keras.layers.Layer):
     """The paper's localiser: cosine of every location with the sound, then softmax.
 
@@ -382,7 +376,7 @@ def build_localizer(config: Config) -> keras.Model:
     h = keras.layers.Dense(config.sound_hidden_dim, activation="relu", name="sound_fc1")(
         audio_feature)
     h = keras.layers.Dense(c, name="sound_fc2")(h)
-    sound = L2Normalize(name="sound_embedding")(h)
+    sound = keras.layers.UnitNormalization(axis=-1, name="sound_embedding")(h)
     attention, cosine, score, visual_unit, attended = SoundAttention(
         config.attention_temperature, config.attention_relu, name="sound_attention")([visual, sound])
     f = keras.layers.ReLU(name="attended_relu")(attended)
