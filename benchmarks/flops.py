@@ -72,7 +72,9 @@ def heads_update_flops(config, batch: int) -> float:
     macs = 2 * audio * sound_hidden + 3 * sound_hidden * c  # sound fc1 (weights), fc2
     macs += hw * c  # |v|^2
     macs += hw * c * (2 if attention_in_loss else 1)  # v . s of the own sound
-    macs += (hw * c + 3 * visual_heads) if triplet else 0  # attended map, visual heads
+    # The attended map (sum_i alpha_i v_i) and its gradient back to the attention; the
+    # visual heads' forward, weight and activation gradients.
+    macs += (2 * hw * c + 3 * visual_heads) if triplet else 0
     if config.unsupervised_loss == "infonce":
         macs += 2 * batch * hw * c  # every location against every sound, and its gradient
     return 2.0 * macs

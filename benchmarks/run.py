@@ -534,15 +534,28 @@ def stage_train_cache(st: Stage) -> None:
 
 def _torch_comparison(st: Stage, trainer, fixed) -> None:
     """soundloc's compiled heads step and the PyTorch reference's variants on the same
-    cached batch, their timed repetitions interleaved so load on the machine hits all."""
+    cached batch, their timed repetitions interleaved so load on the machine hits all.
+    Without a PyTorch environment, or when it fails, the note (and the table) says why."""
     from benchmarks import torch_compare
-    from benchmarks.flops import heads_update_flops
 
     python = torch_compare.torch_python()
     if python is None:
         st.notes["torch_reference"] = ("not run: no PyTorch environment (--torch_python or "
-                                       f"{torch_compare.TORCH_PYTHON_ENV})")
+                                       f"${torch_compare.TORCH_PYTHON_ENV})")
         return
+    try:
+        _time_against_torch(st, trainer, fixed, python)
+    except Exception as error:  # a broken or missing environment: soundloc's figures stay
+        message = f"{type(error).__name__}: {str(error)[:300]}"
+        st.notes["torch_reference"] = f"failed ({python}): {message}"
+        st.skipped["heads_torch"] = message
+        st.log(f"  heads_torch skipped: {message}")
+
+
+def _time_against_torch(st: Stage, trainer, fixed, python: str) -> None:
+    from benchmarks import torch_compare
+    from benchmarks.flops import heads_update_flops
+
     steps, batch_size = st.scale.heads_steps, trainer.global_batch
     batch = next(iter(fixed))
     inputs = tempfile.mkdtemp(prefix="torch-", dir=st.workdir)
@@ -550,11 +563,13 @@ def _torch_comparison(st: Stage, trainer, fixed) -> None:
                                           batch, trainer.step, inputs)
     iterator = iter(trainer.strategy.experimental_distribute_dataset(fixed))
 
+    terms_holder: list[float] = []
+
     def soundloc() -> float:
         started = time.perf_counter()
         for _ in range(steps):
             terms, _ = trainer._distributed_step(iterator)
-        float(terms["total"])
+        terms_holder.append(float(terms["total"]))
         return time.perf_counter() - started
 
     with torch_compare.TorchReference(python, inputs) as reference:
@@ -571,7 +586,8 @@ def _torch_comparison(st: Stage, trainer, fixed) -> None:
                 elapsed = timer()
                 if repeat >= st.scale.warmup:
                     seconds[name].append(elapsed)
-        info = reference.info
+        info = {**reference.info, "last_loss": {"soundloc": float(terms_holder[-1]),
+                                                 **reference.last_loss}}
     for name, values in seconds.items():
         st.put(f"heads_{name}_pairs_per_s", steps * batch_size / statistics.median(values))
     st.put("heads_torch_loss_rel_error", max(errors["as_written"], errors["tuned"]))

@@ -102,6 +102,7 @@ class TorchReference:
         self.process = subprocess.Popen([python, SCRIPT, f"--inputs={directory}"],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True)
+        self.last_loss: dict[str, float] = {}
         self.info = self._answer()
 
     def _answer(self) -> dict[str, Any]:
@@ -120,7 +121,9 @@ class TorchReference:
         return self._answer()
 
     def seconds(self, variant: str, steps: int) -> float:
-        return float(self.ask(cmd="time", variant=variant, steps=steps)["seconds"])
+        answer = self.ask(cmd="time", variant=variant, steps=steps)
+        self.last_loss[variant] = float(answer["loss"])  # a diverged variant shows here
+        return float(answer["seconds"])
 
     def close(self) -> None:
         if self.process.poll() is None:
