@@ -54,3 +54,27 @@ def count_macs(model: keras.Model) -> int:
 def conv_macs_by_layer(model: keras.Model) -> dict[str, int]:
     """Layer name -> MACs per example, for the layers that have any (for the README table)."""
     return {layer.name: m for layer in model.layers if (m := layer_macs(layer))}
+
+
+def heads_update_flops(config, batch: int) -> float:
+    """FLOP per pair of one heads-only update on cached features (matrix products).
+
+    The forward's products, and in the backward those the gradients need: every
+    weight's, and the activations' back to the sound embedding; none for the cached
+    map, which is an input. The attention's products count backward only when the
+    loss uses them (triplet, or the supervised term).
+    """
+    hw, c = config.map_size ** 2, config.visual_dim
+    audio, sound_hidden = config.audio_feature_dim, config.sound_hidden_dim
+    visual_heads = c * config.visual_hidden_dim + config.visual_hidden_dim * audio
+    triplet = config.unsupervised_loss == "triplet"
+    attention_in_loss = triplet or (config.label_fraction > 0 and config.supervised_weight > 0)
+    macs = 2 * audio * sound_hidden + 3 * sound_hidden * c  # sound fc1 (weights), fc2
+    macs += hw * c  # |v|^2
+    macs += hw * c * (2 if attention_in_loss else 1)  # v . s of the own sound
+    # The attended map (sum_i alpha_i v_i) and its gradient back to the attention; the
+    # visual heads' forward, weight and activation gradients.
+    macs += (2 * hw * c + 3 * visual_heads) if triplet else 0
+    if config.unsupervised_loss == "infonce":
+        macs += 2 * batch * hw * c  # every location against every sound, and its gradient
+    return 2.0 * macs

@@ -522,6 +522,7 @@ def stage_train_cache(st: Stage) -> None:
                     held = _trainer(st, config.replace(xla_heads=True), f"{key}-memory",
                                     cache=directory, in_memory=True)
                     st.put(f"{key}_in_memory_pairs_per_s", _trainer_rate(st, held, steps))
+                    _torch_comparison(st, trainer, fixed)
             st.attempt(key, run)
     st.notes["train_cache_batch"] = batch_size
     st.notes["train_cache_method"] = ("Trainer._distributed_step after use_feature_cache, on "
@@ -529,6 +530,81 @@ def stage_train_cache(st: Stage) -> None:
                                       "_xla: xla_heads=True (the update compiled with XLA); "
                                       "_streamed: the same Trainer reading the cache files; "
                                       "_in_memory: reading them parsed once into RAM")
+
+
+def _torch_comparison(st: Stage, trainer, fixed) -> None:
+    """soundloc's compiled heads step and the PyTorch reference's variants on the same
+    cached batch, their timed repetitions interleaved so load on the machine hits all.
+    Without a PyTorch environment, or when it fails, the note (and the table) says why."""
+    from benchmarks import torch_compare
+
+    python = torch_compare.torch_python()
+    if python is None:
+        st.notes["torch_reference"] = ("not run: no PyTorch environment (--torch_python or "
+                                       f"${torch_compare.TORCH_PYTHON_ENV})")
+        return
+    try:
+        _time_against_torch(st, trainer, fixed, python)
+    except Exception as error:  # a broken or missing environment: soundloc's figures stay
+        message = f"{type(error).__name__}: {str(error)[:300]}"
+        st.notes["torch_reference"] = f"failed ({python}): {message}"
+        st.skipped["heads_torch"] = message
+        st.log(f"  heads_torch skipped: {message}")
+
+
+def _time_against_torch(st: Stage, trainer, fixed, python: str) -> None:
+    from benchmarks import torch_compare
+    from benchmarks.flops import heads_update_flops
+
+    steps, batch_size = st.scale.heads_steps, trainer.global_batch
+    batch = next(iter(fixed))
+    inputs = tempfile.mkdtemp(prefix="torch-", dir=st.workdir)
+    expected = torch_compare.write_inputs(trainer.config, trainer.model.get_layer("localizer"),
+                                          batch, trainer.step, inputs)
+    iterator = iter(trainer.strategy.experimental_distribute_dataset(fixed))
+
+    terms_holder: list[float] = []
+
+    def soundloc() -> float:
+        started = time.perf_counter()
+        for _ in range(steps):
+            terms, _ = trainer._distributed_step(iterator)
+        terms_holder.append(float(terms["total"]))
+        return time.perf_counter() - started
+
+    with torch_compare.TorchReference(python, inputs) as reference:
+        errors = torch_compare.relative_errors(reference, expected)
+        timers = {"soundloc": soundloc,
+                  **{f"torch_{v}": (lambda v=v: reference.seconds(v, steps))
+                     for v in torch_compare.VARIANTS}}
+        seconds: dict[str, list[float]] = {name: [] for name in timers}
+        for repeat in range(st.scale.warmup + st.scale.repeats):
+            for name, timer in timers.items():
+                # Idle worker threads of the other runtime spin for a while before they
+                # sleep; a pause keeps them off the cores the timed one needs.
+                time.sleep(0.3)
+                elapsed = timer()
+                if repeat >= st.scale.warmup:
+                    seconds[name].append(elapsed)
+        info = {**reference.info, "last_loss": {"soundloc": float(terms_holder[-1]),
+                                                 **reference.last_loss}}
+    for name, values in seconds.items():
+        st.put(f"heads_{name}_pairs_per_s", steps * batch_size / statistics.median(values))
+    st.put("heads_torch_loss_rel_error", max(errors["as_written"], errors["tuned"]))
+    st.put("heads_torch_authors_loss_rel_error", errors["as_written_authors_loss"])
+    st.put("heads_gflop_per_pair", heads_update_flops(trainer.config, batch_size) / 1e9)
+    st.put("heads_authors_gflop_per_pair", heads_update_flops(
+        torch_compare.authors_config(trainer.config), batch_size) / 1e9)
+    failed = {v: e for v, e in errors.items() if e > torch_compare.LOSS_TOLERANCE}
+    st.notes["torch_reference"] = {
+        **info, "loss_tolerance": torch_compare.LOSS_TOLERANCE,
+        "loss_parity": "ok" if not failed else f"FAILED {failed}",
+        "method": ("paper preset, batch of the float16 cache held in memory; soundloc: the "
+                   "Trainer's XLA-compiled update; PyTorch: benchmarks/torch_reference.py "
+                   f"in its own environment; {steps} steps a repetition, soundloc and each "
+                   "PyTorch variant interleaved, median of the repetitions")}
+    if failed:
+        st.skipped["torch_loss_parity"] = f"PyTorch's loss differs from soundloc's: {failed}"
 
 
 def _write_synthetic_records(config, directory: str, count: int) -> None:
@@ -837,6 +913,22 @@ def derive(figures: dict[str, float]) -> None:
         ideal = _towers_seconds(f, "paper", best_bf16)
         if ideal is not None:
             f["paper_10_epoch_speedup_ceiling"] = live_time / (ideal + 10.0 / held)
+    # The heads step against PyTorch's (same batch, same loss, one run) and the fp32 peak;
+    # the as-written variant with the authors' own loss does its own objective's work.
+    soundloc = f.get("heads_soundloc_pairs_per_s")
+    for variant in ("as_written", "as_written_authors_loss", "tuned"):
+        rate = f.get(f"heads_torch_{variant}_pairs_per_s")
+        if soundloc and rate:
+            f[f"heads_soundloc_over_torch_{variant}"] = soundloc / rate
+    if f.get("peak_fp32_gflops"):
+        for name, work in (("soundloc", "heads_gflop_per_pair"),
+                           ("torch_as_written", "heads_gflop_per_pair"),
+                           ("torch_as_written_authors_loss", "heads_authors_gflop_per_pair"),
+                           ("torch_tuned", "heads_gflop_per_pair")):
+            rate = f.get(f"heads_{name}_pairs_per_s")
+            if rate and work in f:
+                f[f"heads_{name}_pct_of_peak"] = (100.0 * rate * f[work]
+                                                  / f["peak_fp32_gflops"])
     if "serving_default_b1_p50_ms" in f and "bare_model_b1_p50_ms" in f:
         f["serving_b1_p50_over_bare"] = f["serving_default_b1_p50_ms"] / f["bare_model_b1_p50_ms"]
     if "paper_serving_tensors_b1_p50_ms" in f and "paper_bare_model_b1_p50_ms" in f:
@@ -866,6 +958,20 @@ TABLE_ROWS = (
      ("train_cache_paper_pairs_per_s", "train_cache_paper_xla_pairs_per_s",
       "train_cache_paper_xla_streamed_pairs_per_s",
       "train_cache_paper_xla_in_memory_pairs_per_s")),
+    ("Heads step paper, batch 30, one run: soundloc (XLA) / PyTorch as written / as written "
+     "with the authors' loss / best-tuned (pairs/s)",
+     ("heads_soundloc_pairs_per_s", "heads_torch_as_written_pairs_per_s",
+      "heads_torch_as_written_authors_loss_pairs_per_s", "heads_torch_tuned_pairs_per_s")),
+    ("Heads step: soundloc over PyTorch as written / as written, authors' loss / best-tuned "
+     "(x)",
+     ("heads_soundloc_over_torch_as_written", "heads_soundloc_over_torch_as_written_authors_loss",
+      "heads_soundloc_over_torch_tuned")),
+    ("Heads step % of fp32 peak: soundloc / PyTorch as written / authors' loss / best-tuned",
+     ("heads_soundloc_pct_of_peak", "heads_torch_as_written_pct_of_peak",
+      "heads_torch_as_written_authors_loss_pct_of_peak", "heads_torch_tuned_pct_of_peak")),
+    ("Heads step loss, PyTorch vs soundloc, relative error: configured / authors' loss "
+     "(tolerance 1e-4)",
+     ("heads_torch_loss_rel_error", "heads_torch_authors_loss_rel_error")),
     ("Train from cache tiny: update / +XLA (pairs/s)",
      ("train_cache_tiny_pairs_per_s", "train_cache_tiny_xla_pairs_per_s")),
     ("Cache build paper: img/s fp32 / bf16 / int8 tower, int8 over fp32 (x), bytes/sample",
@@ -945,11 +1051,14 @@ def format_value(value: float | None) -> str:
     return f"{value:.2f}"
 
 
-def format_table(figures: dict[str, float]) -> str:
-    """A Markdown table, one row per measurement group."""
+def format_table(figures: dict[str, float], notes: dict[str, Any] | None = None) -> str:
+    """A Markdown table, one row per measurement group; says why PyTorch is missing."""
     lines = ["| Measurement | Value(s) |", "|---|---|"]
     for label, keys in TABLE_ROWS:
         lines.append(f"| {label} | {' / '.join(format_value(figures.get(k)) for k in keys)} |")
+    torch_note = (notes or {}).get("torch_reference")
+    if isinstance(torch_note, str):
+        lines.append(f"| PyTorch reference | {torch_note} |")
     return "\n".join(lines)
 
 
@@ -972,6 +1081,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--inter_op_threads", type=int, default=1)
     parser.add_argument("--workdir", default=None,
                         help="scratch directory (default: a temporary one, removed after)")
+    parser.add_argument("--torch_python", default=None,
+                        help="Python of an environment with torch: times the PyTorch reference "
+                             "heads step beside soundloc's (default: $SOUNDLOC_TORCH_PYTHON)")
     parser.add_argument("--stage_output", default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -990,6 +1102,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.intra_op_threads < 1 or args.inter_op_threads < 1:
         print("error: thread counts must be >= 1", file=sys.stderr)
         return 2
+    if args.torch_python:  # stage subprocesses inherit it
+        os.environ["SOUNDLOC_TORCH_PYTHON"] = args.torch_python
     scale = QUICK if args.quick else FULL
     log = lambda message: print(message, flush=True)  # noqa: E731
 
@@ -1057,7 +1171,7 @@ def main(argv: list[str] | None = None) -> int:
         "missing_figures": missing,
         **report,
     }
-    table = format_table(figures)
+    table = format_table(figures, report["notes"])
     results["table_markdown"] = table
     print("\n" + table)
     print(f"\n{len(figures)} figures in {results['total_seconds']} s; "

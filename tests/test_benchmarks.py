@@ -116,3 +116,99 @@ def test_comparison_table_lists_both_runs_and_their_difference():
     lines = table.splitlines()
     assert len(lines) == 5 and lines[1] == "|---|---|---|"
     assert lines[4].split("|")[1:-1] == [" bf16 - fp32 ", "        -0.008 ", "        -0.050 "]
+
+
+def test_heads_update_flops_counts_the_products_of_one_update():
+    from benchmarks.flops import heads_update_flops
+    from benchmarks.torch_compare import authors_config
+    from soundloc_tf.config import get_config
+
+    paper = get_config("paper", image_weights="none", audio_weights="none")
+    hw, c = 20 * 20, 512
+    sound = 2 * 1000 * 1000 + 3 * 1000 * 512  # fc1 forward + weights; fc2 also back to fc1
+    # InfoNCE: |v|^2, the own cosine, every location against every sound and its gradient.
+    assert heads_update_flops(paper, 30) == 2 * (sound + 2 * hw * c + 2 * 30 * hw * c)
+    assert heads_update_flops(paper, 30) / 1e9 == pytest.approx(0.03247, abs=1e-5)
+    # The authors' objective: triplet through the attended map and both visual heads, the
+    # attention in the loss; no batch-wide product.
+    heads = 512 * 512 + 512 * 1000
+    authors = authors_config(paper)
+    expected = 2 * (sound + hw * c + 2 * hw * c + 2 * hw * c + 3 * heads)
+    assert heads_update_flops(authors, 30) == heads_update_flops(authors, 7) == expected
+
+
+def test_without_pytorch_the_table_says_why(tmp_path, monkeypatch):
+    monkeypatch.delenv("SOUNDLOC_TORCH_PYTHON", raising=False)
+    st = run.Stage("train_cache", run.QUICK, str(tmp_path), lambda _: None)
+    run._torch_comparison(st, trainer=None, fixed=None)  # returns before touching either
+    assert st.figures == {} and st.skipped == {}
+    table = run.format_table({}, st.notes)
+    assert ("| PyTorch reference | not run: no PyTorch environment (--torch_python or "
+            "$SOUNDLOC_TORCH_PYTHON) |") in table.splitlines()
+    assert "PyTorch reference" not in run.format_table({}, {})
+
+
+def test_heads_ratios_to_pytorch_and_to_the_peak_come_from_one_run():
+    figures = {"heads_soundloc_pairs_per_s": 300.0, "heads_torch_tuned_pairs_per_s": 100.0,
+               "heads_torch_as_written_pairs_per_s": 60.0, "peak_fp32_gflops": 50.0,
+               "heads_gflop_per_pair": 0.03}
+    run.derive(figures)
+    assert figures["heads_soundloc_over_torch_tuned"] == pytest.approx(3.0)
+    assert figures["heads_soundloc_over_torch_as_written"] == pytest.approx(5.0)
+    assert figures["heads_soundloc_pct_of_peak"] == pytest.approx(18.0)
+    assert figures["heads_torch_tuned_pct_of_peak"] == pytest.approx(6.0)
+    assert "heads_soundloc_over_torch_as_written_authors_loss" not in figures
+    table = run.format_table(figures)
+    assert "| 300 / 60.0 / n/a / 100 |" in table and "| 5.00 / n/a / 3.00 |" in table
+
+
+def _random_cached_batch(config, n: int):
+    import numpy as np
+    import tensorflow as tf
+
+    from soundloc_tf import data
+
+    rng = np.random.default_rng(0)
+    m, c = config.map_size, config.visual_dim
+    boxes = np.zeros([n, data.MAX_ANNOTATORS, data.MAX_BOXES, 4], np.float32)
+    for i in range(0, n, 2):  # every other sample annotated, 1-2 annotators, 1-2 boxes
+        for a in range(1 + i % 2):
+            for b in range(1 + (i // 2) % 2):
+                x0, y0 = rng.uniform(0, 0.6, 2)
+                boxes[i, a, b] = [x0, y0, x0 + rng.uniform(0.1, 0.4), y0 + rng.uniform(0.1, 0.4)]
+    return {"visual_map": tf.constant(rng.gamma(1.0, 1.0, [n, m, m, c]), tf.float16),
+            "audio_feature": tf.constant(rng.normal(0, 1, [n, config.audio_feature_dim]),
+                                         tf.float16),
+            "boxes": tf.constant(boxes), "labeled": tf.constant(rng.uniform(size=n) < 0.7),
+            "id": tf.constant([f"pair-{i}" for i in range(n)])}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("SOUNDLOC_TORCH_PYTHON"),
+                    reason="needs the optional PyTorch environment: set SOUNDLOC_TORCH_PYTHON to "
+                           "its python (benchmarks/README.md, 'PyTorch reference')")
+def test_pytorch_reference_reproduces_soundlocs_losses(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from benchmarks import torch_compare
+    from soundloc_tf.config import get_config
+    from soundloc_tf.models import build_localizer
+
+    tiny = get_config("tiny")  # InfoNCE with a supervised term on the labelled pairs
+    for name, config in (("infonce", tiny),
+                         ("triplet", tiny.replace(unsupervised_loss="triplet",
+                                                  attention_relu=True))):
+        keras.utils.set_random_seed(1)
+        localizer = build_localizer(config)
+        batch = _random_cached_batch(config, 6)
+        inputs = str(tmp_path / name)
+        expected = torch_compare.write_inputs(config, localizer, batch,
+                                              tf.constant(3, tf.int64), inputs)
+        with torch_compare.TorchReference(os.environ["SOUNDLOC_TORCH_PYTHON"],
+                                          inputs) as reference:
+            errors = torch_compare.relative_errors(reference, expected)
+            assert max(errors.values()) < torch_compare.LOSS_TOLERANCE, (name, errors)
+            for variant in torch_compare.VARIANTS:
+                assert reference.seconds(variant, 2) > 0
+            assert reference.info["torch"] and reference.info["batch"] == 6
