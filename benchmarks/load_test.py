@@ -3,7 +3,7 @@
   python -m benchmarks.load_test --model_base_path=exports/soundloc \
       [--clients=8 --requests=25 --bad_every=4 --max_seconds=300 --output=load.json]
 
-Starts `python -m serving.dev_server` on 127.0.0.1 (an ephemeral port; loopback only) as a
+Starts `python -m soundloc_tf.serving.dev_server` on 127.0.0.1 (an ephemeral port; loopback only) as a
 child process, warms it up, then runs `clients` threads, each sending `requests` :predict
 calls over one keep-alive connection.  Every `bad_every`-th request of a client is a bad one
 (malformed JSON, a corrupt image, an empty WAV, a missing input, an unknown model, a body
@@ -113,7 +113,8 @@ def start_server(model_base_path: str, max_body_bytes: int,
     """The dev server as a child process: (process, host, port, model name)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "serving.dev_server", f"--model_base_path={model_base_path}",
+        [sys.executable, "-m", "soundloc_tf.serving.dev_server",
+         f"--model_base_path={model_base_path}",
          "--host=127.0.0.1", "--rest_api_port=0", "--port=-1",
          f"--max_body_bytes={max_body_bytes}", "--quiet"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)

@@ -297,7 +297,7 @@ def stage_cache_build(st: Stage) -> None:
     import keras
 
     from soundloc_tf import data, feature_cache, int8_tower
-    from soundloc_tf.models import build_model
+    from soundloc_tf.models import build_model, split_model
 
     for preset, count in (("paper", st.scale.cache_samples_paper),
                           ("tiny", st.scale.cache_samples_tiny)):
@@ -334,7 +334,7 @@ def stage_cache_build(st: Stage) -> None:
             if dtype == "int8":  # a fixed cost per cache (16 float32 images), not per sample
                 images = next(iter(dataset.batch(int8_tower.CALIBRATION_IMAGES)))["image"]
                 started = time.perf_counter()
-                int8_tower.calibrate(feature_cache.towers(built)[0], images)
+                int8_tower.calibrate(split_model(built).image, images)
                 calibration = time.perf_counter() - started
                 st.put(f"cache_build_{preset}_int8_calibration_s", calibration)
             rates = []
@@ -376,11 +376,11 @@ def _tower_effect(st: Stage, preset: str, dtype: str, config, fp32_cache: str,
     """Relative change of the loss on one batch when the image tower ran in `dtype`."""
     from soundloc_tf import feature_cache
     from soundloc_tf.models import build_localizer
+    from soundloc_tf.training import losses_on_features
 
     localizer = build_localizer(config)
-    step = feature_cache.CachedStep(config.replace(label_fraction=1.0), localizer)
-    losses = [float(step.losses(next(iter(feature_cache.read_cache(
-        config, directory, training=False).batch(16))))["total"])
+    losses = [float(losses_on_features(config.replace(label_fraction=1.0), localizer, next(iter(
+        feature_cache.read_cache(config, directory, training=False).batch(16))))["total"])
         for directory in (fp32_cache, other_cache)]
     st.put(f"cache_{preset}_{dtype}_tower_loss_error_ppm",
            1e6 * abs(losses[1] - losses[0]) / abs(losses[0]))
@@ -389,6 +389,8 @@ def _tower_effect(st: Stage, preset: str, dtype: str, config, fp32_cache: str,
 def _cache_dtype_effects(st: Stage, preset: str, model, config, dataset) -> None:
     """Bytes per sample and the loss's relative error of bfloat16 and int8 caches vs float32."""
     from soundloc_tf import feature_cache
+    from soundloc_tf.models import split_model
+    from soundloc_tf.training import losses_on_features
 
     losses = {}
     for dtype in ("float32", "bfloat16", "int8"):
@@ -401,9 +403,8 @@ def _cache_dtype_effects(st: Stage, preset: str, model, config, dataset) -> None
                sum(s["bytes"] for s in manifest["shards"]) / count)
         batch = next(iter(feature_cache.read_cache(config, directory, training=False)
                           .batch(count)))
-        step = feature_cache.CachedStep(config.replace(label_fraction=1.0),
-                                        feature_cache.towers(model)[2])
-        losses[dtype] = float(step.losses(batch)["total"])
+        losses[dtype] = float(losses_on_features(config.replace(label_fraction=1.0),
+                                                 split_model(model).localizer, batch)["total"])
         shutil.rmtree(directory, ignore_errors=True)
     for dtype in ("bfloat16", "int8"):
         st.put(f"cache_{preset}_{dtype}_loss_error_ppm",
@@ -664,8 +665,8 @@ def stage_serving(st: Stage) -> None:
     import numpy as np
     import tensorflow as tf
 
-    from serving.client import localize_request
-    from serving.dev_server import DevServer
+    from soundloc_tf.serving.client import localize_request
+    from soundloc_tf.serving.dev_server import DevServer
     from soundloc_tf import data, export, records
     from soundloc_tf.config import get_config
     from soundloc_tf.models import build_model

@@ -9,7 +9,8 @@ the first `import tensorflow` and sets TF_CPP_MIN_LOG_LEVEL=3 for the lines
 that follow (an explicit TF_CPP_MIN_LOG_LEVEL in the environment wins).
 `--verbose` on the command line, or SOUNDLOC_VERBOSE=1, leaves both alone.
 
-Standard library only: the dev server uses it without soundloc_tf.
+Standard library only: the dev server imports it without loading any other part of
+soundloc_tf (a namespace package: importing this module runs nothing else).
 """
 
 from __future__ import annotations

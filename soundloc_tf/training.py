@@ -192,6 +192,18 @@ def compute_losses(config: Config, outputs: dict, batch: dict, global_batch: int
     return terms
 
 
+def losses_on_features(config: Config, localizer: keras.Model, batch: dict,
+                       step: int = 0) -> dict[str, tf.Tensor]:
+    """The training step's loss terms on a batch of cached features, without an update.
+
+    For comparing caches (dtypes, towers) with each other and with live features; the
+    annotators are picked as the step numbered `step` would pick them.
+    """
+    annotator = pick_annotators(config, batch, tf.constant(step, tf.int64))
+    return compute_losses(config, localizer_outputs(localizer, batch), batch,
+                          int(batch["visual_map"].shape[0]), annotator)
+
+
 def _format_seconds(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \

@@ -16,6 +16,7 @@ def test_mel_filterbank_matches_librosa(sample_rate, n_fft, hop, n_mels):
     np.testing.assert_allclose(ours.T, ref, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sample_rate,n_fft,hop,n_mels,fmin,fmax", [
     (8000, 256, 128, 32, 0.0, 4000.0), (22050, 1024, 512, 64, 50.0, 8000.0)])
 def test_power_mel_matches_librosa_melspectrogram(sample_rate, n_fft, hop, n_mels, fmin, fmax):

@@ -182,6 +182,7 @@ def test_every_broken_flickr_item_is_skipped_with_path_and_reason(flickr_corpus,
     assert manifest["extra"]["import"]["skipped_by_reason"] == report.reasons()
 
 
+@pytest.mark.slow
 def test_the_import_tool_prints_exact_counts(flickr_corpus, tmp_path):
     from serving_fixtures import run_module
 

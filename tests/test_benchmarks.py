@@ -43,6 +43,7 @@ def test_vgg16_mac_count_matches_the_paper_figure():
     assert layer_macs(tower.get_layer("block1_conv1")) == 320 * 320 * 64 * 3 * 3 * 3
 
 
+@pytest.mark.slow
 def test_cheap_stages_produce_their_figures(tmp_path):
     output = tmp_path / "results.json"
     code = run.main(["--quick", "--no-isolate", "--stages=peak,train_e2e",
@@ -83,6 +84,7 @@ def test_whole_quick_run(tmp_path):
     _assert_positive(results["figures"], run.REQUIRED_FIGURES)
 
 
+@pytest.mark.slow
 def test_bf16_quality_trains_both_precisions_and_reports_their_difference(tmp_path):
     # Its own process: the Trainer makes a MirroredStrategy, and two in one process mix up
     # their collectives (see conftest.py).

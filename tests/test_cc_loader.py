@@ -52,6 +52,7 @@ def loader(tmp_path_factory) -> Path:
     return binary
 
 
+@pytest.mark.slow
 def test_load_saved_model_in_cc_agrees_with_python(loader, exported, tmp_path):
     import tensorflow as tf
 
@@ -89,6 +90,7 @@ def test_load_saved_model_in_cc_agrees_with_python(loader, exported, tmp_path):
                                        atol=TOLERANCE, err_msg=f"{signature}.{key}")
 
 
+@pytest.mark.slow
 def test_the_cc_loader_reports_a_missing_export_in_one_line(loader, tmp_path):
     result = subprocess.run([str(loader), str(tmp_path / "missing"), str(tmp_path), "a", "b",
                              "c", "d"], capture_output=True, text=True, timeout=300,

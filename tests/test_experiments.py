@@ -121,6 +121,7 @@ def smoke_run(tmp_path_factory, single_device_strategy):
     return output_dir, paths, messages, setting, runs
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_json_markdown_and_plots(smoke_run):
     output_dir, (json_path, md_path), messages, _, _ = smoke_run
     doc = json.loads(Path(json_path).read_text())
@@ -146,6 +147,7 @@ def test_smoke_run_writes_json_markdown_and_plots(smoke_run):
         assert os.path.getsize(os.path.join(output_dir, name)) > 1000
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_runs_and_refuses_other_settings(smoke_run):
     output_dir, _, _, setting, runs = smoke_run
     messages = []

@@ -80,6 +80,7 @@ def test_versioned_layout_without_leftovers(exported):
     assert exported.export_seconds < 60
 
 
+@pytest.mark.slow
 def test_saved_model_cli_show_lists_both_signatures(exported):
     result = saved_model_cli("show", "--dir", str(exported.version(1)), "--all")
     assert result.returncode == 0, result.stderr
@@ -105,6 +106,7 @@ def test_saved_model_cli_show_lists_both_signatures(exported):
                 assert re.search(pattern, blocks[name]), (name, key, blocks[name])
 
 
+@pytest.mark.slow
 def test_saved_model_cli_run_on_real_jpeg_png_and_wav_bytes(exported, keras_reference, media,
                                                             tmp_path):
     found, pixels, images, _ = media
@@ -462,6 +464,7 @@ def test_export_refuses_bad_arguments_and_existing_versions(exported, keras_refe
     assert export.next_version(str(tmp_path / "nothing")) == 1
 
 
+@pytest.mark.slow
 def test_a_failed_export_leaves_nothing_behind(keras_reference, tmp_path, monkeypatch):
     config, model = keras_reference[:2]
 
@@ -474,6 +477,7 @@ def test_a_failed_export_leaves_nothing_behind(keras_reference, tmp_path, monkey
     assert os.listdir(tmp_path / "soundloc") == []
 
 
+@pytest.mark.slow
 def test_export_tool(exported, tmp_path):
     result = run_module("soundloc_tf.tools.export", f"--workdir={exported.workdir}",
                         f"--export_base={tmp_path}", "--model_name=sl", "--version=7")
@@ -490,6 +494,7 @@ def test_export_tool(exported, tmp_path):
     assert_one_line_error(missing, "no training run found")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("density", [0.45, 0.6])
 def test_region_growing_matches_connected_components_on_noise_and_a_spiral(density):
     # Random masks near the percolation threshold make long, winding components: the

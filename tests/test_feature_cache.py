@@ -48,11 +48,7 @@ def _live_losses(model, batch):
 
 
 def _losses_on_features(config, model, batch):
-    """The trainer's loss on a batch of cached features (its step 0's annotator choice)."""
-    annotator = training.pick_annotators(config, batch, tf.constant(0, tf.int64))
-    outputs = training.localizer_outputs(split_model(model).localizer, batch)
-    return training.compute_losses(config, outputs, batch, int(batch["visual_map"].shape[0]),
-                                   annotator)
+    return training.losses_on_features(config, split_model(model).localizer, batch)
 
 
 def _cached_losses(model, directory):
@@ -61,6 +57,7 @@ def _cached_losses(model, directory):
     return _losses_on_features(CONFIG, model, batch), batch
 
 
+@pytest.mark.slow
 def test_cached_loss_equals_the_live_loss(model, caches):
     batch = next(iter(data.synthetic_dataset(CONFIG, 0, count=CONFIG.batch_size)
                       .batch(CONFIG.batch_size)))
@@ -107,6 +104,7 @@ def test_16_bit_caches_halve_the_bytes_and_int8_quarters_them(caches):
     assert sizes["int8"] / 40 == pytest.approx(numbers + 65 * 4, rel=0.15)
 
 
+@pytest.mark.slow
 def test_the_trainer_trains_the_models_localizer_from_the_cache(tmp_path,
                                                                  single_device_strategy):
     """The cached path is the Trainer's own step: the live model then has the trained heads."""
@@ -150,6 +148,7 @@ def test_cache_refuses_other_towers_corruption_and_unfrozen_towers(model, caches
         feature_cache.read_cache(CONFIG, str(copy), training=True)
 
 
+@pytest.mark.slow
 def test_trainer_on_the_cache_takes_the_same_steps_as_live_frozen_training(tmp_path,
                                                                            mirrored_strategy):
     """Three Trainer steps from a float32 cache end at the weights of three live frozen steps."""
@@ -178,6 +177,7 @@ def test_trainer_on_the_cache_takes_the_same_steps_as_live_frozen_training(tmp_p
     assert any(changed)  # the steps did train the localiser
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["infonce", "triplet"])
 def test_xla_compiled_update_takes_the_same_steps_as_the_uncompiled_one(tmp_path, caches,
                                                                         single_device_strategy,

@@ -70,6 +70,7 @@ def _tiny_pair() -> tuple[bytes, bytes]:
 # 1 ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_1_many_tiny_instances_are_a_413_not_a_300_mb_answer(server):
     image, sound = _tiny_pair()
     body = json.dumps({"instances": [{"image_bytes": _b64(image), "wav_bytes": _b64(sound)}]
@@ -81,6 +82,7 @@ def test_1_many_tiny_instances_are_a_413_not_a_300_mb_answer(server):
                                "(--max_instances)")
 
 
+@pytest.mark.slow
 def test_1_the_answer_size_is_bounded_before_the_model_runs(exported):
     image, sound = _tiny_pair()
     instance = {"image_bytes": _b64(image), "wav_bytes": _b64(sound)}
@@ -134,6 +136,7 @@ def _bmp_header(width: int, height: int) -> bytes:
     return b"BM" + struct.pack("<IHHI", 0, 0, 0, 54) + info + b"\0" * 100
 
 
+@pytest.mark.slow
 def test_3_a_bmp_claiming_30000_pixels_a_side_is_one_error_line(exported, pair, tmp_path):
     (tmp_path / "bomb.bmp").write_bytes(_bmp_header(30000, 30000))
     (tmp_path / "a.wav").write_bytes(pair[1])
@@ -173,6 +176,7 @@ def _listing(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.name != "filler")
 
 
+@pytest.mark.slow
 def test_4_export_onto_a_full_disk_is_one_line_and_leaves_nothing(exported, full_disk):
     result = run_module("soundloc_tf.tools.export", f"--workdir={exported.workdir}",
                         f"--export_base={full_disk}")
@@ -180,6 +184,7 @@ def test_4_export_onto_a_full_disk_is_one_line_and_leaves_nothing(exported, full
     assert _listing(full_disk) == ["soundloc"]  # the model directory; no half version
 
 
+@pytest.mark.slow
 def test_4_import_onto_a_full_disk_is_one_line(full_disk, tmp_path):
     videos = tmp_path / "videos"
     videos.mkdir()
@@ -192,6 +197,7 @@ def test_4_import_onto_a_full_disk_is_one_line(full_disk, tmp_path):
     assert not [p for p in _listing(full_disk) if p.endswith((".tfrecord", ".tmp"))]
 
 
+@pytest.mark.slow
 def test_4_training_onto_a_full_disk_is_one_line_and_drops_the_half_checkpoint(tmp_path):
     mount = tmp_path / "small"
     mount.mkdir()
@@ -211,6 +217,7 @@ def test_4_training_onto_a_full_disk_is_one_line_and_drops_the_half_checkpoint(t
         subprocess.run(["umount", str(mount)], check=True)
 
 
+@pytest.mark.slow
 def test_6_localize_onto_a_full_disk_leaves_no_file(exported, pair, full_disk, tmp_path):
     (tmp_path / "a.jpg").write_bytes(pair[0])
     (tmp_path / "a.wav").write_bytes(pair[1])
@@ -396,6 +403,7 @@ def test_11_limit_messages_keep_their_closing_bracket(server, pair):
     assert str(error.value) == expected.replace("image_bytes[0]", "image_bytes")
 
 
+@pytest.mark.slow
 def test_11_a_corrupt_jpeg_in_localize_is_exactly_one_stderr_line(exported, pair, tmp_path):
     (tmp_path / "cut.jpg").write_bytes(pair[0][:600])
     (tmp_path / "a.wav").write_bytes(pair[1])
@@ -426,6 +434,7 @@ def _without_log_settings() -> dict:
             if k not in ("TF_CPP_MIN_LOG_LEVEL", "SOUNDLOC_VERBOSE")} | {"PYTHONPATH": str(ROOT)}
 
 
+@pytest.mark.slow
 def test_11_tools_print_no_tensorflow_log_line_unless_verbose(exported, tmp_path):
     command = [sys.executable, "-m", "soundloc_tf.tools.export", f"--workdir={exported.workdir}",
                f"--export_base={tmp_path}"]

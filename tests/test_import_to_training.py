@@ -277,6 +277,7 @@ def imports(tmp_path_factory):
 # --- tests ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", importers.FORMATS)
 def test_import_then_train_then_evaluate_without_hand_edits(imports, fmt):
     if fmt in ("vggss", "videos"):
@@ -327,6 +328,7 @@ def test_import_then_train_then_evaluate_without_hand_edits(imports, fmt):
         _whole_image_ciou(target["boxes"]), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_evaluating_unlabelled_video_records_fails_with_one_line_error(imports):
     pytest.importorskip("av")
     workdir, train = imports.train("videos", "flickr")

@@ -335,6 +335,7 @@ def test_composites_from_the_real_stamps():
         assert 0.5 < np.max(np.abs(scene["waveform"])) <= 0.9 + 1e-6
 
 
+@pytest.mark.slow
 def test_import_tool_prints_the_summary(flickr_root, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run(

@@ -41,6 +41,7 @@ def files(exported, tmp_path_factory):
     return root, found, wide
 
 
+@pytest.mark.slow
 def test_localize_equals_the_served_model(from_workdir, from_export, files, exported):
     root, _, _ = files
     served = tf.saved_model.load(str(exported.version(1))).signatures["serving_default"](
@@ -152,6 +153,7 @@ def test_audio_window_slides_inside_the_track(exported):
 # The command-line tool.
 
 
+@pytest.mark.slow
 def test_localize_tool_writes_an_overlay_at_the_image_size(exported, files, from_workdir,
                                                            tmp_path):
     from PIL import Image
@@ -190,6 +192,7 @@ def video(exported, files):
     return path, silent
 
 
+@pytest.mark.slow
 def test_localize_tool_follows_the_sound_through_a_video(exported, video, from_export, tmp_path):
     import av
 

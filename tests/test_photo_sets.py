@@ -183,6 +183,7 @@ def test_bad_fold_options_are_refused_before_any_work(photo_dir, tmp_path, optio
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_import_tool_refuses_a_fold_out_of_range_in_one_line(photo_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run(

@@ -161,6 +161,7 @@ def scenes():
     return data.synthetic_dataset(CONFIG, CONFIG.eval_seed, count=40, with_extras=True)
 
 
+@pytest.mark.slow
 def test_a_map_that_ignores_the_audio_has_zero_gap(deaf_model, scenes):
     result, details = evaluate_detailed(deaf_model, CONFIG, scenes, all_rules=True,
                                         with_negatives=True)
@@ -228,6 +229,7 @@ def _without_boxes_at_odd_indices(scenes):
     return scenes.enumerate().map(strip)
 
 
+@pytest.mark.slow
 def test_pairs_without_boxes_are_left_out_and_counted(deaf_model, scenes):
     """An empty ground truth would score 0 for any map; such pairs are skipped, not scored."""
     full, _ = evaluate_detailed(deaf_model, CONFIG, scenes)
@@ -248,6 +250,7 @@ def test_a_set_without_any_box_is_refused(deaf_model, scenes):
         evaluate_detailed(deaf_model, CONFIG, empty)
 
 
+@pytest.mark.slow
 def test_a_peer_protocol_sets_the_headline_and_every_protocol_is_reported(deaf_model, scenes):
     from soundloc_tf import protocols
 

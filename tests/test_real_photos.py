@@ -59,6 +59,7 @@ def test_pooled_metrics_weight_each_fold_by_its_mosaics():
                     .is_file() and not os.environ.get("SOUNDLOC_IMAGENET_WEIGHTS"),
                     reason="ImageNet VGG16 weights absent; fetch them with "
                            "`soundloc-fetch-weights --what=vgg16_imagenet`")
+@pytest.mark.slow
 def test_quick_run_trains_every_fold_exports_and_scores_the_served_maps(tmp_path,
                                                                       mirrored_strategy):
     from soundloc_tf.config import get_config

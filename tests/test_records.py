@@ -217,6 +217,7 @@ def test_records_made_at_another_rate_are_resampled(tmp_path):
     assert np.max(np.abs(audio[100:-100])) == pytest.approx(0.5, abs=0.01)
 
 
+@pytest.mark.slow
 def test_train_tool_trains_from_records(record_dir, tmp_path):
     import subprocess
     import sys

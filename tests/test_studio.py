@@ -272,6 +272,7 @@ def test_label_two_frames_train_on_exactly_them_export_and_localise(browser, imp
     assert annotate_png.exists() and localize_png.exists()
 
 
+@pytest.mark.slow
 def test_two_tabs_saving_one_pair_and_a_corrupt_file_lose_no_label(browser, imported, tmp_path,
                                                                    monkeypatch):
     _, records_dir, _ = imported

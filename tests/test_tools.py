@@ -35,6 +35,7 @@ def trained_run(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_train_then_evaluate_writes_metrics_and_overlays(trained_run):
     result = _run("evaluate", f"--workdir={trained_run}", "--num_samples=40", "--num_overlays=4")
     assert result.returncode == 0, result.stderr
@@ -50,6 +51,7 @@ def test_train_then_evaluate_writes_metrics_and_overlays(trained_run):
     assert list((trained_run / "tensorboard").glob("events.out.tfevents*"))
 
 
+@pytest.mark.slow
 def test_evaluate_under_a_peers_protocol_names_it_and_reports_every_protocol(trained_run,
                                                                             tmp_path):
     result = _run("evaluate", f"--workdir={trained_run}", "--num_samples=12",
@@ -62,6 +64,7 @@ def test_evaluate_under_a_peers_protocol_names_it_and_reports_every_protocol(tra
     assert "protocol lvs" in result.stdout
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_run_resumes_and_does_nothing(trained_run):
     result = _run("train", f"--workdir={trained_run}", "--train_steps=2", "--batch_size=4")
     assert result.returncode == 0, result.stderr
@@ -82,6 +85,7 @@ def test_impossible_flag_values(tmp_path, flag, fragment):
     _assert_clean_failure(_run("train", f"--workdir={tmp_path}", flag), "error:", fragment)
 
 
+@pytest.mark.slow
 def test_unreadable_checkpoint_directory(tmp_path):
     _assert_clean_failure(_run("evaluate", f"--workdir={tmp_path / 'missing'}"),
                           "error: no training run found")
@@ -91,6 +95,7 @@ def test_unreadable_checkpoint_directory(tmp_path):
                           "error: cannot create the work directory")
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint(trained_run, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -103,6 +108,7 @@ def test_corrupt_checkpoint(trained_run, tmp_path):
                           "error: could not restore the checkpoint")
 
 
+@pytest.mark.slow
 def test_weights_file_that_does_not_match(tmp_path):
     bad = tmp_path / "bad.weights.h5"
     bad.write_bytes(b"this is not HDF5")
@@ -111,6 +117,7 @@ def test_weights_file_that_does_not_match(tmp_path):
     _assert_clean_failure(result, "error:", "does not fit keras.applications.VGG16")
 
 
+@pytest.mark.slow
 def test_switch_video_writes_a_clip_whose_sound_changes_objects(trained_run, tmp_path):
     import av
 
@@ -127,6 +134,7 @@ def test_switch_video_writes_a_clip_whose_sound_changes_objects(trained_run, tmp
     assert abs(audio - 2 * 8000) < 2048  # 2 s at 8 kHz, give or take AAC padding
 
 
+@pytest.mark.slow
 def test_cached_tower_mode_builds_the_cache_once_then_reuses_it(tmp_path):
     args = [f"--workdir={tmp_path}", "--tower_mode=cached", "--cache_samples=16",
             "--cache_dtype=int8",
@@ -163,6 +171,7 @@ def test_tower_mode_that_contradicts_a_freeze_flag():
     _assert_clean_failure(result, "--tower_mode=fine_tuned contradicts --freeze_image_tower")
 
 
+@pytest.mark.slow
 def test_paper_preset_trains_frozen_soundnet_and_vgg16_from_the_cache_by_default(tmp_path):
     # Random weights and tiny images keep it fast; the preset's towers and mode are unchanged.
     result = _run("train", f"--workdir={tmp_path}", "--preset=paper", "--image_weights=none",
@@ -176,6 +185,7 @@ def test_paper_preset_trains_frozen_soundnet_and_vgg16_from_the_cache_by_default
     assert config["freeze_image_tower"] is True and config["freeze_audio_tower"] is True
 
 
+@pytest.mark.slow
 def test_paper_preset_without_the_soundnet_weights_names_the_fetch_command(tmp_path):
     result = _run("train", f"--workdir={tmp_path}", "--preset=paper", "--image_weights=none",
                   f"--audio_weights={tmp_path / 'absent.weights.h5'}", "--image_size=32")

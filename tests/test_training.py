@@ -23,6 +23,7 @@ def _silent(_):
     pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["triplet", "infonce"])
 def test_mirrored_step_on_two_cpus_equals_single_device_step(tmp_path, objective,
                                                              mirrored_strategy,
@@ -49,6 +50,7 @@ def test_mirrored_step_on_two_cpus_equals_single_device_step(tmp_path, objective
         np.testing.assert_allclose(wa, wb, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(
         tmp_path, single_device_strategy):
     config = _config(train_steps=6, checkpoint_every=2)
@@ -85,6 +87,7 @@ def test_resume_refuses_a_different_model_config(tmp_path, single_device_strateg
                 log=_silent)
 
 
+@pytest.mark.slow
 def test_unreadable_checkpoint_is_a_clear_error(tmp_path, single_device_strategy):
     config = _config(train_steps=1, checkpoint_every=1)
     trainer = Trainer(config, str(tmp_path), single_device_strategy, log=_silent)
