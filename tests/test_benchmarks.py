@@ -81,7 +81,14 @@ def test_whole_quick_run(tmp_path):
     output = tmp_path / "results.json"
     assert run.main(["--quick", f"--output={output}"]) == 0
     results = json.loads(output.read_text())
-    _assert_positive(results["figures"], run.REQUIRED_FIGURES)
+    # Without oneDNN's int8 kernels (TensorFlow's default on CPUs without AVX-512 VNNI)
+    # the int8 tower's figures are skipped with that reason, not missing.
+    unsupported = results["unsupported_figures"]
+    assert all("int8" in k for k in unsupported) and results["missing_figures"] == []
+    assert "PyTorch reference | not run" in results["table_markdown"] or \
+        os.environ.get("SOUNDLOC_TORCH_PYTHON")
+    _assert_positive(results["figures"], [k for k in run.REQUIRED_FIGURES
+                                          if k not in unsupported])
 
 
 @pytest.mark.slow
