@@ -352,9 +352,10 @@ def execute(setting: Setting, spec: RunSpec) -> dict:
     cache = None
     if setting.cache_source_fn is not None:
         from soundloc_tf import feature_cache
+        from soundloc_tf.models import split_model
 
         # One cache per tower weights: runs that share towers share it.
-        key = feature_cache.fingerprint(*feature_cache.towers(trainer.model)[:2])[:16]
+        key = feature_cache.fingerprint(*split_model(trainer.model)[:2])[:16]
         cache_dir = os.path.join(setting.output_dir, "feature_cache", key)
         manifest = feature_cache.ensure_cache(trainer.model, config,
                                               setting.cache_source_fn(config), cache_dir,
