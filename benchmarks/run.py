@@ -747,7 +747,6 @@ def _serving_paper(st: Stage, base: str) -> None:
     large next to the tiny network and small next to VGG16; this measures the latter.
     """
     import keras
-    import numpy as np
     import tensorflow as tf
 
     from soundloc_tf import data, export
