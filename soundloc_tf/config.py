@@ -31,7 +31,14 @@ TOWER_PRECISIONS = ("float32", "bfloat16")
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """All hyper-parameters of data, model, losses, training and evaluation."""
+    """All hyper-parameters of data, model, losses, training and evaluation.
+
+    The field defaults are the paper's method as published (VGG16 at 320, triplet loss,
+    softmax(ReLU(cos))), with the in-graph log-mel audio tower, which needs no converted
+    weights, in place of SoundNet-8; `get_config` starts from the `paper` preset, which departs from
+    them where docs/FINDINGS.md shows why, and the command lines start from `tiny`
+    (`--preset=tiny`), which trains in minutes on a CPU.
+    """
 
     # --- image stream -----------------------------------------------------
     image_size: int = 320
