@@ -16,8 +16,9 @@ convolution (no ReLU) is dequantised to float32. The visual maps differ from
 float32 by about 2 % (relative L2) and their per-location cosines, which the
 attention uses, by under 0.1 %: measured in tests/test_int8_tower.py.
 
-The int8 kernels exist only in TensorFlow's oneDNN build for x86 (on unless
-TF_ENABLE_ONEDNN_OPTS=0); `check_supported` says so in one line when they are
+The int8 kernels exist only in TensorFlow's oneDNN build for x86, which TensorFlow
+turns on by default only on CPUs with AVX-512 VNNI, bf16 or AMX (TF_ENABLE_ONEDNN_OPTS=1
+turns it on elsewhere, =0 off); `check_supported` says so in one line when they are
 missing. Nothing here is exported: SavedModels keep the float tower.
 """
 
@@ -164,5 +165,6 @@ def check_supported() -> None:
         # "Missing 0-th output from {{node QuantizedConv2DWithBias}}").
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         raise ValueError("an int8 image tower needs TensorFlow's oneDNN int8 convolutions "
-                         "(x86, TF_ENABLE_ONEDNN_OPTS not 0); use the float tower. Received: "
+                         "(x86; on by default only with AVX-512 VNNI/bf16/AMX, else set "
+                         "TF_ENABLE_ONEDNN_OPTS=1); use the float tower. Received: "
                          f"{type(error).__name__}: {(lines or [''])[-1][:200]}") from None
