@@ -62,6 +62,8 @@ import numpy as np
 
 from soundloc_tf.tf_logs import quiet_tensorflow
 
+from .threaded import ThreadedServer
+
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_INSTANCES = 64
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
@@ -729,7 +731,7 @@ def grpc_server(store: ModelStore, host: str, port: int, max_message_bytes: int,
 # Both servers.
 
 
-class DevServer:
+class DevServer(ThreadedServer):
     """TF Serving's REST (and, with `grpc_port`, gRPC) API for one exported model, in this
     process.
 
@@ -752,6 +754,8 @@ class DevServer:
         max_connections: open REST connections; more wait in the listen backlog.
     """
 
+    thread_name = "soundloc-dev-server"
+
     def __init__(self, model_base_path: str, model_name: str | None = None,
                  host: str = "127.0.0.1", port: int = 8501, all_versions: bool = False,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, quiet: bool = False,
@@ -772,7 +776,7 @@ class DevServer:
 
         self.store = ModelStore(model_base_path, model_name, all_versions, max_instances,
                                 max_response_bytes, max_concurrent_predictions)
-        self.rest = waitress.create_server(
+        self.server = waitress.create_server(
             RestApp(self.store, max_body_bytes, quiet), host=host, port=port, threads=threads,
             backlog=1024, connection_limit=max_connections, channel_timeout=120,
             max_request_body_size=_DRAIN_FACTOR * max_body_bytes + 1, ident="soundloc-dev-server",
@@ -783,45 +787,18 @@ class DevServer:
                 self.grpc, self.grpc_port = grpc_server(self.store, host, grpc_port,
                                                         max_body_bytes, threads)
             except BaseException:
-                self.rest.close()
+                self.server.close()
                 raise
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.rest.effective_host}:{self.rest.effective_port}"
 
     @property
     def grpc_target(self) -> str | None:
         """host:port of the gRPC server (None: not started)."""
-        return None if self.grpc is None else f"{self.rest.effective_host}:{self.grpc_port}"
-
-    def start(self) -> "DevServer":
-        """Serves in a background thread."""
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True,
-                                        name="soundloc-dev-server")
-        self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        try:
-            self.rest.run()
-        except OSError:  # the socket closed by stop()
-            pass
+        return None if self.grpc is None else f"{self.server.effective_host}:{self.grpc_port}"
 
     def stop(self) -> None:
         if self.grpc is not None:
             self.grpc.stop(grace=1).wait()
-        self.rest.close()
-        self.rest.task_dispatcher.shutdown()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def __enter__(self) -> "DevServer":
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
+        super().stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,10 +28,10 @@ import mimetypes
 import os
 import re
 import sys
-import threading
 from typing import Any, Callable, Iterable
 
 from soundloc_tf import annotations
+from ..threaded import ThreadedServer
 from .localize import (Localizer, ModelUnavailable, UnsupportedFile,
                                          as_model_image, as_model_sound)
 from .pairs import RecordPairs
@@ -61,6 +61,8 @@ class StudioApp:
         model_name: the served model's name.
         quiet: no request log on stderr.
     """
+
+    thread_name = "soundloc-studio"
 
     def __init__(self, records_dir: str, server: str, annotations_path: str | None = None,
                  model_name: str = "soundloc", quiet: bool = False):
@@ -251,7 +253,7 @@ def _upload(request: dict, key: str) -> tuple[str, bytes]:
     return name, data
 
 
-class StudioServer:
+class StudioServer(ThreadedServer):
     """The studio on 127.0.0.1, served by waitress in this process.
 
         with StudioServer("records/clips", "http://localhost:8501", port=0) as studio:
@@ -275,32 +277,3 @@ class StudioServer:
         self.server = waitress.create_server(
             self.app, host=host, port=port, threads=threads, ident="soundloc-studio",
             max_request_body_size=MAX_BODY_BYTES, expose_tracebacks=False)
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.server.effective_host}:{self.server.effective_port}"
-
-    def start(self) -> "StudioServer":
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True,
-                                        name="soundloc-studio")
-        self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        try:
-            self.server.run()
-        except OSError:  # the socket closed by stop()
-            pass
-
-    def stop(self) -> None:
-        self.server.close()
-        self.server.task_dispatcher.shutdown()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def __enter__(self) -> "StudioServer":
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
