@@ -118,6 +118,20 @@ class GlobalBatchNorm(keras.layers.Layer):
         return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon}
 
 
+def inverse_norms(visual: tf.Tensor) -> tf.Tensor:
+    """1 / |v| of every location of a map [N, h, w, C], as [N, h*w].
+
+    The sum of squares is the product v^2 @ 1: XLA's CPU reductions along the minor axis
+    run far below its GEMM's speed, and this keeps the compiled heads step on the GEMM.
+    The same epsilon as tf.math.l2_normalize.
+    """
+    shape = tf.shape(visual)
+    squares = tf.reshape(tf.square(visual), [-1, shape[3]]) @ tf.ones([shape[3], 1],
+                                                                       visual.dtype)
+    return tf.math.rsqrt(tf.maximum(tf.reshape(squares, [shape[0], -1]),
+                                    tf.cast(1e-12, visual.dtype)))
+
+
 @keras.saving.register_keras_serializable(package="soundloc")
 class SoundAttention(keras.layers.Layer):
     """The paper's localiser: cosine of every location with the sound, then softmax.
@@ -138,14 +152,9 @@ class SoundAttention(keras.layers.Layer):
         shape = tf.shape(visual)
         n, c = shape[0], shape[3]
         flat = tf.reshape(visual, [n, -1, c])  # [N, hw, C]
-        # Every reduction over C is a matrix product, and cos = (v . s) / |v| never writes
-        # a normalised copy of the map (the largest tensor of a heads-only step). XLA's CPU
-        # reductions along the minor axis run at a quarter of its GEMM's speed, so the sum
-        # of squares is v^2 @ 1, which keeps the compiled heads step on the GEMM. The same
-        # epsilon as tf.math.l2_normalize.
-        squares = tf.reshape(tf.square(visual), [-1, c]) @ tf.ones([c, 1], visual.dtype)
-        inverse_norm = tf.math.rsqrt(tf.maximum(tf.reshape(squares, [n, -1]),
-                                                tf.cast(1e-12, visual.dtype)))  # [N, hw]
+        # cos = (v . s) / |v| never writes a normalised copy of the map (the largest
+        # tensor of a heads-only step).
+        inverse_norm = inverse_norms(visual)  # [N, hw]
         cosine = tf.squeeze(flat @ sound[:, :, None], -1) * inverse_norm
         logits = tf.nn.relu(cosine) if self.relu else cosine
         attention = tf.nn.softmax(logits / self.temperature, axis=-1)
