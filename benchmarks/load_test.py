@@ -3,8 +3,8 @@
   python -m benchmarks.load_test --model_base_path=exports/soundloc \
       [--clients=8 --requests=25 --bad_every=4 --max_seconds=300 --output=load.json]
 
-Starts `python -m soundloc_tf.serving.dev_server` on 127.0.0.1 (an ephemeral port; loopback only) as a
-child process, warms it up, then runs `clients` threads, each sending `requests` :predict
+Starts `python -m soundloc_tf.serving.dev_server` on 127.0.0.1 (an ephemeral port; loopback
+only) as a child process, warms it up, then runs `clients` threads, each sending `requests` :predict
 calls over one keep-alive connection.  Every `bad_every`-th request of a client is a bad one
 (malformed JSON, a corrupt image, an empty WAV, a missing input, an unknown model, a body
 over --max_body_bytes, in turn); the others are good single-pair requests.  The run stops
