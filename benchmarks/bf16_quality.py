@@ -25,10 +25,10 @@ def train_and_evaluate(dtype: str, train_steps: int, workdir: str,
                        num_eval_samples: int = 500) -> dict:
     import keras
 
-    from soundloc_tf import data
+    from soundloc_tf.dataloaders import data
     from soundloc_tf.config import get_config
-    from soundloc_tf.evaluation import evaluate
-    from soundloc_tf.training import Trainer
+    from soundloc_tf.eval.evaluation import evaluate
+    from soundloc_tf.train.training import Trainer
 
     config = get_config("tiny", train_steps=train_steps, num_summary_images=0,
                         eval_every=train_steps, num_eval_samples=num_eval_samples,

@@ -26,10 +26,11 @@ def train_and_evaluate(image_tower: str, train_steps: int, cache_samples: int, w
     import keras
     import tensorflow as tf
 
-    from soundloc_tf import data, feature_cache
+    from soundloc_tf.dataloaders import data
+    from soundloc_tf.train import feature_cache
     from soundloc_tf.config import get_config
-    from soundloc_tf.evaluation import evaluate
-    from soundloc_tf.training import Trainer
+    from soundloc_tf.eval.evaluation import evaluate
+    from soundloc_tf.train.training import Trainer
 
     config = get_config("tiny", train_steps=train_steps, num_summary_images=0,
                         eval_every=train_steps, num_eval_samples=num_eval_samples,

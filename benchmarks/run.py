@@ -258,7 +258,7 @@ def stage_tower(st: Stage) -> None:
 
     from benchmarks.flops import count_macs
     from soundloc_tf.config import get_config
-    from soundloc_tf.models import build_audio_tower, build_image_tower
+    from soundloc_tf.modeling.models import build_audio_tower, build_image_tower
 
     for preset, batch in (("paper", st.scale.tower_batch_paper),
                           ("tiny", st.scale.tower_batch_tiny)):
@@ -296,8 +296,10 @@ def stage_cache_build(st: Stage) -> None:
     """write_cache over synthetic scenes: images/s written to disk and bytes per sample."""
     import keras
 
-    from soundloc_tf import data, feature_cache, int8_tower
-    from soundloc_tf.models import build_model, split_model
+    from soundloc_tf.dataloaders import data
+    from soundloc_tf.modeling import int8_tower
+    from soundloc_tf.train import feature_cache
+    from soundloc_tf.modeling.models import build_model, split_model
 
     for preset, count in (("paper", st.scale.cache_samples_paper),
                           ("tiny", st.scale.cache_samples_tiny)):
@@ -374,9 +376,9 @@ def stage_cache_build(st: Stage) -> None:
 def _tower_effect(st: Stage, preset: str, dtype: str, config, fp32_cache: str,
                   other_cache: str) -> None:
     """Relative change of the loss on one batch when the image tower ran in `dtype`."""
-    from soundloc_tf import feature_cache
-    from soundloc_tf.models import build_localizer
-    from soundloc_tf.training import losses_on_features
+    from soundloc_tf.train import feature_cache
+    from soundloc_tf.modeling.models import build_localizer
+    from soundloc_tf.train.training import losses_on_features
 
     localizer = build_localizer(config)
     losses = [float(losses_on_features(config.replace(label_fraction=1.0), localizer, next(iter(
@@ -388,9 +390,9 @@ def _tower_effect(st: Stage, preset: str, dtype: str, config, fp32_cache: str,
 
 def _cache_dtype_effects(st: Stage, preset: str, model, config, dataset) -> None:
     """Bytes per sample and the loss's relative error of bfloat16 and int8 caches vs float32."""
-    from soundloc_tf import feature_cache
-    from soundloc_tf.models import split_model
-    from soundloc_tf.training import losses_on_features
+    from soundloc_tf.train import feature_cache
+    from soundloc_tf.modeling.models import split_model
+    from soundloc_tf.train.training import losses_on_features
 
     losses = {}
     for dtype in ("float32", "bfloat16", "int8"):
@@ -417,7 +419,7 @@ def _cache_dtype_effects(st: Stage, preset: str, model, config, dataset) -> None
 
 def _fixed_batches(config, count: int, batch: int):
     """A small synthetic dataset, cached and repeated: steps see no generation cost."""
-    from soundloc_tf import data
+    from soundloc_tf.dataloaders import data
 
     return data.synthetic_dataset(config, config.train_seed, count=count).cache().repeat()
 
@@ -427,8 +429,8 @@ def _trainer(st: Stage, config, tag: str, cache: str | None = None, in_memory: b
     streamed from the files or parsed once and held in memory."""
     import tensorflow as tf
 
-    from soundloc_tf import data
-    from soundloc_tf.training import Trainer
+    from soundloc_tf.dataloaders import data
+    from soundloc_tf.train.training import Trainer
 
     workdir = tempfile.mkdtemp(prefix=f"trainer-{tag}-", dir=st.workdir)
     strategy = tf.distribute.OneDeviceStrategy(tf.config.list_logical_devices("CPU")[0].name)
@@ -438,7 +440,7 @@ def _trainer(st: Stage, config, tag: str, cache: str | None = None, in_memory: b
                       validation=data.synthetic_dataset(config, config.eval_seed, count=2),
                       log=lambda _: None)
     if cache is not None:
-        from soundloc_tf import feature_cache
+        from soundloc_tf.train import feature_cache
 
         trainer.use_feature_cache(feature_cache.cache_dataset_fn(config, cache, in_memory))
     return trainer
@@ -485,7 +487,7 @@ def stage_train_live(st: Stage) -> None:
 
 def stage_train_cache(st: Stage) -> None:
     """The Trainer's update on cached features, with and without XLA; the cache's reader."""
-    from soundloc_tf import feature_cache
+    from soundloc_tf.train import feature_cache
 
     batch_size, steps = st.scale.heads_batch, st.scale.heads_steps
     for preset in ("paper", "tiny"):
@@ -611,7 +613,7 @@ def _time_against_torch(st: Stage, trainer, fixed, python: str) -> None:
 
 def _write_synthetic_records(config, directory: str, count: int) -> None:
     """Synthetic scenes -> records (JPEG images, int16 audio), as an importer writes them."""
-    from soundloc_tf import data, records
+    from soundloc_tf.dataloaders import data, records
 
     def samples():
         for i, s in enumerate(data.synthetic_dataset(config, config.train_seed, count=count)):
@@ -627,7 +629,7 @@ def _write_synthetic_records(config, directory: str, count: int) -> None:
 
 def stage_pipeline(st: Stage) -> None:
     """read_records(training=True): parse, JPEG decode, crop/flip, resize, batch; pairs/s."""
-    from soundloc_tf import records
+    from soundloc_tf.dataloaders import records
     from soundloc_tf.config import get_config
 
     for preset, count in (("paper", st.scale.records_paper), ("tiny", st.scale.records_tiny)):
@@ -668,9 +670,10 @@ def stage_serving(st: Stage) -> None:
 
     from soundloc_tf.serving.client import localize_request
     from soundloc_tf.serving.dev_server import DevServer
-    from soundloc_tf import data, export, records
+    from soundloc_tf.dataloaders import data, records
+    from soundloc_tf.inference import export
     from soundloc_tf.config import get_config
-    from soundloc_tf.models import build_model
+    from soundloc_tf.modeling.models import build_model
 
     config = get_config("tiny")
     keras.utils.set_random_seed(0)
@@ -735,7 +738,8 @@ def stage_serving(st: Stage) -> None:
                        median_rate(make(n), n, st.scale.serving_repeats, 1))
     finally:
         server.stop()
-    st.notes["serving_model"] = "tiny preset, random weights, exported by soundloc_tf.export"
+    st.notes["serving_model"] = ("tiny preset, random weights, exported by "
+                                 "soundloc_tf.inference.export")
     if st.scale.serving_paper_calls:
         _serving_paper(st, base)
 
@@ -749,9 +753,10 @@ def _serving_paper(st: Stage, base: str) -> None:
     import keras
     import tensorflow as tf
 
-    from soundloc_tf import data, export
+    from soundloc_tf.dataloaders import data
+    from soundloc_tf.inference import export
     from soundloc_tf.config import get_config
-    from soundloc_tf.models import build_model
+    from soundloc_tf.modeling.models import build_model
 
     config = get_config("paper", image_weights="none", audio_weights="none")
     keras.utils.set_random_seed(0)

@@ -18,8 +18,8 @@ import tensorflow as tf
 
 from soundloc_tf import losses
 from soundloc_tf.config import Config
-from soundloc_tf.models import build_localizer
-from soundloc_tf.training import compute_losses, localizer_outputs, pick_annotators
+from soundloc_tf.modeling.models import build_localizer
+from soundloc_tf.train.training import compute_losses, localizer_outputs, pick_annotators
 
 # The Python of the optional PyTorch environment (or `python -m benchmarks.run --torch_python`).
 TORCH_PYTHON_ENV = "SOUNDLOC_TORCH_PYTHON"

@@ -20,7 +20,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def mirrored_strategy() -> tf.distribute.Strategy:
     """The process's one MirroredStrategy over both logical CPUs (see make_strategy)."""
-    from soundloc_tf.training import make_strategy
+    from soundloc_tf.train.training import make_strategy
 
     strategy = make_strategy()
     assert isinstance(strategy, tf.distribute.MirroredStrategy), strategy

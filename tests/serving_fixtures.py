@@ -45,9 +45,10 @@ def _train_and_export(root: Path) -> Exported:
 
     import tensorflow as tf
 
-    from soundloc_tf import data, export
+    from soundloc_tf.dataloaders import data
+    from soundloc_tf.inference import export
     from soundloc_tf.config import get_config
-    from soundloc_tf.training import Trainer
+    from soundloc_tf.train.training import Trainer
 
     config = get_config("tiny", train_steps=2, batch_size=4, eval_every=1000, checkpoint_every=1,
                         num_summary_images=0, log_every=1000)
@@ -79,7 +80,7 @@ def exported(tmp_path_factory) -> Exported:
 
 def scenes(config, count: int = 3) -> list[dict[str, np.ndarray]]:
     """Held-out synthetic scenes as numpy: image float [S, S, 3], waveform [T], boxes."""
-    from soundloc_tf import data
+    from soundloc_tf.dataloaders import data
 
     return [{k: v.numpy() for k, v in s.items()}
             for s in data.synthetic_dataset(config, config.eval_seed, count=count)]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from soundloc_tf import annotations, records
+from soundloc_tf.dataloaders import annotations, records
 from soundloc_tf.config import get_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +83,7 @@ def test_concurrent_writers_of_different_pairs_lose_nothing(tmp_path):
     """Eight threads and two processes save 12 pairs each, all at once: all 120 survive."""
     path = tmp_path / "annotations.json"
     script = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-              "from soundloc_tf import annotations\n"
+              "from soundloc_tf.dataloaders import annotations\n"
               "for i in range(12):\n"
               f"    annotations.save_label({str(path)!r}, f'p{{sys.argv[1]}}-{{i}}', "
               "[[0.1, 0.1, 0.5, 0.5]], False, 'proc', 0)\n")
@@ -152,7 +152,7 @@ def test_killed_savers_never_leave_a_half_written_file(tmp_path):
     for i in range(20):
         _save(path, f"earlier-{i}", boxes=[[0.0, 0.0, 0.05 * (i + 1), 0.5]])
     script = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-              "from soundloc_tf import annotations\n"
+              "from soundloc_tf.dataloaders import annotations\n"
               "print('ready', flush=True)\n"
               # Resumes from the file: a kill between two saves leaves consistent revisions.
               f"rev = {{k: v['revision'] for k, v in annotations.load({str(path)!r})"

@@ -4,7 +4,7 @@ import librosa
 import numpy as np
 import pytest
 
-from soundloc_tf.audio import LogMel, mel_filterbank
+from soundloc_tf.dataloaders.audio import LogMel, mel_filterbank
 
 
 @pytest.mark.parametrize("sample_rate,n_fft,hop,n_mels", [(8000, 256, 128, 32),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from soundloc_tf import audio_io
+from soundloc_tf.dataloaders import audio_io
 
 
 def _tone(freq, seconds, rate, amplitude=0.5):

@@ -18,7 +18,7 @@ import pytest
 import soundfile
 from PIL import Image
 
-from soundloc_tf import importers, records
+from soundloc_tf.dataloaders import importers, records
 
 RATE = 8000
 CLIP_SECONDS = 1.0

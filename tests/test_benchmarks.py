@@ -36,7 +36,7 @@ def _assert_positive(figures: dict, names) -> None:
 
 def test_vgg16_mac_count_matches_the_paper_figure():
     from soundloc_tf.config import get_config
-    from soundloc_tf.models import build_image_tower
+    from soundloc_tf.modeling.models import build_image_tower
 
     tower = build_image_tower(get_config("paper", image_weights="none"))
     assert count_macs(tower) == 31_319_654_400  # 31.32 GMAC to block5_conv3 at 320x320
@@ -175,7 +175,7 @@ def _random_cached_batch(config, n: int):
     import numpy as np
     import tensorflow as tf
 
-    from soundloc_tf import data
+    from soundloc_tf.dataloaders import data
 
     rng = np.random.default_rng(0)
     m, c = config.map_size, config.visual_dim
@@ -202,7 +202,7 @@ def test_pytorch_reference_reproduces_soundlocs_losses(tmp_path):
 
     from benchmarks import torch_compare
     from soundloc_tf.config import get_config
-    from soundloc_tf.models import build_localizer
+    from soundloc_tf.modeling.models import build_localizer
 
     tiny = get_config("tiny")  # InfoNCE with a supervised term on the labelled pairs
     for name, config in (("infonce", tiny),

@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from soundloc_tf import data
+from soundloc_tf.dataloaders import data
 from soundloc_tf.config import get_config
 
 CONFIG = get_config("tiny")

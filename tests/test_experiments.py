@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from soundloc_tf.config import get_config
+from soundloc_tf.experiments import superstition
 from soundloc_tf.tools import experiment, make_results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +44,7 @@ def test_superstition_plan_and_unknown_runs():
     assert [s.key for s in triplet][-1] == "semi_triplet@0.25"
     assert all(s.overrides["unsupervised_loss"] == "triplet" for s in triplet)
     with pytest.raises(ValueError, match="Received: unsupervised_loss='none'"):
-        experiment.superstition_runs([0], 0.9, "none")
+        superstition.rows(0.9, "none")
 
 
 def test_stats_over_seeds():

@@ -13,8 +13,8 @@ from scipy import ndimage
 from serving_fixtures import (SMALL_HEATMAP, assert_one_line_error, exported,  # noqa: F401
                               jpeg_bytes, png_bytes, run_module, saved_model_cli, scenes,
                               soundfile_wav, to_uint8, wav_bytes)
-from soundloc_tf import export
-from soundloc_tf.run_dir import restore_model
+from soundloc_tf.inference import export
+from soundloc_tf.train.run_dir import restore_model
 
 # Largest |difference| allowed between the SavedModel's heat map and the Keras model's.
 HEATMAP_TOLERANCE = 1e-5

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from soundloc_tf import data, feature_cache, int8_tower, training
+from soundloc_tf.dataloaders import data
+from soundloc_tf.modeling import int8_tower
+from soundloc_tf.train import feature_cache, training
 from soundloc_tf.config import get_config
-from soundloc_tf.models import build_model, split_model
+from soundloc_tf.modeling.models import build_model, split_model
 
 CONFIG = get_config("tiny", freeze_image_tower=True, freeze_audio_tower=True, batch_size=16)
 

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 
-from soundloc_tf import models
+from soundloc_tf.modeling import models
 from soundloc_tf.config import get_config
 from soundloc_tf.tools import fetch_weights
 

@@ -317,7 +317,7 @@ def test_8_the_graph_turns_images_as_their_exif_says(fmt):
     import tensorflow as tf
     from PIL import Image, ImageOps
 
-    from soundloc_tf import export
+    from soundloc_tf.inference import export
 
     blocks = np.random.default_rng(0).integers(0, 255, (6, 4, 3), dtype=np.uint8)
     pixels = np.kron(blocks, np.ones((8, 8, 1), np.uint8))  # 32 wide, 48 high
@@ -389,7 +389,7 @@ def test_10_an_unknown_columnar_input_is_a_400(server, pair):
 
 
 def test_11_limit_messages_keep_their_closing_bracket(server, pair):
-    from soundloc_tf.localize import Localizer
+    from soundloc_tf.inference.localize import Localizer
 
     wide = png_bytes(np.zeros([2, 4097, 3], np.uint8))
     status, answer = _post(server, json.dumps({"instances": [

@@ -23,7 +23,7 @@ import pytest
 import soundfile
 from PIL import Image
 
-from soundloc_tf import importers, records
+from soundloc_tf.dataloaders import importers, records
 from soundloc_tf.config import get_config
 
 ROOT = Path(__file__).resolve().parent.parent

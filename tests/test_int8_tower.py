@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from soundloc_tf import data, int8_tower
+from soundloc_tf.dataloaders import data
+from soundloc_tf.modeling import int8_tower
 from soundloc_tf.config import get_config
-from soundloc_tf.models import build_image_tower
+from soundloc_tf.modeling.models import build_image_tower
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -84,7 +85,7 @@ def test_an_int8_tower_refuses_what_it_cannot_run():
 
 @needs_int8_kernels  # with oneDNN on by default here, turning it off must refuse
 def test_without_onednn_the_int8_tower_fails_in_one_line():
-    code = ("from soundloc_tf import int8_tower\n"
+    code = ("from soundloc_tf.modeling import int8_tower\n"
             "try:\n    int8_tower.check_supported()\n    print('SUPPORTED')\n"
             "except ValueError as e:\n    print('REFUSED', e)\n")
     env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "3",

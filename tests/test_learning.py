@@ -2,10 +2,10 @@
 
 import pytest
 
-from soundloc_tf import data
+from soundloc_tf.dataloaders import data
 from soundloc_tf.config import get_config
-from soundloc_tf.evaluation import evaluate
-from soundloc_tf.training import Trainer
+from soundloc_tf.eval.evaluation import evaluate
+from soundloc_tf.train.training import Trainer
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import tensorflow as tf
 from serving_fixtures import (assert_one_line_error, exported, jpeg_bytes,  # noqa: F401
                               png_bytes, run_module, scenes, soundfile_wav, to_uint8, wav_bytes,
                               write_video)
-from soundloc_tf import localize as loc
+from soundloc_tf.inference import localize as loc
 
 HEATMAP_TOLERANCE = 1e-5
 

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from soundloc_tf.config import get_config
-from soundloc_tf.models import SoundAttention, build_image_tower, build_model
+from soundloc_tf.modeling.models import SoundAttention, build_image_tower, build_model
 
 
 def _hand_made_map():
@@ -99,7 +99,7 @@ def test_missing_weights_file_is_a_clear_error():
 
 def test_global_batch_norm_is_exact_on_features_with_a_large_mean():
     # Features like the pooled ReLU outputs: a mean far above their spread.
-    from soundloc_tf.models import GlobalBatchNorm
+    from soundloc_tf.modeling.models import GlobalBatchNorm
 
     rng = np.random.default_rng(0)
     x = (300.0 + 0.1 * rng.standard_normal([64, 3])).astype(np.float32)
@@ -121,7 +121,7 @@ def test_global_batch_norm_is_exact_on_features_with_a_large_mean():
 
 
 def test_global_batch_norm_on_two_replicas_equals_one(mirrored_strategy):
-    from soundloc_tf.models import GlobalBatchNorm
+    from soundloc_tf.modeling.models import GlobalBatchNorm
 
     strategy = mirrored_strategy
     assert strategy.num_replicas_in_sync == 2

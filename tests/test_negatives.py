@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from soundloc_tf import data, metrics, negatives
+from soundloc_tf import metrics
+from soundloc_tf.dataloaders import data, negatives
 
 # Positives 0.9, 0.8, 0.4 and negatives 0.7, 0.3, 0.2; from the top:
 #   P(1/1) R 1/3, P(2/2) R 2/3, P(2/3) R 2/3, P(3/4) R 1, then R stays 1.

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import auc as sklearn_auc
 
-from soundloc_tf import importers, metrics, protocols
+from soundloc_tf import metrics, protocols
+from soundloc_tf.dataloaders import importers
 
 # --- independent references ---------------------------------------------------
 

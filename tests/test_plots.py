@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from soundloc_tf import data, plots
+from soundloc_tf.dataloaders import data
+from soundloc_tf.eval import plots
 from soundloc_tf.config import get_config
-from soundloc_tf.evaluation import EvaluationDetails
+from soundloc_tf.eval.evaluation import EvaluationDetails
 
 
 def _png_shape(path):

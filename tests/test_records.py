@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from soundloc_tf import data, records
+from soundloc_tf.dataloaders import data, records
 from soundloc_tf.config import get_config
 
 TINY = get_config("tiny")

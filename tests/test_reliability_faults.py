@@ -36,7 +36,7 @@ def _config(**changes):
 
 def poisoned(config, field: str, value: float):
     """dataset_fn: the synthetic stream with `field` of scene BAD_INDEX set to `value`."""
-    from soundloc_tf import data
+    from soundloc_tf.dataloaders import data
 
     def dataset_fn(start: int) -> tf.data.Dataset:
         def poison(position, scene):
@@ -59,8 +59,8 @@ def _digests(directory: Path) -> dict[str, str]:
 @pytest.mark.parametrize("field,value", [("image", float("nan")), ("waveform", float("inf"))])
 def test_a_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
         tmp_path, single_device_strategy, field, value):
-    from soundloc_tf import data
-    from soundloc_tf.training import Trainer
+    from soundloc_tf.dataloaders import data
+    from soundloc_tf.train.training import Trainer
 
     config = _config()
     workdir = tmp_path / "run"

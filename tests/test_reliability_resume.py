@@ -54,7 +54,7 @@ def run_train(args: list[str], timeout: float = 600, **env) -> subprocess.Comple
 
 
 def write_validation_records(directory: Path, count: int = 4) -> Path:
-    from soundloc_tf import data, records
+    from soundloc_tf.dataloaders import data, records
     from soundloc_tf.config import get_config
 
     config = get_config("tiny")
@@ -87,9 +87,9 @@ def write_initial_run(workdir: Path, strategy, **changes) -> Path:
     tools/train.py does not seed the weight initialisation, so two runs start from different
     weights; runs copied from one step-0 checkpoint start equal (and resume "from ckpt-0").
     """
-    from soundloc_tf import data
+    from soundloc_tf.dataloaders import data
     from soundloc_tf.config import get_config
-    from soundloc_tf.training import Trainer
+    from soundloc_tf.train.training import Trainer
 
     fields = dict(batch_size=BATCH, train_steps=STEPS, checkpoint_every=EVERY, log_every=1,
                   eval_every=1000, num_summary_images=0)
@@ -178,9 +178,9 @@ def test_sigkill_between_checkpoints_then_rerun_ends_with_the_uninterrupted_weig
 
 
 def _trainer(workdir: Path, strategy, steps: int = 4, messages: list | None = None):
-    from soundloc_tf import data
+    from soundloc_tf.dataloaders import data
     from soundloc_tf.config import get_config
-    from soundloc_tf.training import Trainer
+    from soundloc_tf.train.training import Trainer
 
     config = get_config("tiny", batch_size=BATCH, train_steps=steps, checkpoint_every=EVERY,
                         log_every=1000, eval_every=1000, num_summary_images=0)

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from soundloc_tf import audio_io, config as config_lib, soundnet
+from soundloc_tf import config as config_lib
+from soundloc_tf.dataloaders import audio_io
+from soundloc_tf.modeling import soundnet
 from soundloc_tf.config import get_config
 
 WEIGHTS = Path(os.environ.get("SOUNDLOC_SOUNDNET_WEIGHTS",
@@ -62,7 +64,7 @@ def test_conversion_checks_every_shape():
 
 
 def test_soundnet8_is_the_audio_tower_of_the_paper_config():
-    from soundloc_tf.models import build_audio_tower
+    from soundloc_tf.modeling.models import build_audio_tower
 
     assert get_config("paper").audio_tower == "soundnet8"
     config = get_config("paper", clip_seconds=10.0, audio_weights="none")
@@ -83,7 +85,7 @@ def test_soundnet8_is_the_audio_tower_of_the_paper_config():
     "`soundloc-fetch-weights --what=soundnet`"))
 @pytest.mark.skipif(not SOUNDS.is_dir(), reason=f"real recordings absent: {SOUNDS}")
 def test_top_imagenet_classes_of_real_recordings_are_plausible():
-    from soundloc_tf.models import build_audio_tower
+    from soundloc_tf.modeling.models import build_audio_tower
 
     config = get_config("paper", audio_tower="soundnet8", audio_weights=str(WEIGHTS))
     tower = build_audio_tower(config)
@@ -120,7 +122,7 @@ def test_hed_weights_load_into_the_vgg16_tower():
     import h5py
     import tensorflow as tf
 
-    from soundloc_tf.models import build_image_tower
+    from soundloc_tf.modeling.models import build_image_tower
 
     config = get_config("paper", image_weights="hed", image_size=64)
     tower = build_image_tower(config)

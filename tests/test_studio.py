@@ -26,7 +26,7 @@ import pytest
 
 from soundloc_tf.serving.client import ServingClient
 from serving_fixtures import png_bytes, wav_bytes
-from soundloc_tf import annotations
+from soundloc_tf.dataloaders import annotations
 from test_import_to_training import BOXES, _write_video
 
 ROOT = Path(__file__).resolve().parent.parent

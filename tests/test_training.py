@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from soundloc_tf import data
+from soundloc_tf.dataloaders import data
 from soundloc_tf.config import get_config
-from soundloc_tf.run_dir import restore_model
-from soundloc_tf.training import Trainer, all_finite, learning_rate_at, make_optimizer
+from soundloc_tf.train.run_dir import restore_model
+from soundloc_tf.train.training import Trainer, all_finite, learning_rate_at, make_optimizer
 
 QUIET = dict(eval_every=10_000, num_summary_images=0, log_every=10_000)
 

@@ -76,7 +76,7 @@ def extract(source: str, workdir: str) -> tuple[str, dict[str, list[str]] | None
 def convert(source: str, output: str, check_seconds: int = 20) -> dict:
     import numpy as np
 
-    from soundloc_tf import soundnet
+    from soundloc_tf.modeling import soundnet
 
     output = os.path.expanduser(output)
     if not output.endswith(".weights.h5"):

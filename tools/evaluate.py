@@ -59,8 +59,8 @@ flags.DEFINE_boolean("plots", False, "Write the success-rate curve, best/worst o
                      "per-class bars (and score distributions with --negatives) as PNGs and "
                      "TensorBoard images.")
 flags.DEFINE_string("records", None, "Evaluate on these records (a record directory or a "
-                    "shard pattern, read by soundloc_tf.records.read_records) instead of "
-                    "synthetic scenes.")
+                    "shard pattern, read by soundloc_tf.dataloaders.records.read_records) "
+                    "instead of synthetic scenes.")
 flags.DEFINE_integer("random_seed", 0, "Seed of the random-box baseline.")
 flags.DEFINE_integer("noise_seed", 0, "Seed of the white-noise negatives.")
 flags.DEFINE_integer("num_cases", 8, "Best and worst cases each in the --plots grid.",
@@ -125,13 +125,8 @@ def _table(result: dict) -> str:
 
 def _records_dataset(config, pattern: str):
     """The records as an evaluation dataset, their class groups and class names (or None)."""
-    try:
-        from soundloc_tf import records
-    except ImportError as error:
-        raise ValueError("--records needs soundloc_tf.records (the TFRecord reader), which "
-                         "this installation does not have. Received: "
-                         f"--records={pattern!r} ({error})") from None
-    from soundloc_tf.evaluation import group_ids
+    from soundloc_tf.dataloaders import records
+    from soundloc_tf.eval.evaluation import group_ids
 
     extra = records.resolve(pattern).manifest.get("extra", {})
     classes = extra.get("classes") or []
@@ -143,10 +138,10 @@ def _records_dataset(config, pattern: str):
 def _read_list_ids(path: str) -> list[str]:
     """A test list's ids: the "file" names of a vggss.json, else one id per line / first column."""
     if path.endswith(".json"):
-        from soundloc_tf.importers import parse_vggss
+        from soundloc_tf.dataloaders.importers import parse_vggss
 
         return [str(entry["file"]) for entry in parse_vggss(path)]
-    from soundloc_tf.importers import read_id_list
+    from soundloc_tf.dataloaders.importers import read_id_list
 
     return read_id_list(path)
 
@@ -170,7 +165,7 @@ def _select_test_list(scenes, name: str, ids_path: str | None):
 def _write_overlay_grid(model, dataset, count: int, path: str) -> None:
     from PIL import Image
 
-    from soundloc_tf.evaluation import predict_maps
+    from soundloc_tf.eval.evaluation import predict_maps
     from soundloc_tf.visualize import draw_boxes, overlay
 
     batch = next(iter(dataset.batch(count)))
@@ -186,9 +181,10 @@ def _write_overlay_grid(model, dataset, count: int, path: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    from soundloc_tf import data, plots
-    from soundloc_tf.evaluation import evaluate_detailed
-    from soundloc_tf.run_dir import restore_model
+    from soundloc_tf.dataloaders import data
+    from soundloc_tf.eval import plots
+    from soundloc_tf.eval.evaluation import evaluate_detailed
+    from soundloc_tf.train.run_dir import restore_model
 
     config, model, step = restore_model(FLAGS.workdir)
     output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir, "eval")
@@ -201,7 +197,7 @@ def main(argv: list[str]) -> None:
     if FLAGS.records:
         scenes, groups, class_names = _records_dataset(config, FLAGS.records)
         if FLAGS.annotation is None:
-            from soundloc_tf import records
+            from soundloc_tf.dataloaders import records
 
             if records.resolve(FLAGS.records).manifest.get("source") == "vggss":
                 annotation = "vggss"

@@ -5,21 +5,11 @@
       [--confound=1.0 --object_identity=0.25 --max_objects=1 --cue_size=0.25]
   python -m tools.experiment --name=real_material --output_dir=results/real_material [--quick]
 
-label_sweep    built-in scenes, tiny preset: unsupervised (InfoNCE, triplet),
-               supervised only (unsupervised_loss=none) and semi-supervised
-               (InfoNCE + supervised) at 0/1/5/10/100% labels.
-superstition   scenes whose context cue announces the sounding class with
-               probability --confound, while the object wears its own class's
-               look only with probability --object_identity: where does the map
-               peak fall (object vs cue), and how many labels correct an
-               unsupervised model?
-real_material  the paper preset (VGG16 320x320, SoundNet-8) on composites of real
-               photos and recordings (../shared/realsets/stamps), built on first use
-               with the importer of tools/import_data.py --format=composites into
-               <output_dir>/data: random vs pretrained (HED VGG16, SoundNet-8) frozen
-               towers, unsupervised and semi-supervised, trained from a feature cache
-               per tower set (<output_dir>/feature_cache). Needs
-               `soundloc-fetch-weights --what=all` once.
+  python -m tools.experiment --name=real_photos --output_dir=results/real_photos [--quick]
+
+Each experiment's settings (preset, scales, seeds, runs), with what it measures, its command
+and its cost, are a small file in soundloc_tf/experiments/; this tool trains, evaluates and
+writes the tables (real_photos through tools/real_photos.py).
 
 Writes <output_dir>/<name>.json and <name>.md (refreshed after every run),
 plots, and one directory per run under <output_dir>/runs/ (checkpoints,
@@ -36,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import importlib
 import json
 import os
 import platform
@@ -47,61 +38,26 @@ from typing import Any, Callable
 
 from absl import flags
 
+from soundloc_tf import experiments
+
 from . import common
 
-EXPERIMENTS = ("label_sweep", "superstition", "real_material", "real_photos")
-SCALES: dict[str, dict[str, Any]] = {
-    # A few hundred steps: the sweep's shape in well under an hour on 2 CPU cores.
-    "quick": {"train_steps": 200, "num_eval_samples": 200, "checkpoint_every": 100,
-              "log_every": 50},
-    # The preset's own training length.
-    "full": {"num_eval_samples": 500},
-}
-# real_material trains the paper preset (VGG16 at 320x320, SoundNet-8 on 20 s) with both
-# towers frozen, from a feature cache: the towers run once per tower set over the composites,
-# then every run trains only the localiser. Quick only shows that the pipeline runs.
-REAL_MATERIAL_SCALES: dict[str, dict[str, Any]] = {
-    "quick": {"train_steps": 20, "batch_size": 8, "checkpoint_every": 10, "log_every": 5},
-    "full": {"train_steps": 1000, "checkpoint_every": 250, "log_every": 100},
-}
-# Composite scenes imported per scale (train, test), audio stored at 16 kHz and looped to the
-# preset's clip length (the reader resamples to SoundNet-8's 22,050 Hz), the training split
-# with this fraction marked labelled (the semi-supervised runs'; unsupervised runs ignore it).
-COMPOSITES = {"quick": (48, 24), "full": (1500, 250)}
-COMPOSITE_SAMPLE_RATE = 16000
-COMPOSITE_TRAIN_LABELS = 0.1
-COMPOSITE_SEEDS = (0, 1)  # train, test: disjoint scene streams
-# The two tower sets compared: random initialisation, and the best offline pretrained start
-# (HED VGG16, SoundNet-8 converted by tools/fetch_weights.py).
-SOUNDNET_WEIGHTS = os.path.join("~", ".keras", "models", "soundnet8.weights.h5")
-TOWER_SETS: dict[str, dict[str, Any]] = {
-    "random": {"image_weights": "none", "audio_tower": "soundnet8", "audio_weights": "none"},
-    "pretrained": {"image_weights": "hed", "audio_tower": "soundnet8",
-                   "audio_weights": SOUNDNET_WEIGHTS},
-}
-DEFAULT_SEEDS = {"quick": [0], "full": [0, 1, 2]}
-LABEL_FRACTIONS = (0.01, 0.05, 0.1, 1.0)
-SUPERSTITION_FRACTIONS = (0.01, 0.05, 0.1, 0.25)
-SUPERSTITION_CONFOUND = 1.0  # default of --confound for the superstition experiment
-# The superstition experiment's scenes (flags override each): one object, whose look names its
-# class only a quarter of the time (else a random class's look), and a cue a quarter of the
-# image side. The cue then predicts the sound better than the object does, as a road does a
-# car; with scenes where the object is the better predictor no superstition appeared here
-# (docs/RESULTS.md keeps that run).
-SUPERSTITION_SCENES = {"object_identity": 0.25, "max_objects": 1, "cue_size": 0.25}
-CORRECTION_TOLERANCE = 0.05
-CORRECTED_MIN_POINTING = 0.5  # a corrected model has its peak on the object this often
+EXPERIMENTS = {name: importlib.import_module(f"soundloc_tf.experiments.{name}")
+               for name in experiments.NAMES}
+label_sweep, superstition, real_material = (EXPERIMENTS[name] for name in (
+    "label_sweep", "superstition", "real_material"))
 AUDIO_GAP_FLOOR = 0.05  # a pointing gap below this: the map hardly depends on the sound
 VALIDATION_SCENES = 64  # the Trainer's end-of-run validation (logged to TensorBoard only)
 STAMPS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
                           "shared", "realsets", "stamps")
 PHOTOS_DIR = os.path.join(os.path.dirname(STAMPS_DIR), "photos")
 
-flags.DEFINE_enum("name", None, list(EXPERIMENTS), "Which experiment.", required=True)
+flags.DEFINE_enum("name", None, list(experiments.NAMES), "Which experiment.", required=True)
 flags.DEFINE_string("output_dir", None, "Where the runs, the JSON and the markdown go.",
                     required=True)
-flags.DEFINE_boolean("quick", False, f"Quick scale: {SCALES['quick']}, seed 0. Default: full "
-                     f"scale (the preset's steps, {SCALES['full']}), seeds 0,1,2.")
+flags.DEFINE_boolean("quick", False, "Quick scale, seed 0 (minutes: the pipeline runs). "
+                     "Default: full scale, the seeds of the experiment's settings "
+                     "(soundloc_tf/experiments/<name>.py).")
 flags.DEFINE_list("seeds", None, "Seeds (model initialisation and training scenes); each run "
                   "is repeated per seed and tables give mean ± sd. Default: by scale.")
 flags.DEFINE_list("runs", None, "Only these runs (keys as in the tables' JSON, e.g. "
@@ -143,60 +99,10 @@ class RunSpec:
         return f"{self.key}_seed{self.seed}"
 
 
-def _fraction_key(prefix: str, fraction: float) -> str:
-    return f"{prefix}@{fraction:g}"
-
-
-def label_sweep_runs(seeds: list[int]) -> list[RunSpec]:
-    rows = [(_fraction_key("unsupervised_infonce", 0), "unsupervised (InfoNCE)", 0.0,
-             {"unsupervised_loss": "infonce", "label_fraction": 0.0}),
-            (_fraction_key("unsupervised_triplet", 0), "unsupervised (triplet, the paper's)", 0.0,
-             {"unsupervised_loss": "triplet", "label_fraction": 0.0})]
-    for f in LABEL_FRACTIONS:
-        rows.append((_fraction_key("supervised_only", f), "supervised only", f,
-                     {"unsupervised_loss": "none", "label_fraction": f}))
-    for f in LABEL_FRACTIONS:
-        rows.append((_fraction_key("semi_infonce", f), "semi-supervised (InfoNCE + supervised)",
-                     f, {"unsupervised_loss": "infonce", "label_fraction": f}))
-    return [RunSpec(k, g, f, o, s) for s in seeds for k, g, f, o in rows]
-
-
-OBJECTIVE_NAMES = {"infonce": "InfoNCE", "triplet": "triplet"}
-
-
-def superstition_runs(seeds: list[int], confound: float,
-                      objective: str = "infonce") -> list[RunSpec]:
-    """A no-cue control, the unsupervised model and semi-supervised ones, all with `objective`."""
-    if objective not in OBJECTIVE_NAMES:
-        raise ValueError(f"the superstition experiment needs an unsupervised objective, one of "
-                         f"{sorted(OBJECTIVE_NAMES)}. Received: unsupervised_loss={objective!r}")
-    name = OBJECTIVE_NAMES[objective]
-    rows = [(_fraction_key("control_no_cue", 0), f"control: unsupervised ({name}), trained "
-             "without cue", 0.0, {"label_fraction": 0.0, "confound": 0.0}),
-            (_fraction_key("unsupervised", 0), f"unsupervised ({name})", 0.0,
-             {"label_fraction": 0.0, "confound": confound})]
-    for f in SUPERSTITION_FRACTIONS:
-        rows.append((_fraction_key(f"semi_{objective}", f),
-                     f"semi-supervised ({name} + supervised)", f,
-                     {"label_fraction": f, "confound": confound}))
-    return [RunSpec(k, g, f, {"unsupervised_loss": objective, **o}, s)
-            for s in seeds for k, g, f, o in rows]
-
-
-def real_material_runs(seeds: list[int]) -> list[RunSpec]:
-    """Random vs pretrained frozen towers, each unsupervised and semi-supervised (10% labels)."""
-    frozen = {"freeze_image_tower": True, "freeze_audio_tower": True}
-    rows = []
-    for towers, weights in TOWER_SETS.items():
-        rows += [(_fraction_key(f"{towers}_unsupervised_infonce", 0),
-                  f"{towers} towers, unsupervised (InfoNCE)", 0.0,
-                  {**weights, **frozen, "unsupervised_loss": "infonce", "label_fraction": 0.0}),
-                 (_fraction_key(f"{towers}_semi_infonce", COMPOSITE_TRAIN_LABELS),
-                  f"{towers} towers, semi-supervised (InfoNCE + supervised)",
-                  COMPOSITE_TRAIN_LABELS,
-                  {**weights, **frozen, "unsupervised_loss": "infonce",
-                   "label_fraction": COMPOSITE_TRAIN_LABELS})]
-    return [RunSpec(k, g, f, o, s) for s in seeds for k, g, f, o in rows]
+def specs_of(rows: list[tuple[str, str, float, dict]], seeds: list[int]) -> list[RunSpec]:
+    """Every row of an experiment's settings at every seed."""
+    return [RunSpec(key, group, fraction, fields, seed)
+            for seed in seeds for key, group, fraction, fields in rows]
 
 
 # ---------------------------------------------------------------------------
@@ -319,9 +225,10 @@ def execute(setting: Setting, spec: RunSpec) -> dict:
     """Trains and evaluates one run, or returns its saved record if it already finished."""
     import keras
 
-    from soundloc_tf import data, plots
-    from soundloc_tf.evaluation import evaluate_detailed
-    from soundloc_tf.training import Trainer
+    from soundloc_tf.dataloaders import data
+    from soundloc_tf.eval import plots
+    from soundloc_tf.eval.evaluation import evaluate_detailed
+    from soundloc_tf.train.training import Trainer
 
     config = run_config(setting, spec)
     run_dir = os.path.join(setting.output_dir, "runs", spec.name)
@@ -351,8 +258,8 @@ def execute(setting: Setting, spec: RunSpec) -> dict:
                       log=lambda message: setting.log(f"[{spec.name}] {message}"))
     cache = None
     if setting.cache_source_fn is not None:
-        from soundloc_tf import feature_cache
-        from soundloc_tf.models import split_model
+        from soundloc_tf.train import feature_cache
+        from soundloc_tf.modeling.models import split_model
 
         # One cache per tower weights: runs that share towers share it.
         key = feature_cache.fingerprint(*split_model(trainer.model)[:2])[:16]
@@ -468,17 +375,17 @@ def superstition_conclusions(rows: list[dict], confound: float) -> dict:
     """Where the peaks fall; whether the cue misled the unsupervised model; what corrects it.
 
     "Misled": the unsupervised model's peak is nearer the cue than the object
-    in most evaluation scenes, and in CORRECTION_TOLERANCE more of them than
+    in most evaluation scenes, and in superstition.CORRECTION_TOLERANCE more of them than
     the control's (trained without cue, evaluated on the same cue scenes).
     "Corrected": the smallest label fraction whose model is back within
-    CORRECTION_TOLERANCE of the control and has its peak on the object in at
-    least CORRECTED_MIN_POINTING of the scenes.
+    superstition.CORRECTION_TOLERANCE of the control and has its peak on the object in at
+    least superstition.CORRECTED_MIN_POINTING of the scenes.
     """
     def metric(key: str, name: str) -> float | None:
         value = _row_metric(rows, key, name)
         return value["mean"] if value else None
 
-    control, unsupervised = _fraction_key("control_no_cue", 0), _fraction_key("unsupervised", 0)
+    control, unsupervised = "control_no_cue@0", "unsupervised@0"
     control_nearer, unsupervised_nearer = (metric(control, "peak_nearer_cue"),
                                            metric(unsupervised, "peak_nearer_cue"))
     verdict, corrected_at, lines = "incomplete", None, []
@@ -491,7 +398,7 @@ def superstition_conclusions(rows: list[dict], confound: float) -> dict:
             f"{metric(unsupervised, 'peak_on_object'):.1%}); the control, trained without cue "
             f"and evaluated on the same scenes: nearer the cue {control_nearer:.1%} (cue "
             f"{metric(control, 'peak_on_cue'):.1%}, object {metric(control, 'peak_on_object'):.1%}).")
-        target = control_nearer + CORRECTION_TOLERANCE
+        target = control_nearer + superstition.CORRECTION_TOLERANCE
         if unsupervised_nearer > max(0.5, target):
             verdict = "misled"
             semi = sorted((row["fraction"], row["metrics"]["peak_nearer_cue"]["mean"],
@@ -499,20 +406,20 @@ def superstition_conclusions(rows: list[dict], confound: float) -> dict:
                           if row["key"].startswith("semi_") and row["metrics"].get(
                               "peak_nearer_cue") and row["metrics"].get("peak_on_object"))
             corrected_at = next((f for f, nearer, on_object in semi
-                                 if nearer <= target and on_object >= CORRECTED_MIN_POINTING),
+                                 if nearer <= target and on_object >= superstition.CORRECTED_MIN_POINTING),
                                 None)
             lines.append(
                 "Misled by the cue (a superstition); corrected (peak nearer the cue in at most "
-                f"{CORRECTION_TOLERANCE} more scenes than the control, and on the object in at "
-                f"least {CORRECTED_MIN_POINTING:.0%}) "
+                f"{superstition.CORRECTION_TOLERANCE} more scenes than the control, and on the object in at "
+                f"least {superstition.CORRECTED_MIN_POINTING:.0%}) "
                 + (f"from {_labels(corrected_at)} labels on." if corrected_at is not None
                    else "by none of the label fractions run."))
         else:
             verdict = "not misled"
             lines.append("Not misled: the unsupervised model's peak is not mostly on the cue, or "
-                         f"not {CORRECTION_TOLERANCE} more often than the control's.")
+                         f"not {superstition.CORRECTION_TOLERANCE} more often than the control's.")
     return {"verdict": verdict, "corrected_at_fraction": corrected_at,
-            "tolerance": CORRECTION_TOLERANCE, "corrected_min_pointing": CORRECTED_MIN_POINTING,
+            "tolerance": superstition.CORRECTION_TOLERANCE, "corrected_min_pointing": superstition.CORRECTED_MIN_POINTING,
             "lines": lines}
 
 
@@ -556,22 +463,12 @@ COLUMN_NOTES = (
     "0.25 with one negative of each kind per image; peak on X = fraction of evaluation images "
     "whose attention peak lies in X's box; peak nearer cue = fraction whose peak is closer to the "
     "cue's box than to the sounding object's (a peak just beside what it attends to counts).")
-DESCRIPTIONS = {
-    "label_sweep": "How much do labels help? The same tiny model trained without labels "
-                   "(InfoNCE, or the paper's triplet loss), with labels only, and with both.",
-    "superstition": "A context patch whose colour announces the sounding class: does an "
-                    "unsupervised model look at the patch instead of the object, and how many "
-                    "labelled pairs put its attention back on the object?",
-    "real_material": "Trained and evaluated on composites of real photo cut-outs, real "
-                     "recordings of the same classes and real backgrounds (the paper preset "
-                     "unless the preset below says otherwise).",
-}
 
 
 def write_outputs(setting: Setting, specs: list[RunSpec], records: list[dict],
                   command: str, env: dict, started: str) -> tuple[str, str]:
     """<name>.json and <name>.md (and sweep plots) from the records so far."""
-    from soundloc_tf import plots
+    from soundloc_tf.eval import plots
     from . import make_results
 
     rows = summarize_runs(records, specs)
@@ -589,7 +486,7 @@ def write_outputs(setting: Setting, specs: list[RunSpec], records: list[dict],
     baselines = ({**first["baselines"], "random_box": first["random_baseline"]}
                  if first else {})
     doc = {
-        "schema": make_results.SCHEMA, "experiment": name, "description": DESCRIPTIONS[name],
+        "schema": make_results.SCHEMA, "experiment": name, "description": EXPERIMENTS[name].DESCRIPTION,
         "command": command, "scale": setting.scale, "preset": setting.preset,
         "seeds": setting.seeds,
         "base_config": setting.recorded_config or _plain(dataclasses.asdict(setting.base_config)),
@@ -680,17 +577,13 @@ def ensure_composites(directory: str, stamps: str, count: int, seed: int,
     if not os.path.isdir(stamps):
         raise ValueError("the composites are built from the real-material stamps, which are "
                          f"not there; pass --stamps. Received: stamps={stamps!r}")
-    try:
-        from soundloc_tf import importers
-    except ImportError as error:
-        raise ValueError("real_material needs the composites importer (soundloc_tf.importers, "
-                         "used by tools/import_data.py --format=composites), which this "
-                         f"checkout does not have. Received: ImportError: {error}") from None
+    from soundloc_tf.dataloaders import importers
+
     if os.path.isdir(directory) and os.listdir(directory):
         raise ValueError(f"an earlier import into {directory} did not finish; delete the "
                          f"directory and rerun. Received: {sorted(os.listdir(directory))[:3]}")
     log(f"building {count} composite scenes (seed {seed}) from {stamps} into {directory}")
-    importers.run_import("composites", stamps, directory, sample_rate=COMPOSITE_SAMPLE_RATE,
+    importers.run_import("composites", stamps, directory, sample_rate=real_material.COMPOSITE_SAMPLE_RATE,
                          clip_seconds=clip_seconds, count=count, seed=seed,
                          label_fraction=label_fraction)
     return directory
@@ -702,9 +595,9 @@ def check_real_material_inputs(stamps: str, train: str | None, test: str | None)
     if not (train and test) and not os.path.isdir(stamps):
         raise ValueError("the composites are built from the real-material stamps, which are "
                          f"not there; pass --stamps. Received: stamps={stamps!r}")
-    from soundloc_tf import models
+    from soundloc_tf.modeling import models
 
-    missing = [p for p in (os.path.expanduser(SOUNDNET_WEIGHTS), models.hed_weights_path())
+    missing = [p for p in (os.path.expanduser(real_material.SOUNDNET_WEIGHTS), models.hed_weights_path())
                if not os.path.isfile(p)]
     if missing:
         raise ValueError("the pretrained towers' weights are missing; run `"
@@ -715,20 +608,18 @@ def real_material_setting(base: Setting, train: str | None, test: str | None,
                           stamps: str) -> Setting:
     """Builds (or takes) the composite records and wires the record reader into the setting."""
     scale = "quick" if base.scale.startswith("quick") else "full"
-    train_count, test_count = COMPOSITES[scale]
+    train_count, test_count = real_material.COMPOSITES[scale]
     data_dir = os.path.join(base.output_dir, "data")
     clip = base.base_config.clip_seconds
     train = train or ensure_composites(os.path.join(data_dir, "train"), stamps, train_count,
-                                       COMPOSITE_SEEDS[0], COMPOSITE_TRAIN_LABELS, base.log,
+                                       real_material.COMPOSITE_SEEDS[0],
+                                       real_material.TRAIN_LABELS, base.log,
                                        clip)
     test = test or ensure_composites(os.path.join(data_dir, "test"), stamps, test_count,
-                                     COMPOSITE_SEEDS[1], 1.0, base.log, clip)
-    try:
-        from soundloc_tf import records
-    except ImportError as error:
-        raise ValueError("real_material needs soundloc_tf.records (the record reader), which "
-                         f"this checkout does not have. Received: ImportError: {error}") from None
-    from soundloc_tf.evaluation import group_ids
+                                     real_material.COMPOSITE_SEEDS[1], 1.0, base.log,
+                                     clip)
+    from soundloc_tf.dataloaders import records
+    from soundloc_tf.eval.evaluation import group_ids
 
     manifests = {}
     for flag, path in (("train_records", train), ("test_records", test)):
@@ -756,12 +647,13 @@ def real_material_setting(base: Setting, train: str | None, test: str | None,
 
 def plan(setting: Setting, runs_filter: list[str] | None = None) -> list[RunSpec]:
     if setting.name == "label_sweep":
-        specs = label_sweep_runs(setting.seeds)
+        specs = specs_of(label_sweep.rows(), setting.seeds)
     elif setting.name == "superstition":
-        specs = superstition_runs(setting.seeds, setting.eval_changes["confound"],
-                                  setting.base_config.unsupervised_loss)
+        specs = specs_of(superstition.rows(setting.eval_changes["confound"],
+                                           setting.base_config.unsupervised_loss),
+                         setting.seeds)
     else:
-        specs = real_material_runs(setting.seeds)
+        specs = specs_of(real_material.rows(), setting.seeds)
     if runs_filter:
         known = {s.key for s in specs}
         unknown = sorted(set(runs_filter) - known)
@@ -869,14 +761,14 @@ def main(argv: list[str]) -> None:
     from soundloc_tf import config as config_lib
 
     scale = "quick" if FLAGS.quick else "full"
-    preset = FLAGS.preset if FLAGS["preset"].present or FLAGS.name not in (
-        "real_material", "real_photos") else "paper"
+    preset = FLAGS.preset if FLAGS["preset"].present else EXPERIMENTS[FLAGS.name].PRESET
     explicit = _explicit_overrides()
     if FLAGS.name == "real_photos":
-        from soundloc_tf.training import make_strategy
+        from soundloc_tf.train.training import make_strategy
         from . import real_photos
 
-        config = config_lib.get_config(preset, **{**real_photos.SCALES[scale], **explicit})
+        config = config_lib.get_config(
+            preset, **{**EXPERIMENTS["real_photos"].SCALES[scale], **explicit})
         command = "python -m tools.experiment " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         summary = real_photos.run_real_photos(config, FLAGS.output_dir, scale, FLAGS.photos,
                                               FLAGS.stamps, make_strategy(), environment(),
@@ -886,13 +778,13 @@ def main(argv: list[str]) -> None:
         return
     # superstition: --confound sets the cue's probability in the runs that have a cue (and in
     # every run's evaluation scenes), not in the base configuration.
-    confound = explicit.pop("confound", SUPERSTITION_CONFOUND) if FLAGS.name == "superstition" \
+    confound = explicit.pop("confound", superstition.CONFOUND) if FLAGS.name == "superstition" \
         else 0.0
-    scales = REAL_MATERIAL_SCALES if FLAGS.name == "real_material" else SCALES
-    scenes = SUPERSTITION_SCENES if FLAGS.name == "superstition" else {}
-    base_config = config_lib.get_config(preset, **{**scales[scale], **scenes, **explicit})
+    settings = EXPERIMENTS[FLAGS.name]
+    scenes = superstition.SCENES if FLAGS.name == "superstition" else {}
+    base_config = config_lib.get_config(preset, **{**settings.SCALES[scale], **scenes, **explicit})
     try:
-        seeds = [int(s) for s in FLAGS.seeds] if FLAGS.seeds else DEFAULT_SEEDS[scale]
+        seeds = [int(s) for s in FLAGS.seeds] if FLAGS.seeds else settings.SEEDS[scale]
     except ValueError:
         raise ValueError(f"--seeds takes comma-separated integers. Received: "
                          f"{','.join(FLAGS.seeds)}") from None
@@ -904,7 +796,7 @@ def main(argv: list[str]) -> None:
                            confound=confound, num_cases=FLAGS.num_cases,
                            train_records=FLAGS.train_records, test_records=FLAGS.test_records,
                            stamps=FLAGS.stamps)
-    from soundloc_tf.training import make_strategy
+    from soundloc_tf.train.training import make_strategy
 
     setting.strategy = make_strategy()
     command = "python -m tools.experiment " + " ".join(shlex.quote(a) for a in sys.argv[1:])

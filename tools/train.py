@@ -59,7 +59,7 @@ flags.DEFINE_enum("cache_image_tower", "model", ["model", "int8"],
                   "built (float32, or bfloat16 with --image_tower_precision); int8: through "
                   "oneDNN int8 convolutions calibrated on the first images, several times "
                   "float32's speed for VGG16 on AVX-512 VNNI CPUs, maps within about 2% "
-                  "(see docs in soundloc_tf/int8_tower.py).")
+                  "(see docs in soundloc_tf/modeling/int8_tower.py).")
 flags.DEFINE_enum("cache_in_memory", "auto", ["auto", "true", "false"],
                   "tower_mode=cached: parse the cache once and hold it in RAM (later epochs "
                   "skip the read and parse) or stream it from "
@@ -113,15 +113,15 @@ def main(argv: list[str]) -> None:
                          f"and supervised_weight > 0). Received: label_fraction="
                          f"{config.label_fraction}, supervised_weight={config.supervised_weight}")
     workdir = FLAGS.workdir or os.path.join("runs", FLAGS.preset)
-    from soundloc_tf.training import Trainer, make_strategy  # after flag parsing: slow
+    from soundloc_tf.train.training import Trainer, make_strategy  # after flag parsing: slow
 
     # First, before any op: MultiWorkerMirroredStrategy (TF_CONFIG set) configures the
     # collectives at program start-up and refuses once an op has run (reading records does).
     strategy = make_strategy()
     dataset_fn, validation = None, None
     if FLAGS.records or FLAGS.validation_records:
-        from soundloc_tf import records
-        from soundloc_tf.training import VALIDATION_SAMPLES_DURING_TRAINING
+        from soundloc_tf.dataloaders import records
+        from soundloc_tf.train.training import VALIDATION_SAMPLES_DURING_TRAINING
 
         if FLAGS.records:
             records.read_records(config, FLAGS.records, training=True,  # fail early, verified
@@ -141,7 +141,8 @@ def main(argv: list[str]) -> None:
     trainer = Trainer(config, workdir, strategy, dataset_fn=dataset_fn, validation=validation,
                       run_flags={name: FLAGS[name].value for name in RUN_FLAGS})
     if FLAGS.tower_mode == "cached":
-        from soundloc_tf import data, feature_cache
+        from soundloc_tf.dataloaders import data
+        from soundloc_tf.train import feature_cache
 
         if FLAGS.records:
             source = records.read_records(config, FLAGS.records, training=False, verify=False,

@@ -7,6 +7,6 @@ directory for the page (frames and sounds, no re-encoding of the records);
 `localize` asks a TF Serving REST endpoint (the real server or
 soundloc-dev-server) for heat maps: it knows the model only through the
 SavedModel's `serving_default` signature.  The labels go to the annotation
-layer (`soundloc_tf.annotations`) that `soundloc-train --annotations` reads.
+layer (`soundloc_tf.dataloaders.annotations`) that `soundloc-train --annotations` reads.
 The page itself is plain HTML/JS/CSS under static/, served as is.
 """

@@ -30,7 +30,7 @@ import re
 import sys
 from typing import Any, Callable, Iterable
 
-from soundloc_tf import annotations
+from soundloc_tf.dataloaders import annotations
 from ..threaded import ThreadedServer
 from .localize import (Localizer, ModelUnavailable, UnsupportedFile,
                                          as_model_image, as_model_sound)

@@ -72,7 +72,7 @@ def as_model_sound(data: bytes, name: str) -> bytes:
     """WAV bytes unchanged; other audio (FLAC, OGG, MP3, ...) decoded -> WAV; else refused."""
     if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
         return data
-    from soundloc_tf import audio_io
+    from soundloc_tf.dataloaders import audio_io
 
     try:
         return wav_bytes(audio_io.load_audio(data, WAV_RATE), WAV_RATE)
@@ -91,7 +91,7 @@ def sample_video(data: bytes, name: str, clip_seconds: float,
         clip_seconds: the sound window, the length the model was trained on.
         interval: seconds between samples; widened so at most `max_samples` are taken.
     """
-    from soundloc_tf import audio_io, importers
+    from soundloc_tf.dataloaders import audio_io, importers
 
     with tempfile.TemporaryDirectory(prefix="soundloc-studio-") as folder:
         path = os.path.join(folder, "upload" + os.path.splitext(name)[1].lower())

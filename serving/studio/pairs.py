@@ -15,7 +15,7 @@ import wave
 
 import numpy as np
 
-from soundloc_tf import records
+from soundloc_tf.dataloaders import records
 
 
 @dataclasses.dataclass(frozen=True)

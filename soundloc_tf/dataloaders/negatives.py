@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from soundloc_tf import data, metrics
+from soundloc_tf import metrics
+from soundloc_tf.dataloaders import data
 
 NEGATIVE_KINDS = ("silence", "white_noise", "offscreen")
 CONFIDENCES = ("score", "map_peak")

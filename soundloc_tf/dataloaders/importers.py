@@ -45,7 +45,7 @@ from typing import Any, Iterable, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from soundloc_tf import audio_io, data, records
+from soundloc_tf.dataloaders import audio_io, data, records
 
 FORMATS = ("flickr", "vggss", "avsbench_s4", "videos", "composites", "mosaics", "photos")
 AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg", ".m4a")

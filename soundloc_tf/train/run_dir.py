@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 
 from soundloc_tf.config import Config
-from soundloc_tf.models import build_model
+from soundloc_tf.modeling.models import build_model
 
 
 def print_line(message: str) -> None:

@@ -21,7 +21,7 @@ from typing import Iterator, NamedTuple
 import keras
 import tensorflow as tf
 
-from soundloc_tf.audio import LogMel
+from soundloc_tf.dataloaders.audio import LogMel
 from soundloc_tf.config import Config
 
 # Keras's VGG16 ImageNet weights expect "caffe" input: BGR, 0..255, mean-subtracted.
@@ -357,7 +357,7 @@ def build_audio_tower(config: Config) -> keras.Model:
 
 def _build_soundnet8_tower(config: Config) -> keras.Model:
     """SoundNet-8's conv8 object head averaged over time (the paper's audio feature)."""
-    from soundloc_tf import soundnet
+    from soundloc_tf.modeling import soundnet
 
     tower = soundnet.build_soundnet8(config.num_samples, name="audio_tower")
     if config.audio_weights != "none":
@@ -427,6 +427,6 @@ def split_model(model: keras.Model) -> Towers:
         return Towers(model.get_layer("image_tower"), model.get_layer("audio_tower"),
                       model.get_layer("localizer"))
     except ValueError:
-        raise ValueError("the model must be built by soundloc_tf.models.build_model (layers "
-                         "image_tower, audio_tower and localizer). Received: model "
+        raise ValueError("the model must be built by soundloc_tf.modeling.models.build_model "
+                         "(layers image_tower, audio_tower and localizer). Received: model "
                          f"{model.name!r}") from None

@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import numpy as np
 import tensorflow as tf
 
-from soundloc_tf import data
+from soundloc_tf.dataloaders import data
 from soundloc_tf.config import Config
 
 FORMAT_NAME = "soundloc-records"
@@ -469,7 +469,7 @@ def _decode(element: dict, config: Config, training: bool, source_rate: int,
 
 def _resample(waveform: tf.Tensor, source_rate: int, target_rate: int) -> tf.Tensor:
     """Resamples with soxr in a numpy_function (records made for another preset)."""
-    from soundloc_tf.audio_io import resample
+    from soundloc_tf.dataloaders.audio_io import resample
 
     out = tf.numpy_function(lambda x: resample(x, source_rate, target_rate), [waveform],
                             tf.float32, stateful=False)
@@ -496,7 +496,7 @@ def read_records(config: Config, path_or_pattern: str, training: bool, seed: int
     AUTO: by file when there are enough shards, else by element); pass
     `num_shards`/`shard_index` to shard explicitly instead (policy OFF).
 
-    `annotations` (an annotation layer file, see `soundloc_tf.annotations`)
+    `annotations` (an annotation layer file, see `soundloc_tf.dataloaders.annotations`)
     replaces the records' labels: exactly the layer's pairs with boxes are
     labelled, with the layer's boxes.
     """
@@ -515,7 +515,7 @@ def read_records(config: Config, path_or_pattern: str, training: bool, seed: int
     repeat = training if repeat is None else repeat
     override = None
     if annotations is not None:
-        from soundloc_tf import annotations as annotations_lib
+        from soundloc_tf.dataloaders import annotations as annotations_lib
 
         labels = annotations_lib.training_labels(os.fspath(annotations), record_ids(records))
         override = annotations_lib.element_override(labels)
@@ -578,7 +578,7 @@ def count_labeled(path_or_pattern: str, annotations: str | None = None) -> tuple
     dtype = records.manifest["features"].get("audio_dtype", "int16")
     override = None
     if annotations is not None:
-        from soundloc_tf import annotations as annotations_lib
+        from soundloc_tf.dataloaders import annotations as annotations_lib
 
         override = annotations_lib.element_override(
             annotations_lib.training_labels(os.fspath(annotations), record_ids(records)))

@@ -786,7 +786,7 @@ def signature_summary(config: Config, heatmap_size: int | None = None) -> dict:
 def export_run(workdir: str, export_base: str, model_name: str = "soundloc",
                version: int | None = None, heatmap_size: int | None = None) -> str:
     """Exports the latest checkpoint of a training run (see `export_model`)."""
-    from soundloc_tf.run_dir import restore_model
+    from soundloc_tf.train.run_dir import restore_model
 
     config, model, step = restore_model(workdir)
     return export_model(model, config, export_base, model_name, version, heatmap_size,

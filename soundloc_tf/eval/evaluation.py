@@ -10,7 +10,7 @@
     a mismatched sound (`MISMATCH_DEFINITION`), and matched - mismatched;
   * optionally all three binarising rules, per-class results, where the map
     peak falls (sounding object, context cue, distractors) and negative audio
-    (`soundloc_tf.negatives`);
+    (`soundloc_tf.dataloaders.negatives`);
   * the protocol of the headline numbers (`soundloc_tf.protocols`): soundloc's
     `fixed` rule or a peer's (lvs, ezvsl, slavc, vssl_eval), and with
     `all_rules` every protocol's numbers (`by_protocol`), with negatives also
@@ -33,9 +33,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from soundloc_tf import losses, metrics, negatives, protocols
+from soundloc_tf import losses, metrics, protocols
+from soundloc_tf.dataloaders import negatives
 from soundloc_tf.config import Config
-from soundloc_tf.models import Towers, split_model
+from soundloc_tf.modeling.models import Towers, split_model
 
 EVAL_BATCH = 32
 MISMATCH_DEFINITION = (

@@ -23,11 +23,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from soundloc_tf import data, losses
+from soundloc_tf import losses
+from soundloc_tf.dataloaders import data
 from soundloc_tf.config import Config
-from soundloc_tf.evaluation import evaluate, is_annotated, predict_maps
-from soundloc_tf.models import build_model, inverse_norms
-from soundloc_tf.run_dir import load_saved_config, print_line, restore_newest_readable
+from soundloc_tf.eval.evaluation import evaluate, is_annotated, predict_maps
+from soundloc_tf.modeling.models import build_model, inverse_norms
+from soundloc_tf.train.run_dir import load_saved_config, print_line, restore_newest_readable
 from soundloc_tf.visualize import draw_boxes, overlay
 
 # Fields that may change between a run and its resumption.

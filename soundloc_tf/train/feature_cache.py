@@ -31,9 +31,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from soundloc_tf import data, int8_tower, records
+from soundloc_tf.dataloaders import data, records
+from soundloc_tf.modeling import int8_tower
 from soundloc_tf.config import Config
-from soundloc_tf.models import split_model
+from soundloc_tf.modeling.models import split_model
 
 CACHE_FORMAT = "soundloc-feature-cache"
 # Storage types.  int8 is symmetric and linear with one float32 scale per sample and

@@ -2,7 +2,7 @@
 
 `Localizer` runs a trained model (a run directory, an exported SavedModel,
 or a Keras model) through exactly the decoding and post-processing of the
-exported signatures (`soundloc_tf.export`), so a result here matches what
+exported signatures (`soundloc_tf.inference.export`), so a result here matches what
 TF Serving returns for the same files:
 
     localizer = Localizer.from_path("runs/tiny")            # or an export
@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from soundloc_tf.tf_logs import silenced_stderr
-from soundloc_tf import export
+from soundloc_tf.inference import export
 from soundloc_tf.config import Config
 from soundloc_tf.visualize import draw_boxes, overlay
 
@@ -135,7 +135,7 @@ class Localizer:
     @classmethod
     def from_workdir(cls, workdir: PathLike, heatmap_size: int | None = None) -> "Localizer":
         """The latest checkpoint of a training run."""
-        from soundloc_tf.run_dir import restore_model
+        from soundloc_tf.train.run_dir import restore_model
 
         config, model, _ = restore_model(os.fspath(workdir))
         return cls.from_model(model, config, heatmap_size)

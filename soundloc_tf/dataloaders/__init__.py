@@ -1,0 +1,1 @@
+"""Floor 1: files -> tf.data (audio features, decoding, scenes, records, importers, labels)."""

@@ -1,0 +1,1 @@
+"""Floor 2: the image and audio towers and the attention localizer."""

@@ -1,0 +1,1 @@
+"""Floor 3: the training step (Trainer), the feature cache and run-directory I/O."""
