@@ -188,6 +188,56 @@ def _atomic_write_text(path: str, text: str) -> None:
         raise
 
 
+def write_shards(examples: Iterable[bytes], directory: str, prefix: str,
+                 samples_per_shard: int) -> list[dict[str, Any]]:
+    """Writes serialized examples as `<prefix>-NNNNN-of-NNNNN.tfrecord` shards.
+
+    Shards are written to temporary files and renamed only once every example
+    is in, so an interrupted or failed write (a full disk, an exception raised
+    by `examples`) leaves no shard behind. Returns one manifest entry per shard
+    (file, count, bytes, sha256); an empty `examples` gives [].
+    """
+    temps: list[tuple[str, int]] = []
+    writer, in_shard, temp = None, 0, None
+    try:
+        for example in examples:
+            if writer is None:
+                fd, temp = tempfile.mkstemp(prefix=".tmp-", suffix=".tfrecord", dir=directory)
+                os.close(fd)
+                writer, in_shard = tf.io.TFRecordWriter(temp), 0
+            writer.write(example)
+            in_shard += 1
+            if in_shard == samples_per_shard:
+                writer.close()
+                temps.append((temp, in_shard))
+                writer, temp = None, None
+        if writer is not None:
+            writer.close()
+            temps.append((temp, in_shard))
+            writer, temp = None, None
+        entries = []
+        for i, (path, n) in enumerate(temps):
+            name = f"{prefix}-{i:05d}-of-{len(temps):05d}.tfrecord"
+            final = os.path.join(directory, name)
+            os.replace(path, final)
+            entries.append({"file": name, "count": n, "bytes": os.path.getsize(final),
+                            "sha256": sha256_of(final)})
+        temps = []
+        return entries
+    except tf.errors.OpError as error:  # a full disk is ResourceExhaustedError in TF
+        raise OSError(f"cannot write the records ({error.message.strip().splitlines()[0]}); "
+                      f"nothing was kept. Received: directory={directory!r}") from None
+    finally:
+        if writer is not None:
+            try:
+                writer.close()
+            except tf.errors.OpError:  # the same full disk; the file is removed below
+                pass
+        for path in [t for t, _ in temps] + ([temp] if temp else []):
+            if path and os.path.exists(path):
+                os.remove(path)
+
+
 @dataclasses.dataclass
 class WriteSummary:
     directory: str
@@ -223,11 +273,11 @@ def write_records(samples: Iterable[Mapping[str, Any]], directory: str, *, sampl
         raise ValueError(f"the directory already holds records; choose an empty one. "
                          f"Received: directory={directory!r}")
     started = time.perf_counter()
-    temps: list[tuple[str, int]] = []
     seen: set[str] = set()
     labeled = 0
-    writer, count_in_shard, temp = None, 0, None
-    try:
+
+    def serialized() -> Iterator[bytes]:
+        nonlocal labeled
         for sample in samples:
             sid = str(sample.get("id"))
             if sid in seen:
@@ -239,42 +289,11 @@ def write_records(samples: Iterable[Mapping[str, Any]], directory: str, *, sampl
                                  f"{sample_rate}. Received: sample_rate={rate} (id={sid!r})")
             example = make_example(sample, audio_dtype, image_format)
             labeled += int(example.features.feature["labeled"].int64_list.value[0])
-            if writer is None:
-                fd, temp = tempfile.mkstemp(prefix=".tmp-", suffix=".tfrecord", dir=directory)
-                os.close(fd)
-                writer, count_in_shard = tf.io.TFRecordWriter(temp), 0
-            writer.write(example.SerializeToString())
-            count_in_shard += 1
-            if count_in_shard == samples_per_shard:
-                writer.close()
-                temps.append((temp, count_in_shard))
-                writer, temp = None, None
-        if writer is not None:
-            writer.close()
-            temps.append((temp, count_in_shard))
-            writer, temp = None, None
-        if not temps:
-            raise ValueError(f"no samples to write. Received: directory={directory!r}")
-        shards = []
-        for i, (path, n) in enumerate(temps):
-            name = f"{prefix}-{i:05d}-of-{len(temps):05d}.tfrecord"
-            final = os.path.join(directory, name)
-            os.replace(path, final)
-            shards.append({"file": name, "count": n, "bytes": os.path.getsize(final),
-                           "sha256": sha256_of(final)})
-        temps = []
-    except tf.errors.OpError as error:  # a full disk is ResourceExhaustedError in TF
-        raise OSError(f"cannot write the records ({error.message.strip().splitlines()[0]}); "
-                      f"nothing was kept. Received: directory={directory!r}") from None
-    finally:
-        if writer is not None:
-            try:
-                writer.close()
-            except tf.errors.OpError:  # the same full disk; the file is removed below
-                pass
-        for path in [t for t, _ in temps] + ([temp] if temp else []):
-            if path and os.path.exists(path):
-                os.remove(path)
+            yield example.SerializeToString()
+
+    shards = write_shards(serialized(), directory, prefix, samples_per_shard)
+    if not shards:
+        raise ValueError(f"no samples to write. Received: directory={directory!r}")
     manifest = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,

@@ -22,10 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 import weakref
-from typing import Callable
+from typing import Callable, Iterator
 
 import keras
 import numpy as np
@@ -104,17 +103,14 @@ def write_cache(model: keras.Model, config: Config, dataset: tf.data.Dataset, di
     features = _feature_function(model, dtype, ranges)
 
     started = time.perf_counter()
-    shards, writer, temp, in_shard, count = [], None, None, 0, 0
-    try:
+    count = 0
+
+    def serialized() -> Iterator[bytes]:
+        nonlocal count
         for batch in dataset.batch(batch_size).prefetch(2):
             arrays = {k: t.numpy() for k, t in features(batch).items()}
             visual, audio = arrays["visual"], arrays["audio"]
             for i in range(visual.shape[0]):
-                if writer is None:
-                    fd, temp = tempfile.mkstemp(prefix=".tmp-", suffix=".tfrecord",
-                                                dir=directory)
-                    os.close(fd)
-                    writer, in_shard = tf.io.TFRecordWriter(temp), 0
                 feature = {
                     "visual": records._bytes(visual[i].tobytes()),
                     "audio": records._bytes(audio[i].tobytes()),
@@ -128,36 +124,15 @@ def write_cache(model: keras.Model, config: Config, dataset: tf.data.Dataset, di
                     if name in arrays:
                         feature[name] = tf.train.Feature(float_list=tf.train.FloatList(
                             value=arrays[name][i].reshape(-1)))
-                writer.write(tf.train.Example(features=tf.train.Features(
-                    feature=feature)).SerializeToString())
-                in_shard += 1
+                yield tf.train.Example(features=tf.train.Features(
+                    feature=feature)).SerializeToString()
                 count += 1
-                if in_shard == samples_per_shard:
-                    writer.close()
-                    shards.append((temp, in_shard))
-                    writer, temp = None, None
             if progress is not None:
                 progress(count)
-        if writer is not None:
-            writer.close()
-            shards.append((temp, in_shard))
-            writer, temp = None, None
-        if not shards:
-            raise ValueError("the dataset is empty; nothing to cache")
-        entries = []
-        for i, (path, n) in enumerate(shards):
-            name = f"features-{i:05d}-of-{len(shards):05d}.tfrecord"
-            final = os.path.join(directory, name)
-            os.replace(path, final)
-            entries.append({"file": name, "count": n, "bytes": os.path.getsize(final),
-                            "sha256": records.sha256_of(final)})
-        shards = []
-    finally:
-        if writer is not None:
-            writer.close()
-        for path in [p for p, _ in shards] + ([temp] if temp else []):
-            if path and os.path.exists(path):
-                os.remove(path)
+
+    entries = records.write_shards(serialized(), directory, "features", samples_per_shard)
+    if not entries:
+        raise ValueError("the dataset is empty; nothing to cache")
     manifest = {
         "format": CACHE_FORMAT, "version": 1, "count": count, "dtype": dtype,
         "visual_shape": [config.map_size, config.map_size, config.visual_dim],
