@@ -385,16 +385,22 @@ def _read_with_soundfile(data: bytes) -> tuple[np.ndarray, int]:
 # Video.
 
 
+def _open_video(path: PathLike):
+    """An open PyAV container, or one ValueError line naming the file."""
+    import av
+
+    try:
+        return av.open(os.fspath(path))
+    except (av.error.FFmpegError, OSError) as error:
+        raise ValueError(f"cannot open the video ({error}). Received: {os.fspath(path)!r}") \
+            from None
+
+
 def read_video_audio(path: PathLike, sample_rate: int) -> tuple[np.ndarray, float]:
     """The first audio track as mono float32 at `sample_rate`, and its start time (s)."""
     import av
 
-    try:
-        container = av.open(os.fspath(path))
-    except (av.error.FFmpegError, OSError) as error:
-        raise ValueError(f"cannot open the video ({error}). Received: {os.fspath(path)!r}") \
-            from None
-    with container:
+    with _open_video(path) as container:
         if not container.streams.audio:
             raise ValueError(f"the video has no audio track. Received: {os.fspath(path)!r}")
         stream = container.streams.audio[0]
@@ -435,12 +441,7 @@ def iter_video_frames(path: PathLike, max_frames: int = 0) -> Iterator[tuple[flo
     """(time in seconds, uint8 RGB [H, W, 3]) for each frame of the first video stream."""
     import av
 
-    try:
-        container = av.open(os.fspath(path))
-    except (av.error.FFmpegError, OSError) as error:
-        raise ValueError(f"cannot open the video ({error}). Received: {os.fspath(path)!r}") \
-            from None
-    with container:
+    with _open_video(path) as container:
         if not container.streams.video:
             raise ValueError(f"the file has no video stream. Received: {os.fspath(path)!r}")
         stream = container.streams.video[0]
