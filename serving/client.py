@@ -84,9 +84,11 @@ class ServingClient:
                  backoff: float = 0.5, sleep: Callable[[float], None] = time.sleep):
         parsed = urllib.parse.urlparse(server)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ValueError(f"server must be an http(s)://host:port URL. Received: server={server!r}")
+            raise ValueError(f"server must be an http(s)://host:port URL. Received: "
+                             f"server={server!r}")
         if not model_name or "/" in model_name or ":" in model_name:
-            raise ValueError(f"model_name must be a plain name. Received: model_name={model_name!r}")
+            raise ValueError(f"model_name must be a plain name. Received: "
+                             f"model_name={model_name!r}")
         if version is not None and (isinstance(version, bool) or int(version) < 1):
             raise ValueError(f"version must be a positive integer. Received: version={version!r}")
         if timeout <= 0 or retries < 0 or backoff < 0:
@@ -451,7 +453,8 @@ def output_stems(image_paths: Sequence[str]) -> list[str]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="soundloc-client", description="Query a soundloc model served by TensorFlow Serving.")
-    parser.add_argument("--server", default=DEFAULT_SERVER, help="REST endpoint (default %(default)s)")
+    parser.add_argument("--server", default=DEFAULT_SERVER,
+                        help="REST endpoint (default %(default)s)")
     parser.add_argument("--grpc", default=None, metavar="HOST:PORT",
                         help=f"send predict over gRPC to this address (TF Serving: "
                              f"{DEFAULT_GRPC_SERVER}) instead of REST")
@@ -466,7 +469,8 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("status", help="GET /v1/models/<name>")
     commands.add_parser("metadata", help="GET /v1/models/<name>/metadata")
     predict = commands.add_parser("predict", help="localise sounds in images")
-    predict.add_argument("--image", action="append", required=True, help="JPEG or PNG; repeat for a batch")
+    predict.add_argument("--image", action="append", required=True,
+                         help="JPEG or PNG; repeat for a batch")
     predict.add_argument("--sound", action="append", required=True, help="WAV; one per --image")
     predict.add_argument("--format", choices=("row", "columnar"), default="row",
                          help="request body: 'instances' (row) or 'inputs' (columnar)")

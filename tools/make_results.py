@@ -38,7 +38,8 @@ def load_experiment(path: str) -> dict:
                       if os.path.basename(p)[:-len(".json")] in EXPERIMENT_TITLES]
         if len(candidates) != 1:
             raise ValueError("expected exactly one <experiment>.json in the directory. "
-                             f"Received: {path!r} holding {[os.path.basename(p) for p in candidates]}")
+                             f"Received: {path!r} holding "
+                             f"{[os.path.basename(p) for p in candidates]}")
         path = candidates[0]
     try:
         with open(path) as f:

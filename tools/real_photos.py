@@ -199,8 +199,9 @@ def score(maps: np.ndarray, mismatched_maps: np.ndarray, boxes: np.ndarray,
                                            size=eval_size)
         by_protocol[name] = {m: peer[m] for m in ("ciou_at_0_5", "mean_ciou", "auc",
                                                    "pointing_game")}
-    return {"by_protocol": by_protocol,"pointing_game": matched["pointing_game"], "ciou_at_0_5": matched["ciou_at_0_5"],
-            "mean_ciou": matched["mean_ciou"], "auc": matched["auc"],
+    return {"by_protocol": by_protocol, "pointing_game": matched["pointing_game"],
+            "ciou_at_0_5": matched["ciou_at_0_5"], "mean_ciou": matched["mean_ciou"],
+            "auc": matched["auc"],
             "mismatched_pointing_game": other["pointing_game"],
             "mismatched_ciou_at_0_5": other["ciou_at_0_5"],
             "gap_pointing": matched["pointing_game"] - other["pointing_game"],

@@ -32,7 +32,8 @@ def main(argv: list[str]) -> None:
     if not FLAGS.records:
         raise ValueError("--records is required: the record directory to label (made by "
                          "soundloc-import). Received: no --records")
-    from soundloc_tf.serving.studio.app import StudioServer  # after flag parsing: imports TensorFlow
+    # Imported after flag parsing: it imports TensorFlow.
+    from soundloc_tf.serving.studio.app import StudioServer
 
     studio = StudioServer(FLAGS.records, FLAGS.server, FLAGS.annotations, FLAGS.model_name,
                           port=FLAGS.port, quiet=FLAGS.quiet)

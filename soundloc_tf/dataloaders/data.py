@@ -203,7 +203,8 @@ def make_scene(config: Config, seed: int, index: tf.Tensor) -> dict[str, tf.Tens
     mix = signal + noise * tf.pow(10.0, -snr_db / 20.0) * tf.math.reduce_std(signal)
     mix = mix * (CLIP_RMS / (tf.math.reduce_std(mix) + 1e-8))
 
-    labeled = tf.random.stateless_uniform([], tf.stack([key[0] + 7919, index])) < config.label_fraction
+    labeled = (tf.random.stateless_uniform([], tf.stack([key[0] + 7919, index]))
+               < config.label_fraction)
     gt = tf.scatter_nd([[0, 0]], boxes[:1], [MAX_ANNOTATORS, MAX_BOXES, 4])
     return {
         "image": image,

@@ -345,7 +345,8 @@ def load_manifest(directory: str) -> dict:
         raise ValueError(f"unreadable {MANIFEST}. Received: {path!r} ({error})") from None
     if manifest.get("format") != FORMAT_NAME or manifest.get("version") != FORMAT_VERSION:
         raise ValueError(f"not a {FORMAT_NAME} v{FORMAT_VERSION} manifest. Received: {path!r} "
-                         f"(format={manifest.get('format')!r}, version={manifest.get('version')!r})")
+                         f"(format={manifest.get('format')!r}, "
+                         f"version={manifest.get('version')!r})")
     return manifest
 
 
@@ -415,7 +416,8 @@ def pack_boxes(boxes: tf.Tensor, annotator: tf.Tensor) -> tf.Tensor:
     """
     annotator = tf.cast(annotator, tf.int32)
     one_hot = tf.one_hot(annotator, data.MAX_ANNOTATORS, dtype=tf.int32)  # [K, A]
-    rank = tf.reduce_sum((tf.cumsum(one_hot, axis=0) - 1) * one_hot, axis=1)  # k-th box of its annotator
+    # The k-th box of its annotator.
+    rank = tf.reduce_sum((tf.cumsum(one_hot, axis=0) - 1) * one_hot, axis=1)
     keep = (annotator < data.MAX_ANNOTATORS) & (rank < data.MAX_BOXES)
     indices = tf.stack([tf.boolean_mask(annotator, keep), tf.boolean_mask(rank, keep)], axis=1)
     return tf.scatter_nd(indices, tf.boolean_mask(boxes, keep),

@@ -278,7 +278,8 @@ def image_to_float(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) < 1:
-        raise ValueError(f"an image array is [H, W] or [H, W, 1|3|4]. Received: shape {image.shape}")
+        raise ValueError(f"an image array is [H, W] or [H, W, 1|3|4]. Received: shape "
+                         f"{image.shape}")
     if max(image.shape[:2]) > export.MAX_IMAGE_SIDE:
         raise ValueError(f"each image side must be at most {export.MAX_IMAGE_SIDE} pixels. "
                          f"Received: shape {image.shape}")
