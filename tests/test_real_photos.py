@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from soundloc_tf.config import SOUNDNET8_WEIGHTS
 from soundloc_tf.dataloaders import data
 from soundloc_tf.experiments import real_photos as settings
 from soundloc_tf.tools import real_photos
 
 ROOT = Path(__file__).resolve().parent.parent
 REALSETS = ROOT.parent / "shared" / "realsets"
-WEIGHTS = {"SoundNet-8": Path(os.path.expanduser(settings.SOUNDNET_WEIGHTS))}
+WEIGHTS = {"SoundNet-8": Path(os.path.expanduser(SOUNDNET8_WEIGHTS))}
 
 
 def _tile_boxes(tiles):

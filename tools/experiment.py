@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib
 import json
 import os
 import platform
@@ -38,21 +37,21 @@ from typing import Any, Callable
 
 from absl import flags
 
-from soundloc_tf import experiments
+from soundloc_tf.config import SOUNDNET8_WEIGHTS
+from soundloc_tf.experiments import label_sweep, real_material, superstition
+from soundloc_tf.experiments import real_photos as real_photos_settings
 
 from . import common
 
-EXPERIMENTS = {name: importlib.import_module(f"soundloc_tf.experiments.{name}")
-               for name in experiments.NAMES}
-label_sweep, superstition, real_material = (EXPERIMENTS[name] for name in (
-    "label_sweep", "superstition", "real_material"))
+EXPERIMENTS = {"label_sweep": label_sweep, "superstition": superstition,
+               "real_material": real_material, "real_photos": real_photos_settings}
 AUDIO_GAP_FLOOR = 0.05  # a pointing gap below this: the map hardly depends on the sound
 VALIDATION_SCENES = 64  # the Trainer's end-of-run validation (logged to TensorBoard only)
 STAMPS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
                           "shared", "realsets", "stamps")
 PHOTOS_DIR = os.path.join(os.path.dirname(STAMPS_DIR), "photos")
 
-flags.DEFINE_enum("name", None, list(experiments.NAMES), "Which experiment.", required=True)
+flags.DEFINE_enum("name", None, list(EXPERIMENTS), "Which experiment.", required=True)
 flags.DEFINE_string("output_dir", None, "Where the runs, the JSON and the markdown go.",
                     required=True)
 flags.DEFINE_boolean("quick", False, "Quick scale, seed 0 (minutes: the pipeline runs). "
@@ -601,7 +600,7 @@ def check_real_material_inputs(stamps: str, train: str | None, test: str | None)
                          f"not there; pass --stamps. Received: stamps={stamps!r}")
     from soundloc_tf.modeling import models
 
-    missing = [p for p in (os.path.expanduser(real_material.SOUNDNET_WEIGHTS),
+    missing = [p for p in (os.path.expanduser(SOUNDNET8_WEIGHTS),
                            models.hed_weights_path())
                if not os.path.isfile(p)]
     if missing:

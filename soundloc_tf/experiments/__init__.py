@@ -4,5 +4,3 @@ Every file says in its docstring the command that runs it and what it costs; it 
 preset, the scales, the seeds and the runs (config fields over the preset). The machinery that
 trains, evaluates and writes the tables is tools/experiment.py (and tools/real_photos.py).
 """
-
-NAMES = ("label_sweep", "superstition", "real_material", "real_photos")

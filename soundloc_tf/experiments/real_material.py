@@ -8,8 +8,9 @@ about 30 min for --seeds=0 (composites built, one feature cache per tower set, t
 Quick only shows that the pipeline runs.
 """
 
-import os
 from typing import Any
+
+from soundloc_tf.config import SOUNDNET8_WEIGHTS
 
 PRESET = "paper"
 DESCRIPTION = ("Trained and evaluated on composites of real photo cut-outs, real recordings of "
@@ -29,12 +30,11 @@ COMPOSITES = {"quick": (48, 24), "full": (1500, 250)}
 COMPOSITE_SAMPLE_RATE = 16000
 TRAIN_LABELS = 0.1
 COMPOSITE_SEEDS = (0, 1)  # train, test: disjoint scene streams
-SOUNDNET_WEIGHTS = os.path.join("~", ".keras", "models", "soundnet8.weights.h5")
 # Random initialisation against the pretrained start of the time (HED VGG16, SoundNet-8).
 TOWER_SETS: dict[str, dict[str, Any]] = {
     "random": {"image_weights": "none", "audio_tower": "soundnet8", "audio_weights": "none"},
     "pretrained": {"image_weights": "hed", "audio_tower": "soundnet8",
-                   "audio_weights": SOUNDNET_WEIGHTS},
+                   "audio_weights": SOUNDNET8_WEIGHTS},
 }
 
 

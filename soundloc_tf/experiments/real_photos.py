@@ -9,8 +9,9 @@ was resumed across sessions, so RESULTS.md has no total. Quick (64x64 images, 10
 shows that the pipeline runs.
 """
 
-import os
 from typing import Any
+
+from soundloc_tf.config import SOUNDNET8_WEIGHTS
 
 PRESET = "paper"
 DESCRIPTION = (
@@ -36,11 +37,10 @@ SCALES: dict[str, dict[str, Any]] = {
              "eval_every": 1000, "num_summary_images": 4},
 }
 SEEDS = {"train": 0, "validation": 1}
-SOUNDNET_WEIGHTS = os.path.join("~", ".keras", "models", "soundnet8.weights.h5")
 TOWER_SETS: dict[str, dict[str, Any]] = {
     "random": {"image_weights": "none", "audio_weights": "none"},
-    "hed": {"image_weights": "hed", "audio_weights": SOUNDNET_WEIGHTS},
-    "imagenet": {"image_weights": "imagenet", "audio_weights": SOUNDNET_WEIGHTS},
+    "hed": {"image_weights": "hed", "audio_weights": SOUNDNET8_WEIGHTS},
+    "imagenet": {"image_weights": "imagenet", "audio_weights": SOUNDNET8_WEIGHTS},
 }
 FINAL_RUN = "imagenet_unsupervised"  # the paper preset as it ships
 
