@@ -17,9 +17,10 @@ the package they came from). Per fold:
               tile (the mismatched sound)
 
 Every run trains the localiser on a feature cache of frozen towers (one cache
-per fold and tower set) and is scored on the validation mosaics through the
-model's own maps; the chosen recipe (`FINAL_RUN` of
-soundloc_tf/experiments/real_photos.py) is then exported per fold
+per fold and tower set), once per model seed (`MODEL_SEEDS`), and is scored on
+the validation mosaics through the model's own maps; tables pool the folds'
+mosaics per seed and give the mean ± sd over seeds. The chosen recipe (`FINAL_RUN` of
+soundloc_tf/experiments/real_photos.py) is then exported per fold and seed
 and scored again through the SavedModel's `serving_default` signature with
 JPEG and WAV bytes, as a client of TF Serving would query it.
 
@@ -300,7 +301,8 @@ def train_run(run: Run, config, fold: int, train_dir: str, output_dir: str, stra
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.train_seed)
-    run_dir = os.path.join(output_dir, "runs", f"fold{fold}", run.key)
+    run_dir = os.path.join(output_dir, "runs", f"fold{fold}",
+                           f"{run.key}_seed{config.train_seed}")
     trainer = Trainer(config, run_dir, strategy, validation=validation_fn(config),
                       log=lambda m: log(f"[fold {fold} {run.key}] {m}"))
     cache_dir = os.path.join(output_dir, "feature_cache", f"fold{fold}", run.towers)
@@ -318,8 +320,6 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
                     log: Callable[[str], None] = print) -> dict:
     """Every fold of every run, the export check of experiment.FINAL_RUN, and the summary JSON."""
     import tensorflow as tf
-
-    from soundloc_tf.inference import export
 
     plan = runs()
     if runs_filter:
@@ -354,59 +354,92 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
         return folds[fold]
 
     # Run-major: the first rows (the chosen recipe) are complete before the ablations start.
+    seeds = experiment.MODEL_SEEDS[scale]
     for run in plan:
         entry = results.setdefault(run.key, {"towers": run.towers,
                                              "description": run.description,
-                                             "overrides": run.overrides, "folds": {}})
-        for fold in range(experiment.FOLDS):
-            if str(fold) in entry["folds"]:
-                log(f"[fold {fold} {run.key}] finished earlier; skipped")
-                continue
-            train_dir, validation, images, matched, mismatched = fold_data(fold)
+                                             "overrides": run.overrides, "seeds": {}})
+        for seed in seeds:
+            for fold in range(experiment.FOLDS):
+                done = entry["seeds"].setdefault(str(seed), {})
+                tag = f"[fold {fold} {run.key} seed {seed}]"
+                if str(fold) in done:
+                    log(f"{tag} finished earlier; skipped")
+                    continue
+                train_dir, validation, images, matched, mismatched = fold_data(fold)
 
-            def validation_fn(config, fold=fold, images=images, matched=matched,
-                              validation=validation):
-                # The Trainer's own validation (TensorBoard): the first held-out mosaics.
-                k = min(VALIDATION_DURING_TRAINING, len(images))
-                return tf.data.Dataset.from_tensor_slices({
-                    "image": images[:k], "waveform": matched[:k],
-                    "boxes": validation.boxes[:k], "labeled": np.ones([k], bool),
-                    "class_id": np.full([k], -1, np.int32),
-                    "id": [f"validation/fold{fold}/{i}" for i in range(k)]})
+                def validation_fn(config, fold=fold, images=images, matched=matched,
+                                  validation=validation):
+                    # The Trainer's own validation (TensorBoard): the first held-out mosaics.
+                    k = min(VALIDATION_DURING_TRAINING, len(images))
+                    return tf.data.Dataset.from_tensor_slices({
+                        "image": images[:k], "waveform": matched[:k],
+                        "boxes": validation.boxes[:k], "labeled": np.ones([k], bool),
+                        "class_id": np.full([k], -1, np.int32),
+                        "id": [f"validation/fold{fold}/{i}" for i in range(k)]})
 
-            config = base_config.replace(**experiment.TOWER_SETS[run.towers], **run.overrides)
-            model, run_dir = train_run(run, config, fold, train_dir, output_dir, strategy,
-                                       validation_fn, log)
-            fold_result = score(model_maps(model, config, images, matched),
-                                model_maps(model, config, images, mismatched),
-                                validation.boxes, config.eval_size, config.ciou_threshold)
-            fold_result["classes"] = sorted({c for cs in validation.classes for c in cs})
-            if run.key == experiment.FINAL_RUN:
-                path = export.export_model(model, config, os.path.join(run_dir, "export"),
-                                           extra_info={"experiment": "real_photos",
-                                                       "fold": fold})
-                signature = tf.saved_model.load(path).signatures["serving_default"]
-                served_maps = serving_maps(signature, validation.images, validation.matched)
-                served_other = serving_maps(signature, validation.images,
-                                            validation.mismatched)
-                served = score(served_maps, served_other, validation.boxes, config.eval_size,
-                               config.ciou_threshold)
-                write_overlays(os.path.join(output_dir, f"overlays_fold{fold}.png"),
-                               images[:OVERLAY_MOSAICS], served_maps[:OVERLAY_MOSAICS],
-                               served_other[:OVERLAY_MOSAICS], validation, fold)
-                fold_result["served"] = {**served, "export": path,
-                                         "signature": "serving_default (JPEG + WAV bytes)"}
-                log(f"[fold {fold} {run.key}] served: pointing {served['pointing_game']:.3f}, "
-                    f"cIoU@0.5 {served['ciou_at_0_5']:.3f}, mismatched pointing "
-                    f"{served['mismatched_pointing_game']:.3f}")
-            entry["folds"][str(fold)] = fold_result
-            entry["config"] = json.loads(json.dumps(dataclasses.asdict(config)))
-            log(f"[fold {fold} {run.key}] pointing {fold_result['pointing_game']:.3f}  "
-                f"cIoU@0.5 {fold_result['ciou_at_0_5']:.3f}  mismatched pointing "
-                f"{fold_result['mismatched_pointing_game']:.3f}")
-            _write(summary_path, output_dir, results, scale, started, environment, command)
-            tf.keras.backend.clear_session()
+                config = base_config.replace(**experiment.TOWER_SETS[run.towers],
+                                             **run.overrides, train_seed=seed)
+                model, run_dir = train_run(run, config, fold, train_dir, output_dir, strategy,
+                                           validation_fn, log)
+                maps = model_maps(model, config, images, matched)
+                fold_result = score(maps, model_maps(model, config, images, mismatched),
+                                    validation.boxes, config.eval_size, config.ciou_threshold)
+                fold_result["classes"] = sorted({c for cs in validation.classes for c in cs})
+                fold_result["by_class"] = hits_by_class(maps, validation)
+                if run.key == experiment.FINAL_RUN:
+                    fold_result["served"] = serve(
+                        model, config, run_dir, fold, validation, images,
+                        os.path.join(output_dir, f"overlays_fold{fold}.png")
+                        if seed == seeds[0] else None, log=lambda m: log(f"{tag} {m}"))
+                done[str(fold)] = fold_result
+                entry["config"] = json.loads(json.dumps(dataclasses.asdict(
+                    config.replace(train_seed=seeds[0]))))
+                log(f"{tag} pointing {fold_result['pointing_game']:.3f}  "
+                    f"cIoU@0.5 {fold_result['ciou_at_0_5']:.3f}  mismatched pointing "
+                    f"{fold_result['mismatched_pointing_game']:.3f}")
+                _write(summary_path, output_dir, results, scale, started, environment,
+                       command)
+                tf.keras.backend.clear_session()
     return _write(summary_path, output_dir, results, scale, started, environment, command)
+
+
+def serve(model, config, run_dir: str, fold: int, validation: Validation, images: np.ndarray,
+          overlays: str | None, log: Callable[[str], None]) -> dict:
+    """Exports the model and scores the SavedModel's serving_default on the fold's mosaics."""
+    import tensorflow as tf
+
+    from soundloc_tf.inference import export
+
+    path = export.export_model(model, config, os.path.join(run_dir, "export"),
+                               extra_info={"experiment": "real_photos", "fold": fold,
+                                           "train_seed": config.train_seed})
+    signature = tf.saved_model.load(path).signatures["serving_default"]
+    served_maps = serving_maps(signature, validation.images, validation.matched)
+    served_other = serving_maps(signature, validation.images, validation.mismatched)
+    served = score(served_maps, served_other, validation.boxes, config.eval_size,
+                   config.ciou_threshold)
+    if overlays:
+        write_overlays(overlays, images[:OVERLAY_MOSAICS], served_maps[:OVERLAY_MOSAICS],
+                       served_other[:OVERLAY_MOSAICS], validation, fold)
+    log(f"served: pointing {served['pointing_game']:.3f}, cIoU@0.5 "
+        f"{served['ciou_at_0_5']:.3f}, mismatched pointing "
+        f"{served['mismatched_pointing_game']:.3f}")
+    return {**served, "export": path, "signature": "serving_default (JPEG + WAV bytes)"}
+
+
+def hits_by_class(maps: np.ndarray, validation: Validation) -> dict[str, list[int]]:
+    """Per sounding class: [mosaics whose peak is in the sounding tile, mosaics]."""
+    n, height, width = maps.shape
+    peak = maps.reshape(n, -1).argmax(axis=1)
+    grid = experiment.GRID
+    tiles = (peak // width) * grid // height * grid + (peak % width) * grid // width
+    out: dict[str, list[int]] = {}
+    for i, tile in enumerate(tiles):
+        counts = out.setdefault(validation.classes[i][validation.sounding[i]], [0, 0])
+        counts[0] += int(tile == validation.sounding[i])
+        counts[1] += 1
+    return dict(sorted(out.items()))
 
 
 METRICS = ("pointing_game", "ciou_at_0_5", "mean_ciou", "auc", "mismatched_pointing_game",
@@ -422,6 +455,34 @@ def pooled(folds: dict[str, dict], key: str | None = None) -> dict[str, float]:
             p["baselines"]["center_box"]["ciou_at_0_5"] * p["n"] for p in parts) / max(total, 1)}
 
 
+def over_seeds(per_seed: list[dict[str, float]]) -> dict[str, float]:
+    """The mean of each pooled metric over seeds, its sd as `<metric>_sd`, and `seeds`."""
+    out: dict[str, float] = {"seeds": len(per_seed), "n": per_seed[0]["n"]}
+    for metric in (*METRICS, "center_box_ciou_at_0_5"):
+        values = np.array([p[metric] for p in per_seed])
+        out[metric], out[f"{metric}_sd"] = float(values.mean()), float(values.std())
+    return out
+
+
+def summarise(run: dict, key: str | None = None) -> dict[str, float] | None:
+    """A run pooled over folds per seed (seeds with every fold), then over seeds."""
+    complete = [folds for folds in run["seeds"].values() if len(folds) == experiment.FOLDS
+                and (key is None or all(key in f for f in folds.values()))]
+    return over_seeds([pooled(folds, key) for folds in complete]) if complete else None
+
+
+def by_class(run: dict) -> dict[str, list[int]]:
+    """Hits and mosaics per sounding class, summed over folds and seeds."""
+    out: dict[str, list[int]] = {}
+    for folds in run["seeds"].values():
+        for fold in folds.values():
+            for name, (hits, count) in fold.get("by_class", {}).items():
+                total = out.setdefault(name, [0, 0])
+                total[0] += hits
+                total[1] += count
+    return dict(sorted(out.items()))
+
+
 SCHEMA = "soundloc.experiment/1"  # tools/make_results.py reads it
 
 
@@ -429,12 +490,13 @@ def _write(path: str, output_dir: str, results: dict, scale: str, started: float
            environment: dict, command: str) -> dict:
     summary = {"schema": SCHEMA, "experiment": "real_photos", "command": command,
                "description": experiment.DESCRIPTION, "scale": scale, "folds": experiment.FOLDS,
+               "model_seeds": list(experiment.MODEL_SEEDS[scale]),
                "counts": experiment.COUNTS[scale], "final_run": experiment.FINAL_RUN,
                "seconds": round(time.perf_counter() - started, 1),
-               "environment": environment, "runs": results,
-               "pooled": {k: pooled(v["folds"]) for k, v in results.items() if v["folds"]},
-               "served": {k: pooled(v["folds"], "served") for k, v in results.items()
-                          if any("served" in f for f in v["folds"].values())}}
+               "environment": environment, "runs": results}
+    summary["pooled"] = {k: row for k, v in results.items() if (row := summarise(v))}
+    summary["served"] = {k: row for k, v in results.items() if (row := summarise(v, "served"))}
+    summary["by_class"] = {k: by_class(v) for k, v in results.items() if k in summary["pooled"]}
     summary["table"] = markdown(summary)
     os.makedirs(output_dir, exist_ok=True)
     with open(path + ".tmp", "w") as f:
@@ -445,41 +507,58 @@ def _write(path: str, output_dir: str, results: dict, scale: str, started: float
     return summary
 
 
+def _cell(row: dict, metric: str, bold: bool = False, signed: bool = False) -> str:
+    """`0.430 ± 0.040` over seeds (the sd left out for one seed)."""
+    value = f"{row[metric]:+.3f}" if signed else f"{row[metric]:.3f}"
+    value = f"**{value}**" if bold else value
+    return value + (f" ± {row[metric + '_sd']:.3f}" if row["seeds"] > 1 else "")
+
+
 def markdown(summary: dict) -> str:
-    """The table docs/RESULTS.md quotes: one row per run, folds pooled."""
+    """The table docs/RESULTS.md quotes: one row per run, folds pooled, mean ± sd over seeds."""
     lines = [
         "| run | towers | recipe | pointing | cIoU@0.5 | mean cIoU | AUC | mismatched "
-        "pointing | gap | mosaics |", "|---|---|---|---|---|---|---|---|---|---|"]
+        "pointing | gap | mosaics x seeds |", "|---|---|---|---|---|---|---|---|---|---|"]
     for key, row in summary["pooled"].items():
         run = summary["runs"][key]
+        folds = min(len(f) for f in run["seeds"].values())
         lines.append(
-            f"| {key} | {run['towers']} | {run['description']} | {row['pointing_game']:.3f} | "
-            f"{row['ciou_at_0_5']:.3f} | {row['mean_ciou']:.3f} | {row['auc']:.3f} | "
-            f"{row['mismatched_pointing_game']:.3f} | {row['gap_pointing']:+.3f} | {row['n']} "
-            f"({len(run['folds'])} of {summary['folds']} folds) |")
+            f"| {key} | {run['towers']} | {run['description']} | "
+            f"{_cell(row, 'pointing_game')} | {_cell(row, 'ciou_at_0_5')} | "
+            f"{_cell(row, 'mean_ciou')} | {_cell(row, 'auc')} | "
+            f"{_cell(row, 'mismatched_pointing_game')} | "
+            f"{_cell(row, 'gap_pointing', signed=True)} | {row['n']} x {row['seeds']} "
+            f"({folds} of {summary['folds']} folds) |")
     for key, row in summary["served"].items():
         lines.append(
             f"| **{key}, exported, `serving_default`** | | JPEG + WAV bytes | "
-            f"**{row['pointing_game']:.3f}** | **{row['ciou_at_0_5']:.3f}** | "
-            f"{row['mean_ciou']:.3f} | {row['auc']:.3f} | "
-            f"**{row['mismatched_pointing_game']:.3f}** | {row['gap_pointing']:+.3f} | "
-            f"{row['n']} |")
+            f"{_cell(row, 'pointing_game', True)} | {_cell(row, 'ciou_at_0_5', True)} | "
+            f"{_cell(row, 'mean_ciou')} | {_cell(row, 'auc')} | "
+            f"{_cell(row, 'mismatched_pointing_game', True)} | "
+            f"{_cell(row, 'gap_pointing', signed=True)} | {row['n']} x {row['seeds']} |")
     any_row = next(iter(summary["pooled"].values()), None)
     if any_row:
         lines.append(f"| baseline: chance (a random tile) / centre box | | | 0.250 | "
                      f"{any_row['center_box_ciou_at_0_5']:.3f} | | | | | |")
     for key, run in summary["runs"].items():
-        served = [f["served"] for f in run["folds"].values()
+        served = [f["served"] for folds in run["seeds"].values() for f in folds.values()
                   if "by_protocol" in f.get("served", {})]
         if not served:
             continue
         total = sum(f["n"] for f in served)
         lines += ["", f"{key}, exported, `serving_default`, under each protocol that scores "
-                  "the attention map (folds pooled):", "",
+                  "the attention map (folds and seeds pooled):", "",
                   "| protocol | pointing | cIoU@0.5 | mean cIoU | AUC |", "|---|---|---|---|---|"]
         for name in MAP_PROTOCOLS:
             cell = {m: sum(f["by_protocol"][name][m] * f["n"] for f in served) / total
                     for m in ("pointing_game", "ciou_at_0_5", "mean_ciou", "auc")}
             lines.append(f"| {name} | {cell['pointing_game']:.3f} | {cell['ciou_at_0_5']:.3f} "
                          f"| {cell['mean_ciou']:.3f} | {cell['auc']:.3f} |")
+    final = summary["by_class"].get(summary["final_run"])
+    if final:
+        lines += ["", f"{summary['final_run']}: pointing by sounding class (the model's maps, "
+                  "folds and seeds pooled):", "",
+                  "| " + " | ".join(final) + " |", "|" + "---|" * len(final),
+                  "| " + " | ".join(f"{h / max(n, 1):.2f} ({n})" for h, n in final.values())
+                  + " |"]
     return "\n".join(lines) + "\n"
