@@ -137,10 +137,8 @@ def test_mosaic_import_of_a_validation_split_writes_only_the_folds_material(phot
         assert sorted(box[2:] - box[:2]) == [0.5, 0.5]  # one tile of the 2x2 grid
 
 
-def test_composites_leave_out_a_folds_recordings_by_their_source(photo_dir, tmp_path):
-    photo_set, _ = _load(photo_dir)
-    fold = importers.photo_folds(photo_set, 2)[0]
-    stamps = tmp_path / "stamps"
+def _make_stamps(stamps: Path) -> None:
+    """A cut-out and a recording per class (the recordings' sources as in the photos)."""
     for sub in ("objects", "sounds", "backgrounds"):
         (stamps / sub).mkdir(parents=True)
     entries = []
@@ -152,6 +150,13 @@ def test_composites_leave_out_a_folds_recordings_by_their_source(photo_dir, tmp_
         entries.append({"sound_wav": f"sounds/{name}__0.wav", "source_file": f"pkg/{name}.ogg"})
     Image.fromarray(np.full([50, 50, 3], 128, np.uint8)).save(stamps / "backgrounds" / "bg.jpg")
     (stamps / "manifest.json").write_text(json.dumps({"sounds": entries}))
+
+
+def test_composites_leave_out_a_folds_recordings_by_their_source(photo_dir, tmp_path):
+    photo_set, _ = _load(photo_dir)
+    fold = importers.photo_folds(photo_set, 2)[0]
+    stamps = tmp_path / "stamps"
+    _make_stamps(stamps)
     report, _ = importers.run_import(
         "composites", str(stamps), str(tmp_path / "out"), sample_rate=RATE, clip_seconds=1.0,
         count=4, image_size=64, holdout_photos=str(photo_dir), folds=2, fold=0,
@@ -160,6 +165,26 @@ def test_composites_leave_out_a_folds_recordings_by_their_source(photo_dir, tmp_
     manifest = json.load(open(tmp_path / "out" / "manifest.json"))
     assert set(manifest["extra"]["classes"]).isdisjoint(fold["classes"])
     assert manifest["extra"]["held_out_sources"] == fold["sources"]
+
+
+def test_the_real_photo_experiment_labels_composed_scenes_and_no_whole_photo(photo_dir,
+                                                                             tmp_path):
+    import tensorflow as tf
+
+    from soundloc_tf.tools import real_photos
+
+    _make_stamps(tmp_path / "stamps")
+    report = importers.ImportReport("test")
+    samples = [*importers.composite_samples(str(tmp_path / "stamps"), RATE, RATE, report, 2,
+                                            image_size=64, label_fraction=0.0)]
+    for fmt in ("mosaics", "photos"):
+        samples += importers.photo_samples(str(photo_dir), fmt, RATE, RATE, report, 2,
+                                           image_size=64, label_fraction=0.0)
+    ids = [s["id"] for s in samples]
+    dataset = tf.data.Dataset.from_tensor_slices({"id": ids, "labeled": [False] * len(ids)})
+    labeled = [bool(x["labeled"]) for x in real_photos.composed_labels(
+        lambda start: dataset)(0)]
+    assert labeled == [True] * 4 + [False] * 2, ids
 
 
 def test_a_fold_too_small_for_a_mosaic_is_refused(photo_dir, tmp_path):

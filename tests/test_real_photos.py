@@ -69,6 +69,12 @@ def test_seeds_are_pooled_over_folds_first_then_averaged_with_their_sd():
     assert real_photos._cell({**row, "seeds": 1}, "pointing_game") == "0.500"
 
 
+def test_random_towers_get_a_feature_cache_per_seed_and_loaded_ones_share_one():
+    assert real_photos.cache_name("imagenet", 2) == "imagenet"
+    assert real_photos.cache_name("hed", 1) == "hed"
+    assert real_photos.cache_name("random", 1) == "random_seed1"
+
+
 def test_hits_by_class_counts_the_peak_tile_of_each_sounding_class():
     tiles = [0, 3, 1, 2]
     validation = real_photos.Validation(

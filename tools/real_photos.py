@@ -53,19 +53,36 @@ MAP_PROTOCOLS = ("fixed", "lvs", "ezvsl")
 OVERLAY_MOSAICS = 3  # per fold, in overlays_fold<k>.png
 
 
+# The ids `importers` gives scenes it composed (a composite, a mosaic): their box is where
+# the sounding object or tile was put, known without anyone drawing it.
+COMPOSED_IDS = r"(composite|mosaics)/.*"
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One row: a tower set and a recipe (config fields over the paper preset)."""
+    """One row: a tower set, a recipe (config fields over the paper preset), and which
+    training scenes count as labelled ("records": the flags the import drew; "composed":
+    the composed scenes, whose boxes come from composing them, and no whole photo)."""
 
     key: str
     towers: str
     description: str
     overrides: dict
+    labels: str = "records"
 
 
 def runs() -> list[Run]:
     """The rows of soundloc_tf/experiments/real_photos.py."""
     return [Run(*row) for row in experiment.rows()]
+
+
+def composed_labels(dataset_fn: Callable) -> Callable:
+    """A Trainer dataset function whose composed scenes are labelled and whole photos not."""
+    import tensorflow as tf
+
+    return lambda start: dataset_fn(start).map(
+        lambda sample: {**sample, "labeled": tf.strings.regex_full_match(sample["id"],
+                                                                         COMPOSED_IDS)})
 
 
 # ---------------------------------------------------------------------------
@@ -211,15 +228,47 @@ def score(maps: np.ndarray, mismatched_maps: np.ndarray, boxes: np.ndarray,
             "per_image_ciou": [float(c) for c in per_image]}
 
 
-def model_maps(model, config, images: np.ndarray, waves: np.ndarray,
-               batch: int = 8) -> np.ndarray:
-    """The model's attention maps [N, m, m] (the path training and evaluation share)."""
-    out = []
-    for i in range(0, len(images), batch):
-        result = model({"image": images[i:i + batch], "waveform": waves[i:i + batch]},
-                       training=False)
-        out.append(np.asarray(result["attention"]))
-    return np.concatenate(out)
+@dataclasses.dataclass
+class TowerOutputs:
+    """The frozen towers' outputs on a fold's validation mosaics and both their sounds."""
+
+    visual: np.ndarray  # [N, m, m, C]
+    matched: np.ndarray  # [N, D]
+    mismatched: np.ndarray  # [N, D]
+
+
+def tower_outputs(model, images: np.ndarray, matched: np.ndarray, mismatched: np.ndarray,
+                  batch: int = 8) -> TowerOutputs:
+    """Runs the model's towers once; every run on the same towers reuses the outputs (the
+    feature cache's reasoning, applied to validation)."""
+    from soundloc_tf.modeling import models
+
+    towers = models.split_model(model)
+
+    def run(tower, values: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.asarray(tower(values[i:i + batch], training=False))
+                               for i in range(0, len(values), batch)])
+
+    return TowerOutputs(run(towers.image, images), run(towers.audio, matched),
+                        run(towers.audio, mismatched))
+
+
+def model_maps(model, visual: np.ndarray, audio: np.ndarray, batch: int = 25) -> np.ndarray:
+    """The model's attention maps [N, m, m] from its towers' outputs, through its localiser
+    (the path training and evaluation share)."""
+    from soundloc_tf.modeling import models
+
+    localizer = models.split_model(model).localizer
+    return np.concatenate([np.asarray(localizer([visual[i:i + batch], audio[i:i + batch]],
+                                                training=False)["attention"])
+                           for i in range(0, len(visual), batch)])
+
+
+def cache_name(towers: str, seed: int) -> str:
+    """The feature cache of a tower set: random towers are drawn from the model seed, so
+    each seed has its own; loaded weights are the same at every seed."""
+    loaded = all(w != "none" for w in experiment.TOWER_SETS[towers].values())
+    return towers if loaded else f"{towers}_seed{seed}"
 
 
 def serving_maps(signature, images: list[bytes], sounds: list[bytes],
@@ -305,11 +354,14 @@ def train_run(run: Run, config, fold: int, train_dir: str, output_dir: str, stra
                            f"{run.key}_seed{config.train_seed}")
     trainer = Trainer(config, run_dir, strategy, validation=validation_fn(config),
                       log=lambda m: log(f"[fold {fold} {run.key}] {m}"))
-    cache_dir = os.path.join(output_dir, "feature_cache", f"fold{fold}", run.towers)
+    cache_dir = os.path.join(output_dir, "feature_cache", f"fold{fold}",
+                             cache_name(run.towers, config.train_seed))
     source = records.read_records(config, train_dir, training=False, verify=False)
     manifest = feature_cache.ensure_cache(trainer.model, config, source, cache_dir, log=log)
-    trainer.use_feature_cache(feature_cache.cache_dataset_fn(
-        config, cache_dir, in_memory=feature_cache.fits_in_memory(manifest)))
+    dataset_fn = feature_cache.cache_dataset_fn(
+        config, cache_dir, in_memory=feature_cache.fits_in_memory(manifest))
+    trainer.use_feature_cache(composed_labels(dataset_fn) if run.labels == "composed"
+                              else dataset_fn)
     trainer.train()
     return trainer.model, run_dir
 
@@ -341,6 +393,7 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
         command = previous.get("command", command)
         started -= previous.get("seconds", 0.0)
     folds: dict[int, tuple] = {}
+    outputs: dict[tuple[int, str], TowerOutputs] = {}  # (fold, feature cache): validation
 
     def fold_data(fold: int) -> tuple:
         """Training records, validation mosaics and their decoded arrays, made once."""
@@ -358,7 +411,8 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
     for run in plan:
         entry = results.setdefault(run.key, {"towers": run.towers,
                                              "description": run.description,
-                                             "overrides": run.overrides, "seeds": {}})
+                                             "overrides": run.overrides,
+                                             "labels": run.labels, "seeds": {}})
         for seed in seeds:
             for fold in range(experiment.FOLDS):
                 done = entry["seeds"].setdefault(str(seed), {})
@@ -382,8 +436,12 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
                                              **run.overrides, train_seed=seed)
                 model, run_dir = train_run(run, config, fold, train_dir, output_dir, strategy,
                                            validation_fn, log)
-                maps = model_maps(model, config, images, matched)
-                fold_result = score(maps, model_maps(model, config, images, mismatched),
+                key = (fold, cache_name(run.towers, seed))
+                if key not in outputs:
+                    outputs[key] = tower_outputs(model, images, matched, mismatched)
+                maps = model_maps(model, outputs[key].visual, outputs[key].matched)
+                fold_result = score(maps, model_maps(model, outputs[key].visual,
+                                                     outputs[key].mismatched),
                                     validation.boxes, config.eval_size, config.ciou_threshold)
                 fold_result["classes"] = sorted({c for cs in validation.classes for c in cs})
                 fold_result["by_class"] = hits_by_class(maps, validation)
