@@ -767,6 +767,11 @@ def main(argv: list[str]) -> None:
     scale = "quick" if FLAGS.quick else "full"
     preset = FLAGS.preset if FLAGS["preset"].present else EXPERIMENTS[FLAGS.name].PRESET
     explicit = _explicit_overrides()
+    try:
+        seeds = [int(s) for s in FLAGS.seeds] if FLAGS.seeds else None
+    except ValueError:
+        raise ValueError(f"--seeds takes comma-separated integers. Received: "
+                         f"{','.join(FLAGS.seeds)}") from None
     if FLAGS.name == "real_photos":
         from soundloc_tf.train.training import make_strategy
         from . import real_photos
@@ -776,7 +781,7 @@ def main(argv: list[str]) -> None:
         command = "python -m tools.experiment " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         summary = real_photos.run_real_photos(config, FLAGS.output_dir, scale, FLAGS.photos,
                                               FLAGS.stamps, make_strategy(), environment(),
-                                              command, FLAGS.runs)
+                                              command, FLAGS.runs, seeds=seeds)
         print(f"Wrote {os.path.join(FLAGS.output_dir, 'real_photos.json')}: "
               f"{len(summary['runs'])} runs")
         return
@@ -787,11 +792,7 @@ def main(argv: list[str]) -> None:
     settings = EXPERIMENTS[FLAGS.name]
     scenes = superstition.SCENES if FLAGS.name == "superstition" else {}
     base_config = config_lib.get_config(preset, **{**settings.SCALES[scale], **scenes, **explicit})
-    try:
-        seeds = [int(s) for s in FLAGS.seeds] if FLAGS.seeds else settings.SEEDS[scale]
-    except ValueError:
-        raise ValueError(f"--seeds takes comma-separated integers. Received: "
-                         f"{','.join(FLAGS.seeds)}") from None
+    seeds = seeds or settings.SEEDS[scale]
     if explicit:
         scale += " (with " + ", ".join(f"{k}={v}" for k, v in sorted(explicit.items())) + ")"
     if FLAGS.name == "real_material":

@@ -20,9 +20,10 @@ Every run trains the localiser on a feature cache of frozen towers (one cache
 per fold and tower set), once per model seed (`MODEL_SEEDS`), and is scored on
 the validation mosaics through the model's own maps; tables pool the folds'
 mosaics per seed and give the mean ± sd over seeds. The chosen recipe (`FINAL_RUN` of
-soundloc_tf/experiments/real_photos.py) is then exported per fold and seed
-and scored again through the SavedModel's `serving_default` signature with
-JPEG and WAV bytes, as a client of TF Serving would query it.
+soundloc_tf/experiments/real_photos.py) is then exported per fold (the first
+seed's model: serving repeats the towers on every query, so it costs as much as
+the training) and scored again through the SavedModel's `serving_default`
+signature with JPEG and WAV bytes, as a client of TF Serving would query it.
 
 Pointing: the peak of the heat map in the sounding tile (chance 0.25). cIoU:
 the heat map min-max normalised at 224x224, fixed threshold 0.5 (soundloc's
@@ -369,7 +370,8 @@ def train_run(run: Run, config, fold: int, train_dir: str, output_dir: str, stra
 def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
                     stamps_dir: str, strategy, environment: dict, command: str,
                     runs_filter: list[str] | None = None,
-                    log: Callable[[str], None] = print) -> dict:
+                    log: Callable[[str], None] = print,
+                    seeds: list[int] | None = None) -> dict:
     """Every fold of every run, the export check of experiment.FINAL_RUN, and the summary JSON."""
     import tensorflow as tf
 
@@ -407,7 +409,7 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
         return folds[fold]
 
     # Run-major: the first rows (the chosen recipe) are complete before the ablations start.
-    seeds = experiment.MODEL_SEEDS[scale]
+    seeds = list(seeds or experiment.MODEL_SEEDS[scale])
     for run in plan:
         entry = results.setdefault(run.key, {"towers": run.towers,
                                              "description": run.description,
@@ -445,7 +447,7 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
                                     validation.boxes, config.eval_size, config.ciou_threshold)
                 fold_result["classes"] = sorted({c for cs in validation.classes for c in cs})
                 fold_result["by_class"] = hits_by_class(maps, validation)
-                if run.key == experiment.FINAL_RUN:
+                if run.key == experiment.FINAL_RUN and seed == seeds[0]:
                     fold_result["served"] = serve(
                         model, config, run_dir, fold, validation, images,
                         os.path.join(output_dir, f"overlays_fold{fold}.png")
@@ -456,10 +458,11 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
                 log(f"{tag} pointing {fold_result['pointing_game']:.3f}  "
                     f"cIoU@0.5 {fold_result['ciou_at_0_5']:.3f}  mismatched pointing "
                     f"{fold_result['mismatched_pointing_game']:.3f}")
-                _write(summary_path, output_dir, results, scale, started, environment,
-                       command)
+                _write(summary_path, output_dir, results, scale, seeds, started,
+                       environment, command)
                 tf.keras.backend.clear_session()
-    return _write(summary_path, output_dir, results, scale, started, environment, command)
+    return _write(summary_path, output_dir, results, scale, seeds, started, environment,
+                  command)
 
 
 def serve(model, config, run_dir: str, fold: int, validation: Validation, images: np.ndarray,
@@ -544,11 +547,11 @@ def by_class(run: dict) -> dict[str, list[int]]:
 SCHEMA = "soundloc.experiment/1"  # tools/make_results.py reads it
 
 
-def _write(path: str, output_dir: str, results: dict, scale: str, started: float,
-           environment: dict, command: str) -> dict:
+def _write(path: str, output_dir: str, results: dict, scale: str, seeds: list[int],
+           started: float, environment: dict, command: str) -> dict:
     summary = {"schema": SCHEMA, "experiment": "real_photos", "command": command,
                "description": experiment.DESCRIPTION, "scale": scale, "folds": experiment.FOLDS,
-               "model_seeds": list(experiment.MODEL_SEEDS[scale]),
+               "model_seeds": seeds,
                "counts": experiment.COUNTS[scale], "final_run": experiment.FINAL_RUN,
                "seconds": round(time.perf_counter() - started, 1),
                "environment": environment, "runs": results}

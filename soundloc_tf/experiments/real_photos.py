@@ -3,10 +3,12 @@
   python -m tools.experiment --name=real_photos --output_dir=results/real_photos [--quick]
 
 Needs ../shared/realsets (photos/ and stamps/) and `soundloc-fetch-weights --what=all`.
-Cost on 2 CPU cores: about 2 h at full scale (docs/FINDINGS.md: 9 feature caches, one per fold
-and tower set, and 21 runs of 1,000 cached steps, then an export per fold); the recorded run
-was resumed across sessions, so RESULTS.md has no total. Quick (64x64 images, 10 steps) only
-shows that the pipeline runs.
+Cost on 2 AVX2 cores at full scale, measured per part: a feature cache 12-16 min (1,100
+scenes at 1.1-1.5 per s; one per fold for each loaded tower set, and per fold and seed for
+random towers: 15), a run of 1,000 cached steps 2 min (8 rows x 3 folds x 3 seeds), the
+validation towers 2-5 min per fold and cache, serving 3 min per fold: about 6 h in all;
+`--runs` picks rows (the imagenet ones need 3 caches). Quick (64x64 images, 10 steps, one
+seed) only shows that the pipeline runs.
 """
 
 from typing import Any
@@ -49,9 +51,10 @@ TOWER_SETS: dict[str, dict[str, Any]] = {
 FINAL_RUN = "imagenet_unsupervised"  # the paper preset as it ships
 
 
-def rows() -> list[tuple[str, str, str, dict]]:
-    """(key, tower set, recipe, config fields): per tower set the chosen recipe with and
-    without labels; on ImageNet also the authors' re-implementation."""
+def rows() -> list[tuple]:
+    """(key, tower set, recipe, config fields[, labelled scenes]): per tower set the chosen
+    recipe with and without labels; on ImageNet also the boxes that composing the
+    composites and mosaics gives (no hand-drawn box), and the authors' re-implementation."""
     chosen = {"unsupervised_loss": "infonce", "attention_temperature": 1.0,
               "attention_relu": False}
     out = []
@@ -61,6 +64,9 @@ def rows() -> list[tuple[str, str, str, dict]]:
                 (f"{towers}_semi", towers, "InfoNCE, softmax(cos/1.0), 10% labels",
                  {**chosen, "label_fraction": TRAIN_LABELS})]
         if towers == "imagenet":
+            out.append(("imagenet_composed", towers,
+                        "InfoNCE, softmax(cos/1.0), the composed scenes' boxes",
+                        {**chosen, "label_fraction": 1.0}, "composed"))
             out.append(("imagenet_reimplementation_semi", "imagenet",
                         "triplet, softmax(relu(cos)/1.0): the authors' re-implementation, "
                         "10% labels", {"unsupervised_loss": "triplet",
