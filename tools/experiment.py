@@ -117,15 +117,26 @@ def _git(*args: str) -> str | None:
         return None
 
 
+def cpu_name(cpuinfo: str) -> str:
+    """The CPU's model name in /proc/cpuinfo text, with its widest vector unit: one recipe's
+    numbers differ between the AVX2 and the AVX-512 machines (float sums in another order),
+    and both report as "AMD EPYC"."""
+    lines = cpuinfo.splitlines()
+    name = next((line.split(":", 1)[1].strip() for line in lines
+                 if line.startswith("model name")), platform.processor() or "unknown CPU")
+    flags = set(next((line.split(":", 1)[1].split() for line in lines
+                      if line.startswith("flags")), []))
+    vector = next((unit for unit, flag in (("AVX-512", "avx512f"), ("AVX2", "avx2"))
+                   if flag in flags), None)
+    return f"{name} ({vector})" if vector else name
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            return cpu_name(f.read())
     except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+        return cpu_name("")
 
 
 def environment() -> dict:
