@@ -117,3 +117,25 @@ def test_quick_run_trains_every_fold_exports_and_scores_the_served_maps(tmp_path
     assert sum(n for _, n in summary["by_class"][settings.FINAL_RUN].values()) == (
         3 * settings.COUNTS["quick"]["validation"])
     assert "exported, `serving_default`" in (tmp_path / "real_photos.md").read_text()
+
+
+def test_a_resumed_experiment_keeps_its_results_and_records_both_commands(tmp_path):
+    tiles = [0, 1, 2, 3]
+    fold = real_photos.score(np.stack([_tile_map(t) for t in tiles]),
+                             np.stack([_tile_map((t + 1) % 4) for t in tiles]),
+                             _tile_boxes(tiles), 224, 0.5)
+    (tmp_path / "real_photos.json").write_text(json.dumps({
+        "command": "first", "seconds": 60.0,
+        "runs": {"random_unsupervised": {"towers": "random", "description": "d",
+                                         "overrides": {}, "labels": "records",
+                                         "seeds": {"0": {str(k): fold for k in range(3)}}}}}))
+
+    def resume(command):
+        return real_photos.run_real_photos(
+            None, str(tmp_path), "quick", str(tmp_path), str(tmp_path), None, {}, command,
+            ["random_unsupervised"], log=lambda message: None, seeds=[0])
+
+    summary = resume("second")
+    assert summary["command"] == "first ; then second" and summary["seconds"] >= 60.0
+    assert summary["pooled"]["random_unsupervised"]["pointing_game"] == 1.0
+    assert resume("second")["command"] == "first ; then second"  # the same command again

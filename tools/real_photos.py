@@ -52,6 +52,7 @@ VALIDATION_DURING_TRAINING = 8
 # vssl_eval's fixed thresholds apply to raw similarities, which the served heat map is not.
 MAP_PROTOCOLS = ("fixed", "lvs", "ezvsl")
 OVERLAY_MOSAICS = 3  # per fold, in overlays_fold<k>.png
+RESUMED = " ; then "  # joins the commands of a resumed experiment in its summary
 
 
 # The ids `importers` gives scenes it composed (a composite, a mosaic): their box is where
@@ -388,11 +389,13 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
     results: dict[str, Any] = {}
     started = time.perf_counter()
     if os.path.exists(summary_path):
-        # A resumed experiment: its first command and the time already spent stand.
+        # A resumed experiment: the time already spent stands, and a command that adds
+        # runs is recorded after the first, so the table's provenance names both.
         with open(summary_path) as f:
             previous = json.load(f)
         results = previous.get("runs", {})
-        command = previous.get("command", command)
+        first = previous.get("command", command)
+        command = first if command in first.split(RESUMED) else first + RESUMED + command
         started -= previous.get("seconds", 0.0)
     folds: dict[int, tuple] = {}
     outputs: dict[tuple[int, str], TowerOutputs] = {}  # (fold, feature cache): validation
