@@ -119,8 +119,8 @@ def _git(*args: str) -> str | None:
 
 def cpu_name(cpuinfo: str) -> str:
     """The CPU's model name in /proc/cpuinfo text, with its widest vector unit: one recipe's
-    numbers differ between the AVX2 and the AVX-512 machines (float sums in another order),
-    and both report as "AMD EPYC"."""
+    numbers differ between the AVX2 and the AVX-512 machines, and both report as "AMD
+    EPYC"."""
     lines = cpuinfo.splitlines()
     name = next((line.split(":", 1)[1].strip() for line in lines
                  if line.startswith("model name")), platform.processor() or "unknown CPU")

@@ -394,8 +394,9 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
         with open(summary_path) as f:
             previous = json.load(f)
         results = previous.get("runs", {})
-        first = previous.get("command", command)
-        command = first if command in first.split(RESUMED) else first + RESUMED + command
+        recorded = previous.get("command", command)
+        command = (recorded if command in recorded.split(RESUMED)
+                   else recorded + RESUMED + command)
         started -= previous.get("seconds", 0.0)
     folds: dict[int, tuple] = {}
     outputs: dict[tuple[int, str], TowerOutputs] = {}  # (fold, feature cache): validation
