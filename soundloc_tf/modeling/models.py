@@ -335,6 +335,8 @@ def build_audio_tower(config: Config) -> keras.Model:
     """
     if config.audio_tower == "soundnet8":
         return _build_soundnet8_tower(config)
+    if config.audio_tower == "yamnet":
+        return _build_yamnet_tower(config)
     waveform = keras.Input((config.num_samples,), name="waveform")
     x = LogMel(config.sample_rate, config.n_fft, config.hop_length, config.n_mels,
                config.fmin, config.effective_fmax, name="log_mel")(waveform)
@@ -371,6 +373,28 @@ def _build_soundnet8_tower(config: Config) -> keras.Model:
             tower.load_weights(path)
         except Exception as error:  # h5 layout errors have many types
             raise ValueError(f"the weights file does not fit SoundNet-8. Received: "
+                             f"audio_weights={config.audio_weights!r} "
+                             f"({type(error).__name__}: {error})") from None
+    tower.trainable = not config.freeze_audio_tower
+    return tower
+
+
+def _build_yamnet_tower(config: Config) -> keras.Model:
+    """YAMNet's patch embeddings averaged over the clip (1,024-d)."""
+    from soundloc_tf.modeling import yamnet
+
+    if config.audio_weights == "none":
+        tower = yamnet.build_yamnet(config.num_samples, name="audio_tower")
+    else:
+        path = os.path.expanduser(config.audio_weights)
+        if not os.path.isfile(path):
+            raise ValueError("the YAMNet weights file is missing; run `soundloc-fetch-weights "
+                             "--what=yamnet`, or pass --audio_weights=none (random). "
+                             f"Received: audio_weights={config.audio_weights!r}")
+        try:
+            tower = yamnet.load_yamnet(config.num_samples, path, name="audio_tower")
+        except Exception as error:  # h5 layout errors have many types
+            raise ValueError(f"the weights file does not fit YAMNet. Received: "
                              f"audio_weights={config.audio_weights!r} "
                              f"({type(error).__name__}: {error})") from None
     tower.trainable = not config.freeze_audio_tower
