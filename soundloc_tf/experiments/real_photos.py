@@ -8,7 +8,8 @@ scenes at 1.1-1.5 per s), 8-11 min on AVX-512 (1.7-3.1 per s): one per fold for 
 tower set, and per fold and seed for random towers (18 in all); a run of 1,000 cached steps
 1-2 min (10 rows x 3 folds x 3 seeds), the validation towers 2-5 min per fold and cache,
 serving 3 min per fold: about 6 h in all on AVX2; `--runs` picks rows (each tower set
-needs 3 caches). Quick (64x64 images, 10 steps, one seed) only shows that the pipeline runs.
+needs 3 caches). Quick (64x64 images, 10-s clips, 10 steps, one seed) only shows that the
+pipeline runs.
 """
 
 from typing import Any
@@ -34,8 +35,10 @@ COUNTS: dict[str, dict[str, int]] = {
     "full": {"composites": 500, "mosaics": 500, "photos": 100, "validation": 100},
 }
 SCALES: dict[str, dict[str, Any]] = {
-    "quick": {"image_size": 64, "train_steps": 10, "batch_size": 8, "log_every": 5,
-              "checkpoint_every": 10, "eval_every": 10, "num_summary_images": 0},
+    # Quick clips are 10 s, the shortest that both audio towers take (SoundNet-8: 9.5 s).
+    "quick": {"image_size": 64, "clip_seconds": 10.0, "train_steps": 10, "batch_size": 8,
+              "log_every": 5, "checkpoint_every": 10, "eval_every": 10,
+              "num_summary_images": 0},
     "full": {"train_steps": 1000, "log_every": 100, "checkpoint_every": 500,
              "eval_every": 1000, "num_summary_images": 4},
 }
