@@ -34,7 +34,8 @@ PATCH_FRAMES = 96  # 0.96 s
 PATCH_HOP = 48
 EMBEDDING_DIM = 1024
 NUM_CLASSES = 521
-# (stride, output channels) of the 13 depthwise-separable blocks after the first conv.
+# (stride, output channels): the first 3x3 convolution, then the 13 depthwise-separable
+# blocks (a 3x3 depthwise and a 1x1 pointwise convolution each).
 FIRST_CONV = (2, 32)
 SEPARABLE_BLOCKS = ((1, 64), (2, 128), (1, 128), (2, 256), (1, 256), (2, 512), (1, 512),
                     (1, 512), (1, 512), (1, 512), (1, 512), (2, 1024), (1, 1024))
