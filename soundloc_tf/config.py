@@ -192,38 +192,30 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
+# The paper's towers: ImageNet VGG16 at 320x320 and SoundNet-8 with its converted
+# weights (`soundloc-fetch-weights --what=all`), both frozen as in the authors'
+# re-implementation, trained from the feature cache. InfoNCE and the softmax over raw
+# cosines (no ReLU) were chosen on real photographs (docs/FINDINGS.md, "Deviations").
+_PAPER: dict[str, Any] = {
+    "image_weights": "imagenet",
+    "audio_tower": "soundnet8",
+    "audio_weights": SOUNDNET8_WEIGHTS,
+    "freeze_image_tower": True,
+    "freeze_audio_tower": True,
+    "cache_features": True,
+    "unsupervised_loss": "infonce",
+    "attention_temperature": 1.0,
+    "attention_relu": False,
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
-    # The paper's towers: ImageNet VGG16 at 320x320 and SoundNet-8 with its converted
-    # weights (`soundloc-fetch-weights --what=all`), both frozen as in the authors'
-    # re-implementation, trained from the feature cache. InfoNCE and the softmax over raw
-    # cosines (no ReLU) were chosen on real photographs (docs/FINDINGS.md, "Deviations").
-    "paper": {
-        "image_weights": "imagenet",
-        "audio_tower": "soundnet8",
-        "audio_weights": SOUNDNET8_WEIGHTS,
-        "freeze_image_tower": True,
-        "freeze_audio_tower": True,
-        "cache_features": True,
-        "unsupervised_loss": "infonce",
-        "attention_temperature": 1.0,
-        "attention_relu": False,
-    },
+    "paper": _PAPER,
     # The paper preset with YAMNet (AudioSet, 16 kHz, 1,024-d embedding) in SoundNet-8's
     # place: a log-mel conv tower, as later work uses, that groups real recordings by
     # what sounds (docs/FINDINGS.md). `soundloc-fetch-weights --what=yamnet`.
-    "paper_yamnet": {
-        "image_weights": "imagenet",
-        "audio_tower": "yamnet",
-        "audio_weights": YAMNET_WEIGHTS,
-        "sample_rate": YAMNET_SAMPLE_RATE,
-        "audio_feature_dim": YAMNET_FEATURE_DIM,
-        "freeze_image_tower": True,
-        "freeze_audio_tower": True,
-        "cache_features": True,
-        "unsupervised_loss": "infonce",
-        "attention_temperature": 1.0,
-        "attention_relu": False,
-    },
+    "paper_yamnet": {**_PAPER, "audio_tower": "yamnet", "audio_weights": YAMNET_WEIGHTS,
+                     "sample_rate": YAMNET_SAMPLE_RATE,
+                     "audio_feature_dim": YAMNET_FEATURE_DIM},
     # A narrow VGG-style tower at 96x96 (12x12 map) and 1 s of 8 kHz audio:
     # semi-supervised training with 10% labels in a few minutes on 2 cores.
     "tiny": {

@@ -331,7 +331,8 @@ def build_audio_tower(config: Config) -> keras.Model:
 
     "logmel": in-graph log-mel spectrogram, a VGG-style 2-D conv stack, mean
     over time and frequency, then a linear layer (the role of SoundNet-8's
-    conv8 object branch in the paper).
+    conv8 object branch in the paper). "soundnet8": the paper's tower;
+    "yamnet": YAMNet's AudioSet embedding (modeling/yamnet.py).
     """
     if config.audio_tower == "soundnet8":
         return _build_soundnet8_tower(config)
