@@ -23,7 +23,8 @@ EXPERIMENT_TITLES = {
     "label_sweep": "Label-fraction sweep (built-in scenes)",
     "superstition": "The superstition experiment (a context cue that announces the sound)",
     "real_material": "Real material (composites of real photos and recordings)",
-    "real_photos": "Real photographs (held-out photos and recordings, paper and paper_yamnet presets)",
+    "real_photos": ("Real photographs (held-out photos and recordings, paper and paper_yamnet "
+                    "presets)"),
 }
 
 flags.DEFINE_list("results", None, "Experiment output directories (or their <name>.json).")

@@ -45,7 +45,8 @@ import numpy as np
 
 from soundloc_tf.experiments import real_photos as experiment
 
-PHOTO_SAMPLE_RATE = 16000  # the realsets' recordings; the reader resamples to the audio tower's rate
+# The realsets' recordings' rate; the reader resamples to the audio tower's.
+PHOTO_SAMPLE_RATE = 16000
 VALIDATION_DURING_TRAINING = 8
 # The protocols that score the normalised attention map (docs/PROTOCOLS.md); SLAVC's and
 # vssl_eval's fixed thresholds apply to raw similarities, which the served heat map is not.
