@@ -139,7 +139,33 @@ def test_a_resumed_experiment_keeps_its_results_and_records_both_commands(tmp_pa
     summary = resume("second")
     assert summary["command"] == "first ; then second" and summary["seconds"] >= 60.0
     assert summary["pooled"]["random_unsupervised"]["pointing_game"] == 1.0
+    assert "Machines" not in real_photos.markdown(summary)  # one machine: no list
     assert resume("second")["command"] == "first ; then second"  # the same command again
+
+
+def test_a_table_of_runs_from_two_machines_names_each_runs_machine(tmp_path):
+    tiles = [0, 1, 2, 3]
+    fold = real_photos.score(np.stack([_tile_map(t) for t in tiles]),
+                             np.stack([_tile_map((t + 1) % 4) for t in tiles]),
+                             _tile_boxes(tiles), 224, 0.5)
+
+    def run(machine=None):
+        folds = {str(k): {**fold, **({"machine": machine} if machine else {})}
+                 for k in range(3)}
+        return {"towers": "random", "description": "d", "overrides": {}, "labels": "records",
+                "seeds": {"0": folds}}
+
+    # Results from before folds recorded their machine take the one the summary named.
+    (tmp_path / "real_photos.json").write_text(json.dumps({
+        "command": "first", "seconds": 1.0, "environment": {"machine": "AVX-512 box"},
+        "runs": {"random_unsupervised": run(), "random_semi": run("AVX2 box")}}))
+    summary = real_photos.run_real_photos(
+        None, str(tmp_path), "quick", str(tmp_path), str(tmp_path), None,
+        {"machine": "AVX2 box"}, "second", ["random_unsupervised", "random_semi"],
+        log=lambda message: None, seeds=[0])
+    table = real_photos.markdown(summary)
+    assert "* random_unsupervised: AVX-512 box" in table
+    assert "* random_semi: AVX2 box" in table
 
 
 def test_each_tower_sets_missing_audio_weights_stop_the_run_in_one_line(tmp_path, monkeypatch):

@@ -393,6 +393,13 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
         with open(summary_path) as f:
             previous = json.load(f)
         results = previous.get("runs", {})
+        # Each fold records its machine (the same recipe differs between machines); results
+        # from before that take the machine the summary names.
+        earlier = previous.get("environment", {}).get("machine", "unknown")
+        for run_results in results.values():
+            for seed_results in run_results["seeds"].values():
+                for fold_result in seed_results.values():
+                    fold_result.setdefault("machine", earlier)
         recorded = previous.get("command", command)
         command = (recorded if command in recorded.split(RESUMED)
                    else recorded + RESUMED + command)
@@ -454,6 +461,7 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
                                                      outputs[key].mismatched),
                                     validation.boxes, config.eval_size, config.ciou_threshold)
                 fold_result["classes"] = sorted({c for cs in validation.classes for c in cs})
+                fold_result["machine"] = environment.get("machine", "unknown")
                 fold_result["by_class"] = hits_by_class(maps, validation)
                 if run.key == experiment.FINAL_RUN and seed == seeds[0]:
                     fold_result["served"] = serve(
@@ -623,6 +631,11 @@ def markdown(summary: dict) -> str:
                     for m in ("pointing_game", "ciou_at_0_5", "mean_ciou", "auc")}
             lines.append(f"| {name} | {cell['pointing_game']:.3f} | {cell['ciou_at_0_5']:.3f} "
                          f"| {cell['mean_ciou']:.3f} | {cell['auc']:.3f} |")
+    machines = {key: sorted({f.get("machine", "unknown") for folds in run["seeds"].values()
+                             for f in folds.values()}) for key, run in summary["runs"].items()}
+    if len({m for ms in machines.values() for m in ms}) > 1:
+        lines += ["", "Machines (the same recipe differs between them):", ""]
+        lines += [f"* {key}: {'; '.join(ms)}" for key, ms in machines.items()]
     final = summary["by_class"].get(summary["final_run"])
     if final:
         lines += ["", f"{summary['final_run']}: pointing by sounding class (the model's maps, "
