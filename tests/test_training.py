@@ -57,9 +57,10 @@ def _mirrored_and_single_step(objective: str, workdir: str) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", ["triplet", "infonce"])
 def test_mirrored_step_on_two_cpus_equals_single_device_step(tmp_path, objective):
-    # In a fresh interpreter: this is the suite's one step that runs collectives after
+    # In a fresh interpreter: in the suite's process this step runs collectives after
     # hundreds of other tests, and a TensorFlow abort there (once, in CI) took the whole
-    # session down; alone it is reproducible, and a crash is this test's failure.
+    # session down. Alone it does not depend on what they left behind, and a crash fails
+    # only this test, with TensorFlow's message.
     result = subprocess.run([sys.executable, __file__, objective, str(tmp_path)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
