@@ -39,7 +39,7 @@ import io
 import json
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -397,9 +397,8 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
         # from before that take the machine the summary names.
         earlier = previous.get("environment", {}).get("machine", "unknown")
         for run_results in results.values():
-            for seed_results in run_results["seeds"].values():
-                for fold_result in seed_results.values():
-                    fold_result.setdefault("machine", earlier)
+            for fold_result in fold_results(run_results):
+                fold_result.setdefault("machine", earlier)
         recorded = previous.get("command", command)
         command = (recorded if command in recorded.split(RESUMED)
                    else recorded + RESUMED + command)
@@ -548,15 +547,20 @@ def summarise(run: dict, key: str | None = None) -> dict[str, float] | None:
     return over_seeds([pooled(folds, key) for folds in complete]) if complete else None
 
 
+def fold_results(run: dict) -> Iterator[dict]:
+    """Every fold's result of a run, over all its seeds."""
+    for folds in run["seeds"].values():
+        yield from folds.values()
+
+
 def by_class(run: dict) -> dict[str, list[int]]:
     """Hits and mosaics per sounding class, summed over folds and seeds."""
     out: dict[str, list[int]] = {}
-    for folds in run["seeds"].values():
-        for fold in folds.values():
-            for name, (hits, count) in fold.get("by_class", {}).items():
-                total = out.setdefault(name, [0, 0])
-                total[0] += hits
-                total[1] += count
+    for fold in fold_results(run):
+        for name, (hits, count) in fold.get("by_class", {}).items():
+            total = out.setdefault(name, [0, 0])
+            total[0] += hits
+            total[1] += count
     return dict(sorted(out.items()))
 
 
@@ -618,7 +622,7 @@ def markdown(summary: dict) -> str:
         lines.append(f"| baseline: chance (a random tile) / centre box | | | 0.250 | "
                      f"{any_row['center_box_ciou_at_0_5']:.3f} | | | | | |")
     for key, run in summary["runs"].items():
-        served = [f["served"] for folds in run["seeds"].values() for f in folds.values()
+        served = [f["served"] for f in fold_results(run)
                   if "by_protocol" in f.get("served", {})]
         if not served:
             continue
@@ -631,8 +635,8 @@ def markdown(summary: dict) -> str:
                     for m in ("pointing_game", "ciou_at_0_5", "mean_ciou", "auc")}
             lines.append(f"| {name} | {cell['pointing_game']:.3f} | {cell['ciou_at_0_5']:.3f} "
                          f"| {cell['mean_ciou']:.3f} | {cell['auc']:.3f} |")
-    machines = {key: sorted({f.get("machine", "unknown") for folds in run["seeds"].values()
-                             for f in folds.values()}) for key, run in summary["runs"].items()}
+    machines = {key: sorted({f.get("machine", "unknown") for f in fold_results(run)})
+                for key, run in summary["runs"].items()}
     if len({m for ms in machines.values() for m in ms}) > 1:
         lines += ["", "Machines (the same recipe differs between them):", ""]
         lines += [f"* {key}: {'; '.join(ms)}" for key, ms in machines.items()]
