@@ -571,7 +571,9 @@ def _write(path: str, output_dir: str, results: dict, scale: str, seeds: list[in
            started: float, environment: dict, command: str) -> dict:
     summary = {"schema": SCHEMA, "experiment": "real_photos", "command": command,
                "description": experiment.DESCRIPTION, "scale": scale, "folds": experiment.FOLDS,
-               "model_seeds": seeds,
+               # Runs resumed with other --seeds differ: the union, each row says its own.
+               "model_seeds": sorted({int(s) for run in results.values() for s in run["seeds"]}
+                                     | {int(s) for s in seeds}),
                "counts": experiment.COUNTS[scale], "final_run": experiment.FINAL_RUN,
                "seconds": round(time.perf_counter() - started, 1),
                "environment": environment, "runs": results}
