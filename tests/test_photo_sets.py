@@ -233,3 +233,21 @@ def test_real_photo_folds_validate_on_unseen_photos_and_recordings():
                                    exclude_sources=folds[0]["sources"])
     assert stamps_report.notes["held-out recording left out"] == 2  # bear, goat
     assert "bear" not in stamps.sounds and "goat" not in stamps.sounds
+
+
+def test_training_pairs_name_what_a_fold_trains_for_each_held_out_class(photo_dir, tmp_path):
+    photo_set, _ = _load(photo_dir)
+    stamps = tmp_path / "stamps"
+    _make_stamps(stamps)  # every stamps recording is also a photo's: held out with it
+    # A second cat recording from another source: the held-out cat's cut-out trains with it.
+    soundfile.write(stamps / "sounds" / "cat__1.wav", _tone(650), RATE)
+    pairs = {}
+    for fold in importers.photo_folds(photo_set, 2):
+        loaded = importers.load_stamps(str(stamps), RATE, importers.ImportReport("t"),
+                                       exclude_sources=fold["sources"])
+        pairs.update(importers.training_pairs(photo_set, fold, loaded))
+        assert importers.training_pairs(photo_set, fold).keys() == set(fold["classes"])
+    # Alike classes sit in different folds, so each trains the other; the rest train nothing
+    # of their group.
+    assert pairs == {"cow": ["bison"], "bison": ["cow"], "taiko": ["bongo"],
+                     "bongo": ["taiko"], "cat": ["cat"], "horse": [], "goose": []}

@@ -175,3 +175,27 @@ def test_each_tower_sets_missing_audio_weights_stop_the_run_in_one_line(tmp_path
                                              r"\.weights\.h5'\]"):
             real_photos.check_inputs(str(tmp_path), str(tmp_path), {towers})
     real_photos.check_inputs(str(tmp_path), str(tmp_path), {"random"})  # nothing to load
+
+
+def test_the_class_table_says_what_each_folds_training_pairs_with_a_recording(tmp_path):
+    tiles = [0, 1, 2, 3]
+    fold = real_photos.score(np.stack([_tile_map(t) for t in tiles]),
+                             np.stack([_tile_map((t + 1) % 4) for t in tiles]),
+                             _tile_boxes(tiles), 224, 0.5)
+    fold["by_class"] = {"cat": [1, 2], "taiko": [0, 2]}
+    (tmp_path / "real_photos.json").write_text(json.dumps({
+        "command": "first", "seconds": 1.0,
+        "training_pairs": {"cat": [], "taiko": ["hand_drum"]},
+        "runs": {settings.FINAL_RUN: {"towers": "imagenet_yamnet", "description": "d",
+                                      "overrides": {}, "labels": "composed",
+                                      "seeds": {"0": {str(k): fold for k in range(3)}}}}}))
+    # Rewritten without the material (no manifest here): the recorded pairs stay.
+    summary = real_photos.run_real_photos(
+        None, str(tmp_path), "quick", str(tmp_path), str(tmp_path), None, {}, "first",
+        [settings.FINAL_RUN], log=lambda message: None, seeds=[0])
+    table = real_photos.markdown(summary).splitlines()
+    assert table[-5:] == [
+        "What each class's fold trains with a recording of its own, in the class's sound "
+        "group (none: the class is found only through what the pretrained towers share):",
+        "", "| cat | taiko |", "|---|---|", "| none | hand_drum |"]
+    assert table[-7] == "| 0.50 (6) | 0.00 (6) |"  # the pointing row above it

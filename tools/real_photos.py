@@ -340,6 +340,22 @@ def check_inputs(photos_dir: str, stamps_dir: str, towers: set[str]) -> None:
                          f"soundloc-fetch-weights --what=all` first. Received: {missing}")
 
 
+def training_pairs(photos_dir: str, stamps_dir: str) -> dict[str, list[str]]:
+    """Per validation class, the classes of its sound group that its fold trains with a
+    recording of their own (`importers.training_pairs`), all folds together."""
+    from soundloc_tf.dataloaders import importers
+
+    report = importers.ImportReport("real_photos")
+    quiet = io.StringIO()
+    photo_set = importers.load_photo_set(photos_dir, PHOTO_SAMPLE_RATE, report, quiet)
+    out: dict[str, list[str]] = {}
+    for fold in importers.photo_folds(photo_set, experiment.FOLDS):
+        stamps = importers.load_stamps(stamps_dir, PHOTO_SAMPLE_RATE, report, quiet,
+                                       exclude_sources=fold["sources"])
+        out.update(importers.training_pairs(photo_set, fold, stamps))
+    return dict(sorted(out.items()))
+
+
 def train_run(run: Run, config, fold: int, train_dir: str, output_dir: str, strategy,
               validation_fn: Callable, log: Callable[[str], None]):
     """Trains one run of one fold on the fold's feature cache; returns the trained model."""
@@ -386,6 +402,7 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
     counts = experiment.COUNTS[scale]
     summary_path = os.path.join(output_dir, "real_photos.json")
     results: dict[str, Any] = {}
+    pairs: dict[str, list[str]] = {}
     started = time.perf_counter()
     if os.path.exists(summary_path):
         # A resumed experiment: the time already spent stands, and a command that adds
@@ -403,6 +420,16 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
         command = (recorded if command in recorded.split(RESUMED)
                    else recorded + RESUMED + command)
         started -= previous.get("seconds", 0.0)
+        pairs = previous.get("training_pairs", {})
+    # Every fold that trains reads the manifest; a summary rewritten from finished runs
+    # alone keeps the pairs it recorded.
+    if os.path.isfile(os.path.join(photos_dir, "manifest.json")):
+        pairs = training_pairs(photos_dir, stamps_dir)
+
+    def write() -> dict:
+        return _write(summary_path, output_dir, results, scale, seeds, started, environment,
+                      command, pairs)
+
     folds: dict[int, tuple] = {}
     arrays: dict[tuple[int, int], tuple] = {}  # (fold, sample rate): the decoded mosaics
     outputs: dict[tuple[int, str], TowerOutputs] = {}  # (fold, feature cache): validation
@@ -473,11 +500,9 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
                 log(f"{tag} pointing {fold_result['pointing_game']:.3f}  "
                     f"cIoU@0.5 {fold_result['ciou_at_0_5']:.3f}  mismatched pointing "
                     f"{fold_result['mismatched_pointing_game']:.3f}")
-                _write(summary_path, output_dir, results, scale, seeds, started,
-                       environment, command)
+                write()
                 tf.keras.backend.clear_session()
-    return _write(summary_path, output_dir, results, scale, seeds, started, environment,
-                  command)
+    return write()
 
 
 def serve(model, config, run_dir: str, fold: int, validation: Validation, images: np.ndarray,
@@ -568,7 +593,8 @@ SCHEMA = "soundloc.experiment/1"  # tools/make_results.py reads it
 
 
 def _write(path: str, output_dir: str, results: dict, scale: str, seeds: list[int],
-           started: float, environment: dict, command: str) -> dict:
+           started: float, environment: dict, command: str,
+           pairs: dict[str, list[str]]) -> dict:
     summary = {"schema": SCHEMA, "experiment": "real_photos", "command": command,
                "description": experiment.DESCRIPTION, "scale": scale, "folds": experiment.FOLDS,
                # Runs resumed with other --seeds differ: the union, each row says its own.
@@ -576,7 +602,7 @@ def _write(path: str, output_dir: str, results: dict, scale: str, seeds: list[in
                                      | {int(s) for s in seeds}),
                "counts": experiment.COUNTS[scale], "final_run": experiment.FINAL_RUN,
                "seconds": round(time.perf_counter() - started, 1),
-               "environment": environment, "runs": results}
+               "environment": environment, "training_pairs": pairs, "runs": results}
     summary["pooled"] = {k: row for k, v in results.items() if (row := summarise(v))}
     summary["served"] = {k: row for k, v in results.items() if (row := summarise(v, "served"))}
     summary["by_class"] = {k: by_class(v) for k, v in results.items() if k in summary["pooled"]}
@@ -649,4 +675,12 @@ def markdown(summary: dict) -> str:
                   "| " + " | ".join(final) + " |", "|" + "---|" * len(final),
                   "| " + " | ".join(f"{h / max(n, 1):.2f} ({n})" for h, n in final.values())
                   + " |"]
+        pairs = summary.get("training_pairs", {})
+        if pairs:
+            lines += ["", "What each class's fold trains with a recording of its own, in the "
+                      "class's sound group (none: the class is found only through what the "
+                      "pretrained towers share):", "",
+                      "| " + " | ".join(final) + " |", "|" + "---|" * len(final),
+                      "| " + " | ".join(", ".join(pairs.get(name, [])) or "none"
+                                        for name in final) + " |"]
     return "\n".join(lines) + "\n"

@@ -869,6 +869,26 @@ def split_photo_set(photo_set: PhotoSet, fold: dict[str, list[str]], split: str)
                                             or s["source"] not in set(fold["sources"]))])
 
 
+def training_pairs(photo_set: PhotoSet, fold: dict[str, list[str]],
+                   stamps: StampSet | None = None) -> dict[str, list[str]]:
+    """Per validation class of a fold, the classes of its sound group that the fold's
+    training shows with a recording of their own (the class itself among them, if so).
+
+    Folds hold out photos and recordings, not classes: a class's cut-outs may train, but
+    only with a recording that is not held out. A class with no such pair, not even in its
+    group, can be found only through what the pretrained towers already share. `stamps`
+    must be loaded with the fold's sources excluded, as its training loads them.
+    """
+    train = split_photo_set(photo_set, fold, "train")
+    paired = {p["class"] for p in train.photos} & {s["class"] for s in train.sounds}
+    groups = dict(photo_set.groups)
+    if stamps is not None:
+        paired |= set(stamps.classes)  # a stamps class has cut-outs and recordings
+        groups = {**stamps.groups, **groups}
+    return {name: sorted(c for c in paired if groups.get(c, c) == groups.get(name, name))
+            for name in fold["classes"]}
+
+
 def _square(image: np.ndarray, boxes: list[list[float]], size: int,
             rng: np.random.Generator | None) -> tuple[np.ndarray, list[list[float]]]:
     """The photo squeezed to size x size, after a random crop when `rng` is given.
