@@ -33,6 +33,15 @@ def _tile_map(tile, size=20):
     return heat
 
 
+def _perfect_fold():
+    """A fold's result whose maps peak on the sounding tile, and on the next with the
+    mismatched sound."""
+    tiles = [0, 1, 2, 3]
+    return real_photos.score(np.stack([_tile_map(t) for t in tiles]),
+                             np.stack([_tile_map((t + 1) % 4) for t in tiles]),
+                             _tile_boxes(tiles), 224, 0.5)
+
+
 def test_a_map_on_the_sounding_tile_scores_one_and_another_tiles_map_scores_zero():
     tiles = [0, 1, 2, 3, 1, 2]
     maps = np.stack([_tile_map(t) for t in tiles])
@@ -121,10 +130,7 @@ def test_quick_run_trains_every_fold_exports_and_scores_the_served_maps(tmp_path
 
 
 def test_a_resumed_experiment_keeps_its_results_and_records_both_commands(tmp_path):
-    tiles = [0, 1, 2, 3]
-    fold = real_photos.score(np.stack([_tile_map(t) for t in tiles]),
-                             np.stack([_tile_map((t + 1) % 4) for t in tiles]),
-                             _tile_boxes(tiles), 224, 0.5)
+    fold = _perfect_fold()
     (tmp_path / "real_photos.json").write_text(json.dumps({
         "command": "first", "seconds": 60.0,
         "runs": {"random_unsupervised": {"towers": "random", "description": "d",
@@ -144,10 +150,7 @@ def test_a_resumed_experiment_keeps_its_results_and_records_both_commands(tmp_pa
 
 
 def test_a_table_of_runs_from_two_machines_names_each_runs_machine(tmp_path):
-    tiles = [0, 1, 2, 3]
-    fold = real_photos.score(np.stack([_tile_map(t) for t in tiles]),
-                             np.stack([_tile_map((t + 1) % 4) for t in tiles]),
-                             _tile_boxes(tiles), 224, 0.5)
+    fold = _perfect_fold()
 
     def run(machine=None):
         folds = {str(k): {**fold, **({"machine": machine} if machine else {})}
@@ -178,10 +181,7 @@ def test_each_tower_sets_missing_audio_weights_stop_the_run_in_one_line(tmp_path
 
 
 def test_the_class_table_says_what_each_folds_training_pairs_with_a_recording(tmp_path):
-    tiles = [0, 1, 2, 3]
-    fold = real_photos.score(np.stack([_tile_map(t) for t in tiles]),
-                             np.stack([_tile_map((t + 1) % 4) for t in tiles]),
-                             _tile_boxes(tiles), 224, 0.5)
+    fold = _perfect_fold()
     fold["by_class"] = {"cat": [1, 2], "taiko": [0, 2]}
     (tmp_path / "real_photos.json").write_text(json.dumps({
         "command": "first", "seconds": 1.0,

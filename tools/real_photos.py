@@ -421,9 +421,9 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
                    else recorded + RESUMED + command)
         started -= previous.get("seconds", 0.0)
         pairs = previous.get("training_pairs", {})
-    # Every fold that trains reads the manifest; a summary rewritten from finished runs
-    # alone keeps the pairs it recorded.
-    if os.path.isfile(os.path.join(photos_dir, "manifest.json")):
+    # Made once, as the fold records are: both follow from the material and the folds
+    # (loading the material for them takes seconds at every start otherwise).
+    if not pairs and os.path.isfile(os.path.join(photos_dir, "manifest.json")):
         pairs = training_pairs(photos_dir, stamps_dir)
 
     def write() -> dict:
