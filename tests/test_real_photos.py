@@ -54,6 +54,49 @@ def test_a_map_on_the_sounding_tile_scores_one_and_another_tiles_map_scores_zero
     assert result["baselines"]["center_box"]["ciou_at_0_5"] == 0.0
 
 
+def test_the_ideal_object_map_scores_its_share_of_the_sounding_tile():
+    tiles = [0, 3]
+    validation = real_photos.Validation([], [], [], _tile_boxes(tiles), [], tiles, [1, 2],
+                                        np.zeros_like(_tile_boxes(tiles)))
+    validation.object_boxes[0, 0, 0] = [0.0, 0.0, 0.25, 0.5]  # half of tile 0
+    validation.object_boxes[1, 0, 0] = [0.5, 0.5, 0.75, 0.75]  # a quarter of tile 3
+    folds = [real_photos.object_box_scores(validation, 224, 0.5)] * 2
+    assert folds[0]["pointing_game"] == 1.0 and folds[0]["n"] == 2
+    assert folds[0]["mean_ciou"] == pytest.approx((0.5 + 0.25) / 2)
+    assert folds[0]["ciou_at_0_5"] == 0.5  # the half-tile box counts, the quarter does not
+    pooled = real_photos.pooled_object_boxes(folds)
+    assert pooled["n"] == 4 and pooled["ciou_at_0_5"] == 0.5
+    table = real_photos.markdown({"pooled": {}, "served": {}, "runs": {}, "by_class": {},
+                                  "final_run": settings.FINAL_RUN, "object_boxes": pooled})
+    assert [r for r in table.splitlines() if r.startswith("| ceiling")] == [
+        "| ceiling: the sounding photo's drawn boxes as the map (an ideal object map) | | | "
+        "1.000 | 0.500 | 0.375 | 0.400 | | | 4 |"]
+
+
+@pytest.mark.skipif(not (REALSETS / "photos" / "manifest.json").is_file(),
+                    reason="../shared/realsets/photos is absent (the real photos)")
+def test_validation_mosaics_carry_the_sounding_photos_boxes_inside_its_tile():
+    manifest = json.loads((REALSETS / "photos" / "manifest.json").read_text())
+    area = {}
+    for photo in manifest["photos"]:
+        grid = np.zeros([512, 512], bool)
+        for x1, y1, x2, y2 in photo["boxes"]:
+            grid[round(y1 * 512):round(y2 * 512), round(x1 * 512):round(x2 * 512)] = True
+        area[photo["class"]] = grid.mean()
+    validation = real_photos.validation_mosaics(str(REALSETS / "photos"), 0, 6, 1.0, 320)
+    for i in range(6):
+        tile, objects = validation.boxes[i, 0, 0], validation.object_boxes[i, 0]
+        drawn = objects[objects[:, 2] > objects[:, 0]]
+        assert len(drawn) >= 1
+        assert (drawn[:, :2] >= tile[:2] - 1e-6).all() and (drawn[:, 2:] <= tile[2:] + 1e-6).all()
+        covered = np.zeros([512, 512], bool)
+        for x1, y1, x2, y2 in drawn:
+            covered[round(y1 * 512):round(y2 * 512), round(x1 * 512):round(x2 * 512)] = True
+        share = covered.sum() / ((tile[2] - tile[0]) * (tile[3] - tile[1]) * 512 * 512)
+        sounding = validation.classes[i][validation.sounding[i]]
+        assert share == pytest.approx(area[sounding], abs=0.02), sounding
+
+
 def test_pooled_metrics_weight_each_fold_by_its_mosaics():
     def fold(pointing, n):
         return {**{m: pointing for m in real_photos.METRICS}, "n": n,

@@ -27,7 +27,9 @@ signature with JPEG and WAV bytes, as a client of TF Serving would query it.
 
 Pointing: the peak of the heat map in the sounding tile (chance 0.25). cIoU:
 the heat map min-max normalised at 224x224, fixed threshold 0.5 (soundloc's
-rule), against the sounding tile. Mismatched: with another tile's recording,
+rule), against the sounding tile; the table's ceiling row scores the sounding
+photo's own drawn boxes as the map: what a map that marks exactly the sounding
+thing scores against a whole tile. Mismatched: with another tile's recording,
 how often the peak stays in the first tile (a map that follows the sound
 points there rarely).
 """
@@ -137,6 +139,8 @@ class Validation:
     classes: list[list[str]]
     sounding: list[int]
     partners: list[int]  # the tile whose recording is the mismatched sound
+    # [N, MAX_ANNOTATORS, MAX_BOXES, 4]: the sounding photo's own drawn boxes, in the mosaic
+    object_boxes: np.ndarray | None = None
 
 
 def wav_bytes(waveform: np.ndarray, sample_rate: int) -> bytes:
@@ -160,8 +164,10 @@ def validation_mosaics(photos_dir: str, fold: int, count: int, clip_seconds: flo
     sounds_of: dict[str, list[dict]] = {}
     for sound in held.sounds:
         sounds_of.setdefault(sound["class"], []).append(sound)
-    out = Validation([], [], [], np.zeros([count, data.MAX_ANNOTATORS, data.MAX_BOXES, 4],
-                                          np.float32), [], [], [])
+    shape = [count, data.MAX_ANNOTATORS, data.MAX_BOXES, 4]
+    out = Validation([], [], [], np.zeros(shape, np.float32), [], [], [],
+                     np.zeros(shape, np.float32))
+    boxes_of = {photo["file"]: photo["boxes"] for photo in held.photos}
     for i in range(count):
         rng = np.random.default_rng([experiment.SEEDS["validation"], fold, i])
         mosaic = importers.compose_mosaic(held, rng, image_size, num_samples, experiment.GRID,
@@ -174,6 +180,11 @@ def validation_mosaics(photos_dir: str, fold: int, count: int, clip_seconds: flo
         out.matched.append(wav_bytes(mosaic["waveform"], PHOTO_SAMPLE_RATE))
         out.mismatched.append(wav_bytes(other, PHOTO_SAMPLE_RATE))
         out.boxes[i, 0, 0] = mosaic["box"]
+        # Unaugmented, a tile is its whole photo squeezed: boxes scale with the tile.
+        x1, y1, x2, y2 = mosaic["box"]
+        for j, b in enumerate(boxes_of[mosaic["photos"][mosaic["sounding"]]][:data.MAX_BOXES]):
+            out.object_boxes[i, 0, j] = [x1 + b[0] * (x2 - x1), y1 + b[1] * (y2 - y1),
+                                         x1 + b[2] * (x2 - x1), y1 + b[3] * (y2 - y1)]
         out.classes.append(mosaic["classes"])
         out.sounding.append(mosaic["sounding"])
         out.partners.append(partner)
@@ -403,6 +414,7 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
     summary_path = os.path.join(output_dir, "real_photos.json")
     results: dict[str, Any] = {}
     pairs: dict[str, list[str]] = {}
+    previous: dict[str, Any] = {}
     started = time.perf_counter()
     if os.path.exists(summary_path):
         # A resumed experiment: the time already spent stands, and a command that adds
@@ -421,14 +433,22 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
                    else recorded + RESUMED + command)
         started -= previous.get("seconds", 0.0)
         pairs = previous.get("training_pairs", {})
-    # Made once, as the fold records are: both follow from the material and the folds
-    # (loading the material for them takes seconds at every start otherwise).
+    # Made once, as the fold records are: the training pairs and the ideal map's scores
+    # follow from the material and the folds (loading the material for them takes seconds
+    # at every start otherwise).
     if not pairs and os.path.isfile(os.path.join(photos_dir, "manifest.json")):
         pairs = training_pairs(photos_dir, stamps_dir)
+    ceiling = previous.get("object_boxes")
+    if not ceiling and os.path.isfile(os.path.join(photos_dir, "manifest.json")):
+        ceiling = pooled_object_boxes([
+            object_box_scores(validation_mosaics(photos_dir, fold, counts["validation"],
+                                                 base_config.clip_seconds, 320),
+                              base_config.eval_size, base_config.ciou_threshold)
+            for fold in range(experiment.FOLDS)])
 
     def write() -> dict:
         return _write(summary_path, output_dir, results, scale, seeds, started, environment,
-                      command, pairs)
+                      command, pairs, ceiling)
 
     folds: dict[int, tuple] = {}
     arrays: dict[tuple[int, int], tuple] = {}  # (fold, sample rate): the decoded mosaics
@@ -529,6 +549,27 @@ def serve(model, config, run_dir: str, fold: int, validation: Validation, images
     return {**served, "export": path, "signature": "serving_default (JPEG + WAV bytes)"}
 
 
+def object_box_scores(validation: Validation, eval_size: int, threshold: float
+                      ) -> dict[str, Any]:
+    """The scores of an ideal object map, the sounding photo's drawn boxes, against the tile.
+
+    The ground truth is the whole tile, so a map that marks exactly the sounding object
+    scores the object's share of its photo; the cIoU target is measured against this.
+    """
+    from soundloc_tf import metrics
+
+    maps = metrics.consensus_map(validation.object_boxes, eval_size).numpy()
+    result, _ = metrics.score_heatmaps(maps, validation.boxes, eval_size, "fixed", threshold)
+    return {m: result[m] for m in ("pointing_game", "ciou_at_0_5", "mean_ciou", "auc", "n")}
+
+
+def pooled_object_boxes(folds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The folds' ideal-map scores over their mosaics together."""
+    total = sum(f["n"] for f in folds)
+    return {m: sum(f[m] * f["n"] for f in folds) / max(total, 1)
+            for m in ("pointing_game", "ciou_at_0_5", "mean_ciou", "auc")} | {"n": total}
+
+
 def hits_by_class(maps: np.ndarray, validation: Validation) -> dict[str, list[int]]:
     """Per sounding class: [mosaics whose peak is in the sounding tile, mosaics]."""
     n, height, width = maps.shape
@@ -594,7 +635,7 @@ SCHEMA = "soundloc.experiment/1"  # tools/make_results.py reads it
 
 def _write(path: str, output_dir: str, results: dict, scale: str, seeds: list[int],
            started: float, environment: dict, command: str,
-           pairs: dict[str, list[str]]) -> dict:
+           pairs: dict[str, list[str]], object_boxes: dict[str, float] | None) -> dict:
     summary = {"schema": SCHEMA, "experiment": "real_photos", "command": command,
                "description": experiment.DESCRIPTION, "scale": scale, "folds": experiment.FOLDS,
                # Runs resumed with other --seeds differ: the union, each row says its own.
@@ -602,7 +643,8 @@ def _write(path: str, output_dir: str, results: dict, scale: str, seeds: list[in
                                      | {int(s) for s in seeds}),
                "counts": experiment.COUNTS[scale], "final_run": experiment.FINAL_RUN,
                "seconds": round(time.perf_counter() - started, 1),
-               "environment": environment, "training_pairs": pairs, "runs": results}
+               "environment": environment, "training_pairs": pairs,
+               "object_boxes": object_boxes, "runs": results}
     summary["pooled"] = {k: row for k, v in results.items() if (row := summarise(v))}
     summary["served"] = {k: row for k, v in results.items() if (row := summarise(v, "served"))}
     summary["by_class"] = {k: by_class(v) for k, v in results.items() if k in summary["pooled"]}
@@ -649,6 +691,11 @@ def markdown(summary: dict) -> str:
     if any_row:
         lines.append(f"| baseline: chance (a random tile) / centre box | | | 0.250 | "
                      f"{any_row['center_box_ciou_at_0_5']:.3f} | | | | | |")
+    ideal = summary.get("object_boxes")
+    if ideal:
+        lines.append(f"| ceiling: the sounding photo's drawn boxes as the map (an ideal object "
+                     f"map) | | | {ideal['pointing_game']:.3f} | {ideal['ciou_at_0_5']:.3f} | "
+                     f"{ideal['mean_ciou']:.3f} | {ideal['auc']:.3f} | | | {ideal['n']} |")
     for key, run in summary["runs"].items():
         served = [f["served"] for f in fold_results(run)
                   if "by_protocol" in f.get("served", {})]
