@@ -161,8 +161,10 @@ def test_quick_run_trains_every_fold_exports_and_scores_the_served_maps(tmp_path
     for fold, result in run["seeds"]["0"].items():
         served = result["served"]
         assert served["n"] == settings.COUNTS["quick"]["validation"]
-        # The SavedModel's bytes-in signature and the model agree on where the peak is.
-        assert abs(served["pointing_game"] - result["pointing_game"]) <= 0.25
+        # The model is scored on the images the SavedModel decodes from the same bytes, so
+        # the two agree mosaic for mosaic (another JPEG decoder moved peaks).
+        assert served["pointing_game"] == result["pointing_game"]
+        assert served["mean_ciou"] == pytest.approx(result["mean_ciou"], abs=1e-3)
         assert os.path.isdir(served["export"])
         assert (tmp_path / f"overlays_fold{fold}.png").stat().st_size > 10_000
         held_out = json.loads((tmp_path / "data" / f"fold{fold}" / "manifest.json").read_text())

@@ -192,16 +192,21 @@ def validation_mosaics(photos_dir: str, fold: int, count: int, clip_seconds: flo
 
 
 def decoded(validation: Validation, config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Images [N, S, S, 3] in [0, 1] and both waveforms at the config's rate and length."""
+    """Images [N, S, S, 3] in [0, 1] and both waveforms at the config's rate and length.
+
+    The images go through the SavedModel's own decoder, as training's records and served
+    queries do: another JPEG decoder moves pixels by up to 17/255 and, on maps this flat,
+    the peaks of some mosaics with them. The waveforms are resampled as the records are.
+    """
     import soundfile
-    from PIL import Image
+    import tensorflow as tf
 
     from soundloc_tf.dataloaders import audio_io
+    from soundloc_tf.inference import export
 
     size, n = config.image_size, config.num_samples
-    images = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB").resize(
-        (size, size), Image.Resampling.BILINEAR), np.float32) / 255.0
-        for b in validation.images])
+    decode = tf.function(lambda contents: export.decode_image(contents, size))
+    images = np.stack([decode(tf.constant(b)).numpy() for b in validation.images])
 
     def waves(items: list[bytes]) -> np.ndarray:
         out = []
