@@ -132,7 +132,8 @@ def test_hits_by_class_counts_the_peak_tile_of_each_sounding_class():
     tiles = [0, 3, 1, 2]
     validation = real_photos.Validation(
         [], [], [], _tile_boxes(tiles), [["cat", "cow", "goat", "horse"]] * 4,
-        sounding=[0, 3, 1, 1], partners=[1, 0, 0, 0])
+        sounding=[0, 3, 1, 1], partners=[1, 0, 0, 0],
+        object_boxes=np.zeros_like(_tile_boxes(tiles)))
     maps = np.stack([_tile_map(t) for t in tiles])  # peaks on tiles 0, 3, 1, 2
     assert real_photos.hits_by_class(maps, validation) == {
         "cat": [1, 1], "cow": [1, 2], "horse": [1, 1]}

@@ -140,7 +140,7 @@ class Validation:
     sounding: list[int]
     partners: list[int]  # the tile whose recording is the mismatched sound
     # [N, MAX_ANNOTATORS, MAX_BOXES, 4]: the sounding photo's own drawn boxes, in the mosaic
-    object_boxes: np.ndarray | None = None
+    object_boxes: np.ndarray
 
 
 def wav_bytes(waveform: np.ndarray, sample_rate: int) -> bytes:
