@@ -234,8 +234,7 @@ def score(maps: np.ndarray, mismatched_maps: np.ndarray, boxes: np.ndarray,
     for name in MAP_PROTOCOLS:
         peer, _ = protocols.score_heatmaps(maps, boxes, name, threshold=threshold,
                                            size=eval_size)
-        by_protocol[name] = {m: peer[m] for m in ("ciou_at_0_5", "mean_ciou", "auc",
-                                                   "pointing_game")}
+        by_protocol[name] = {m: peer[m] for m in metrics.SUMMARY_KEYS}
     return {"by_protocol": by_protocol, "pointing_game": matched["pointing_game"],
             "ciou_at_0_5": matched["ciou_at_0_5"], "mean_ciou": matched["mean_ciou"],
             "auc": matched["auc"],
@@ -443,12 +442,20 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
     # at every start otherwise).
     if not pairs and os.path.isfile(os.path.join(photos_dir, "manifest.json")):
         pairs = training_pairs(photos_dir, stamps_dir)
+    validations: dict[int, Validation] = {}
+
+    def validation_of(fold: int) -> Validation:
+        """The fold's validation mosaics, made once (the ceiling and the runs share them)."""
+        if fold not in validations:
+            validations[fold] = validation_mosaics(photos_dir, fold, counts["validation"],
+                                                   base_config.clip_seconds, 320)
+        return validations[fold]
+
     ceiling = previous.get("object_boxes")
     if not ceiling and os.path.isfile(os.path.join(photos_dir, "manifest.json")):
         ceiling = pooled_object_boxes([
-            object_box_scores(validation_mosaics(photos_dir, fold, counts["validation"],
-                                                 base_config.clip_seconds, 320),
-                              base_config.eval_size, base_config.ciou_threshold)
+            object_box_scores(validation_of(fold), base_config.eval_size,
+                              base_config.ciou_threshold)
             for fold in range(experiment.FOLDS)])
 
     def write() -> dict:
@@ -466,9 +473,7 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
             train_dir = fold_records(photos_dir, stamps_dir,
                                      os.path.join(output_dir, "data", f"fold{fold}"), fold,
                                      counts, base_config.clip_seconds, log)
-            validation = validation_mosaics(photos_dir, fold, counts["validation"],
-                                            base_config.clip_seconds, 320)
-            folds[fold] = (train_dir, validation)
+            folds[fold] = (train_dir, validation_of(fold))
         train_dir, validation = folds[fold]
         if (fold, config.sample_rate) not in arrays:
             arrays[fold, config.sample_rate] = decoded(validation, config)
@@ -565,14 +570,14 @@ def object_box_scores(validation: Validation, eval_size: int, threshold: float
 
     maps = metrics.consensus_map(validation.object_boxes, eval_size).numpy()
     result, _ = metrics.score_heatmaps(maps, validation.boxes, eval_size, "fixed", threshold)
-    return {m: result[m] for m in ("pointing_game", "ciou_at_0_5", "mean_ciou", "auc", "n")}
+    return {m: result[m] for m in (*metrics.SUMMARY_KEYS, "n")}
 
 
 def pooled_object_boxes(folds: list[dict[str, Any]]) -> dict[str, Any]:
     """The folds' ideal-map scores over their mosaics together."""
-    total = sum(f["n"] for f in folds)
-    return {m: sum(f[m] * f["n"] for f in folds) / max(total, 1)
-            for m in ("pointing_game", "ciou_at_0_5", "mean_ciou", "auc")} | {"n": total}
+    from soundloc_tf import metrics
+
+    return over_mosaics(folds, metrics.SUMMARY_KEYS)
 
 
 def hits_by_class(maps: np.ndarray, validation: Validation) -> dict[str, list[int]]:
@@ -596,10 +601,16 @@ METRICS = ("pointing_game", "ciou_at_0_5", "mean_ciou", "auc", "mismatched_point
 def pooled(folds: dict[str, dict], key: str | None = None) -> dict[str, float]:
     """Each metric over the folds' mosaics together (folds weighted by their mosaics)."""
     parts = [f[key] if key else f for f in folds.values() if not key or key in f]
+    centre = [{"center_box_ciou_at_0_5": p["baselines"]["center_box"]["ciou_at_0_5"],
+               "n": p["n"]} for p in parts]
+    return over_mosaics(parts, METRICS) | over_mosaics(centre, ["center_box_ciou_at_0_5"])
+
+
+def over_mosaics(parts: list[dict], keys) -> dict[str, float]:
+    """Each of `keys` averaged over the parts' mosaics (each part weighted by its `n`), and
+    the total `n`."""
     total = sum(p["n"] for p in parts)
-    return {m: sum(p[m] * p["n"] for p in parts) / max(total, 1) for m in METRICS} | {
-        "n": total, "center_box_ciou_at_0_5": sum(
-            p["baselines"]["center_box"]["ciou_at_0_5"] * p["n"] for p in parts) / max(total, 1)}
+    return {k: sum(p[k] * p["n"] for p in parts) / max(total, 1) for k in keys} | {"n": total}
 
 
 def over_seeds(per_seed: list[dict[str, float]]) -> dict[str, float]:
