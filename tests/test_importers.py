@@ -319,6 +319,95 @@ def test_composites_have_exact_boxes_and_respect_groups(tmp_path):
                                      abs=3)
 
 
+def test_gaussian_blur_keeps_flat_images_and_spreads_an_impulse_by_sigma():
+    flat = np.full([9, 11, 3], 70.0, np.float32)
+    np.testing.assert_allclose(importers.gaussian_blur(flat, 1.5), flat, rtol=1e-6)
+    impulse = np.zeros([41, 41], np.float32)
+    impulse[20, 20] = 1.0
+    blurred = importers.gaussian_blur(impulse, 2.0)
+    assert blurred.sum() == pytest.approx(1.0, abs=1e-5)
+    ys, xs = np.mgrid[:41, :41]
+    assert np.sqrt((blurred * (xs - 20) ** 2).sum()) == pytest.approx(2.0, abs=0.02)
+    assert importers.gaussian_blur(impulse, 0.0) is impulse
+
+
+def _textured_square(size=60):
+    """A noisy red square cut-out with a hard edge, on a flat green background."""
+    rng = np.random.default_rng(3)
+    patch = np.zeros([size, size, 4], np.float32)
+    patch[10:50, 10:50, :3] = RED + rng.normal(0, 25, [40, 40, 3])
+    patch[10:50, 10:50, 3] = 255.0
+    region = np.full([size, size, 3], (40.0, 160.0, 60.0), np.float32)
+    return np.clip(patch, 0, 255), region
+
+
+def test_blended_paste_softens_the_seam_matches_colour_and_never_sharpens():
+    patch, region = _textured_square()
+    alpha = patch[..., 3:] / 255.0
+    plain = alpha * patch[..., :3] + (1 - alpha) * region
+    blended = importers.blend_cutout(patch, region, np.random.default_rng(0))
+    inside = alpha[..., 0] > 0.5
+
+    def seam(image):  # the mean colour step across the square's left edge
+        return float(np.abs(image[10:50, 10] - image[10:50, 9]).mean())
+
+    assert seam(blended) < 0.75 * seam(plain)
+    # The mean colour moved toward the background's, by at most BLEND_COLOUR[1] of the way.
+    moved = (plain[inside].mean(0) - blended[inside].mean(0)) / (
+        plain[inside].mean(0) - region.mean((0, 1)))
+    assert 0.0 <= moved.mean() <= importers.BLEND_COLOUR[1] + 0.05
+    # The background here is flat, so the object is blurred by the largest sigma, not more.
+    interior = np.zeros_like(inside)
+    interior[14:46, 14:46] = True
+    assert importers._sharpness(blended, interior) < importers._sharpness(plain, interior)
+    # Away from the object the background is untouched.
+    np.testing.assert_allclose(blended[:5], region[:5], atol=1e-4)
+    # A background sharper than the object leaves the object's detail as it is.
+    busy = np.random.default_rng(1).uniform(0, 255, region.shape).astype(np.float32)
+    kept = importers.blend_cutout(patch, busy, np.random.default_rng(0))
+    shift = kept[20:40, 20:40] - plain[20:40, 20:40]
+    assert np.abs(shift - shift.mean((0, 1))).max() < 1e-3  # only the colour shift
+
+
+def test_blended_scenes_keep_the_plain_scenes_layout_boxes_and_sound(tmp_path):
+    _make_stamps(tmp_path / "stamps")
+    stamps = importers.load_stamps(str(tmp_path / "stamps"), RATE,
+                                   importers.ImportReport("composites"))
+    for index in range(6):
+        plain = importers.compose_scene(stamps, np.random.default_rng([7, index]), 128, RATE)
+        blended = importers.compose_scene(stamps, np.random.default_rng([7, index]), 128, RATE,
+                                          blend_edges=True)
+        assert blended["box"] == plain["box"] and blended["classes"] == plain["classes"]
+        np.testing.assert_array_equal(blended["mask"], plain["mask"])
+        np.testing.assert_array_equal(blended["waveform"], plain["waveform"])
+        # The fixture's background is flat grey: whatever differs from it is an object, and
+        # blending changes only the objects and a feathered rim around them.
+        footprint = np.abs(plain["image"].astype(int) - 128).max(-1) > 3
+        blended_footprint = np.abs(blended["image"].astype(int) - 128).max(-1) > 3
+        assert footprint.any() and not (blended_footprint & ~_dilate(footprint, 3)).any()
+        assert (blended["image"] != plain["image"]).any()
+    # run_import passes the option through: the same boxes, other pixels.
+    written = {}
+    for blend in (False, True):
+        importers.run_import("composites", str(tmp_path / "stamps"), str(tmp_path / f"{blend}"),
+                             sample_rate=RATE, clip_seconds=1.0, count=3, image_size=128,
+                             blend_edges=blend, progress=io.StringIO())
+        written[blend] = _read(str(tmp_path / f"{blend}"))
+    for key, element in written[True].items():
+        np.testing.assert_array_equal(element["boxes"], written[False][key]["boxes"])
+        assert np.abs(element["image"] - written[False][key]["image"]).max() > 0.05
+
+
+def _dilate(mask, pixels):
+    out = mask.copy()
+    for _ in range(pixels):
+        out[1:] |= out[:-1]
+        out[:-1] |= out[1:]
+        out[:, 1:] |= out[:, :-1]
+        out[:, :-1] |= out[:, 1:]
+    return out
+
+
 @pytest.mark.skipif(not STAMPS.is_dir(), reason=f"real stamps folder absent: {STAMPS}")
 def test_composites_from_the_real_stamps():
     report = importers.ImportReport("composites")

@@ -47,6 +47,9 @@ flags.DEFINE_integer("seed", 0, "composites, mosaics, photos: scene stream (use 
 flags.DEFINE_float("label_fraction", 1.0, "composites, mosaics, photos: fraction of scenes "
                    "marked labeled.")
 flags.DEFINE_integer("max_objects", 3, "composites: objects per scene, at most.")
+flags.DEFINE_boolean("blend_edges", False, "composites: paste with a feathered matte and the "
+                     "background's colour and sharpness, so a seam does not give the object "
+                     "away (the plain paste is the default).")
 flags.DEFINE_integer("grid", 2, "mosaics: tiles per side (2: four photos).")
 flags.DEFINE_integer("folds", 0, "mosaics, photos: leave-photos-out folds (0: every photo); "
                      "composites: with --holdout_photos, leave out that fold's recordings.")
@@ -70,6 +73,7 @@ def main(argv: list[str]) -> None:
                "composites": {"count": FLAGS.count, "image_size": FLAGS.image_size,
                               "seed": FLAGS.seed, "label_fraction": FLAGS.label_fraction,
                               "max_objects": FLAGS.max_objects,
+                              "blend_edges": FLAGS.blend_edges,
                               "holdout_photos": FLAGS.holdout_photos, "folds": FLAGS.folds,
                               "fold": FLAGS.fold}}.get(FLAGS.format)
     if options is None:  # mosaics, photos

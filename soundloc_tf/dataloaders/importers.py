@@ -54,6 +54,13 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 FLICKR_FRAME = 256.0  # Flickr-SoundNet XML boxes are in a 256x256 frame
 # Composites: candidate positions per pasted object; photos: candidate crops per photo.
 PLACEMENT_TRIES = 8
+# Blended pastes (`blend_cutout`): the share of the way an object's mean colour moves toward
+# the background's (drawn per paste), the blurs tried in turn to match the background's
+# sharpness (small: a blurrier object loses what makes it recognisable), and the matte's
+# feather as a share of the cut-out's longest side.
+BLEND_COLOUR = (0.0, 0.3)
+BLEND_BLUR_SIGMAS = (0.0, 0.5, 1.0)
+BLEND_FEATHER = 0.01
 Sample = dict[str, Any]
 
 
@@ -656,16 +663,82 @@ def _background_crop(background: np.ndarray, size: int, rng: np.random.Generator
     return np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BILINEAR))
 
 
+def gaussian_blur(array: np.ndarray, sigma: float) -> np.ndarray:
+    """`array` [H, W] or [H, W, C] (float) blurred with a Gaussian of `sigma` pixels.
+
+    Separable, edges reflected; sigma <= 0 returns the array unchanged.
+    """
+    if sigma <= 0:
+        return array
+    radius = max(int(math.ceil(3 * sigma)), 1)
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    out = array.astype(np.float32)
+    for axis in (0, 1):
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (radius, radius)
+        padded = np.pad(out, pad, mode="reflect" if out.shape[axis] > radius else "edge")
+        length = out.shape[axis]
+        out = sum(w * np.take(padded, np.arange(k, k + length), axis=axis)
+                  for k, w in enumerate(taps))
+    return out.astype(np.float32)
+
+
+def _sharpness(rgb: np.ndarray, where: np.ndarray) -> float:
+    """Mean squared Laplacian of the grey image over `where`: how much fine detail it has."""
+    grey = rgb.mean(axis=-1)
+    padded = np.pad(grey, 1, mode="edge")
+    laplacian = (padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]
+                 - 4 * grey)
+    return float(np.mean(laplacian[where] ** 2)) if where.any() else 0.0
+
+
+def blend_cutout(patch: np.ndarray, region: np.ndarray,
+                 rng: np.random.Generator) -> np.ndarray:
+    """Pastes an RGBA cut-out so that its edge is no cue: the pasted RGB [h, w, 3].
+
+    A hard paste leaves a seam a network can find without knowing what the
+    object is.  Here the object's mean colour moves part of the way
+    (BLEND_COLOUR) toward the background's, it is blurred toward the
+    background's sharpness (never sharpened, at most BLEND_BLUR_SIGMAS[-1]),
+    and its alpha matte is feathered in proportion to its size
+    (BLEND_FEATHER), as "Cut, Paste and Learn" (Dwibedi et al., 2017) blends.
+
+    Args:
+      patch: the cut-out, float [h, w, 4] in 0..255.
+      region: the background under it, float [h, w, 3] in 0..255.
+      rng: draws the strength of the colour match.
+    """
+    rgb, alpha = patch[..., :3], patch[..., 3] / 255.0
+    inside, outside = alpha > 0.5, alpha <= 0.5
+    if inside.any():
+        # The mean only: the object keeps its contrast, so it stays recognisable.
+        strength = rng.uniform(*BLEND_COLOUR)
+        shift = strength * (region.mean(axis=(0, 1)) - rgb[inside].mean(0))
+        rgb = np.clip(rgb + shift, 0.0, 255.0)
+        background = _sharpness(region, outside if outside.any() else np.ones_like(inside))
+        for sigma in BLEND_BLUR_SIGMAS:
+            blurred = gaussian_blur(rgb, sigma)
+            if _sharpness(blurred, inside) <= background:
+                break
+        rgb = blurred
+    feather = BLEND_FEATHER * max(alpha.shape)
+    alpha = np.clip(gaussian_blur(alpha, feather), 0.0, 1.0)[..., None]
+    return alpha * rgb + (1 - alpha) * region
+
+
 def compose_scene(stamps: StampSet, rng: np.random.Generator, size: int, num_samples: int,
                   min_objects: int = 1, max_objects: int = 3,
                   object_size: tuple[float, float] = (0.3, 0.5), snr_db: tuple[float, float]
-                  = (10.0, 30.0)) -> dict[str, Any]:
+                  = (10.0, 30.0), blend_edges: bool = False) -> dict[str, Any]:
     """One scene: background, 1..max_objects cut-outs of distinct groups, one sounding.
 
     The sounding object is pasted last (never occluded); its box is the
     bounding box of its alpha > 0.5 pixels in the final image, so it is
     exact to the pixel.  The sound is a recording of its class, looped to the
-    clip length, plus white noise at a random SNR.
+    clip length, plus white noise at a random SNR.  `blend_edges` pastes with
+    `blend_cutout` (feathered, colour- and blur-matched) instead of the plain
+    alpha; the boxes stay those of the unfeathered alpha.
     """
     by_group: dict[str, list[str]] = collections.defaultdict(list)
     for name in stamps.classes:
@@ -679,6 +752,9 @@ def compose_scene(stamps: StampSet, rng: np.random.Generator, size: int, num_sam
                               size, rng).astype(np.float32)
     boxes = []
     occupied = np.zeros([size, size], bool)
+    # Its own stream (spawning draws nothing from `rng`): a blended scene keeps the layout,
+    # objects and sound of the plain one.
+    blend_rng = rng.spawn(1)[0] if blend_edges else None
     for name in reversed(chosen):  # distractors first, chosen[0] (the source) last
         cutout = stamps.objects[name][rng.integers(len(stamps.objects[name]))]
         longest = rng.uniform(*object_size) * size
@@ -699,7 +775,9 @@ def compose_scene(stamps: StampSet, rng: np.random.Generator, size: int, num_sam
         _, left, top = best
         occupied[top:top + h, left:left + w] |= opaque
         region = canvas[top:top + h, left:left + w]
-        canvas[top:top + h, left:left + w] = alpha * patch[..., :3] + (1 - alpha) * region
+        canvas[top:top + h, left:left + w] = (
+            blend_cutout(patch, region, blend_rng) if blend_edges
+            else alpha * patch[..., :3] + (1 - alpha) * region)
         mask = np.zeros([size, size], bool)
         mask[top:top + h, left:left + w] = alpha[..., 0] > 0.5
         boxes.append(mask)
@@ -721,14 +799,15 @@ def compose_scene(stamps: StampSet, rng: np.random.Generator, size: int, num_sam
 def composite_samples(root: str, sample_rate: int, num_samples: int, report: ImportReport,
                       count: int, image_size: int = 256, seed: int = 0,
                       label_fraction: float = 1.0, max_objects: int = 3,
-                      progress: TextIO | None = None, stamps: StampSet | None = None
-                      ) -> Iterator[Sample]:
+                      progress: TextIO | None = None, stamps: StampSet | None = None,
+                      blend_edges: bool = False) -> Iterator[Sample]:
     stamps = stamps or load_stamps(root, sample_rate, report, progress)
     class_ids = {name: i for i, name in enumerate(stamps.classes)}
     report.notes["classes"] = len(stamps.classes)
     for index in track(range(count), "composites", progress):
         rng = np.random.default_rng([seed, index])
-        scene = compose_scene(stamps, rng, image_size, num_samples, max_objects=max_objects)
+        scene = compose_scene(stamps, rng, image_size, num_samples, max_objects=max_objects,
+                              blend_edges=blend_edges)
         labeled = bool(np.random.default_rng([seed, index, 1]).uniform() < label_fraction)
         report.imported += 1
         yield {"image": records.encode_image(scene["image"], "jpeg"),
@@ -1080,7 +1159,8 @@ def run_import(fmt: str, source: str, output: str, *, sample_rate: int, clip_sec
         samples = composite_samples(source, sample_rate, num_samples, report,
                                     options.get("count", 1000), options.get("image_size", 256),
                                     options.get("seed", 0), options.get("label_fraction", 1.0),
-                                    options.get("max_objects", 3), progress, stamps)
+                                    options.get("max_objects", 3), progress, stamps,
+                                    options.get("blend_edges", False))
 
     def counted() -> Iterator[Sample]:
         yield from samples
