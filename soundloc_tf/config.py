@@ -33,7 +33,7 @@ PRETRAINED_AUDIO_TOWERS = {  # tower -> (sample rate, shortest clip, feature wid
     "soundnet8": (SOUNDNET8_SAMPLE_RATE, SOUNDNET8_MIN_SAMPLES, SOUNDNET8_FEATURE_DIM),
     "yamnet": (YAMNET_SAMPLE_RATE, YAMNET_MIN_SAMPLES, YAMNET_FEATURE_DIM),
 }
-UNSUPERVISED_LOSSES = ("triplet", "infonce", "none")
+UNSUPERVISED_LOSSES = ("triplet", "infonce", "hard_way", "none")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 TOWER_PRECISIONS = ("float32", "bfloat16")
@@ -103,7 +103,14 @@ class Config:
 
     # --- losses -------------------------------------------------------------
     unsupervised_loss: str = "triplet"
+    # InfoNCE's softmax temperature, also that of the hard-way loss (LVS: 0.07).
     infonce_temperature: float = 0.07
+    # The hard-way loss (LVS, Chen et al. 2021; `losses.hard_way_loss`): the cosines where
+    # its soft positive and hard-negative masks cross one half, and their softness
+    # (LVS's epsilon, epsilon' and tau).
+    hard_way_positive_threshold: float = 0.65
+    hard_way_negative_threshold: float = 0.4
+    hard_way_mask_temperature: float = 0.03
     supervised_weight: float = 1.0
     # Fraction of training samples whose annotation the trainer may use.
     label_fraction: float = 0.0
@@ -312,6 +319,12 @@ def _validate(c: Config) -> None:
              attention_temperature=c.attention_temperature)
     _require(c.infonce_temperature > 0, "infonce_temperature must be positive",
              infonce_temperature=c.infonce_temperature)
+    _require(-1 < c.hard_way_negative_threshold < c.hard_way_positive_threshold < 1,
+             "the hard-way thresholds need -1 < negative < positive < 1",
+             hard_way_negative_threshold=c.hard_way_negative_threshold,
+             hard_way_positive_threshold=c.hard_way_positive_threshold)
+    _require(c.hard_way_mask_temperature > 0, "hard_way_mask_temperature must be positive",
+             hard_way_mask_temperature=c.hard_way_mask_temperature)
     _require(c.supervised_weight >= 0, "supervised_weight must be >= 0",
              supervised_weight=c.supervised_weight)
     _require(0.0 <= c.label_fraction <= 1.0, "label_fraction must lie in [0, 1]",

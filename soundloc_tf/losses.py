@@ -1,4 +1,5 @@
-"""Losses of the paper (triplet, supervised attention) and the InfoNCE alternative.
+"""Losses of the paper (triplet, supervised attention) and the later literature's
+alternatives (InfoNCE; LVS's hard-way loss).
 
 Every function returns one value per example; the trainer sums them and
 divides by the global batch (or by the number of labelled examples), so
@@ -25,17 +26,24 @@ def triplet_loss(visual_feature: tf.Tensor, audio_positive: tf.Tensor,
     return tf.reduce_mean(tf.square(p - tf.constant([0.0, 1.0])), axis=-1)
 
 
+def pair_cosines(visual_unit: tf.Tensor, sound_unit: tf.Tensor) -> tf.Tensor:
+    """[N, h, w, C] unit visual vectors x [M, C] unit sound embeddings -> [N, M, hw].
+
+    Entry (i, j, k) is the cosine between sound j and location k of image i.
+    """
+    shape = tf.shape(visual_unit)
+    flat = tf.reshape(visual_unit, [shape[0], -1, shape[3]])  # [N, hw, C]
+    # One matrix product per image, [M, C] x [C, hw], locations along the minor axis: no
+    # [N, M, h, w] transpose of the cosines is written.
+    return tf.matmul(sound_unit, flat, transpose_b=True)
+
+
 def max_pooled_similarity(visual_unit: tf.Tensor, sound_unit: tf.Tensor) -> tf.Tensor:
     """[N, h, w, C] unit visual vectors x [M, C] unit sound embeddings -> [N, M].
 
     Entry (i, j) is the largest cosine between sound j and any location of image i.
     """
-    shape = tf.shape(visual_unit)
-    flat = tf.reshape(visual_unit, [shape[0], -1, shape[3]])  # [N, hw, C]
-    # One matrix product per image, [M, C] x [C, hw], then the max over locations along
-    # the minor axis: no [N, M, h, w] transpose of the cosines is written.
-    cosine = tf.matmul(sound_unit, flat, transpose_b=True)  # [N, M, hw]
-    return tf.reduce_max(cosine, axis=2)
+    return tf.reduce_max(pair_cosines(visual_unit, sound_unit), axis=2)
 
 
 def infonce_loss(image_to_sound: tf.Tensor, sound_to_image: tf.Tensor, labels: tf.Tensor,
@@ -49,6 +57,43 @@ def infonce_loss(image_to_sound: tf.Tensor, sound_to_image: tf.Tensor, labels: t
     a = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, image_to_sound / temperature)
     b = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, sound_to_image / temperature)
     return 0.5 * (a + b)
+
+
+def hard_way_loss(cosines: tf.Tensor, labels: tf.Tensor, temperature: float,
+                  positive_threshold: float, negative_threshold: float,
+                  mask_temperature: float) -> tf.Tensor:
+    """LVS's loss ("Localizing Visual Sounds the Hard Way", Chen et al., CVPR 2021), per image.
+
+    Where InfoNCE scores only each map's peak, this contrasts regions: image
+    i's own map splits softly into a positive region (cosine above
+    `positive_threshold`) and a hard negative one (below `negative_threshold`,
+    the background of the same image), and the positive region's mean cosine
+    must beat both the hard negative's and every other sound's positive-region
+    mean on image i (the easy negatives).
+
+    Args:
+      cosines: [N, M, hw], `pair_cosines` of the N images with all M sounds.
+      labels: [N], the index of each image's own sound among the M.
+      temperature: of the softmax over [positive, hard negative, easy negatives].
+      positive_threshold, negative_threshold: the cosines where the soft masks
+        sigmoid((cos - threshold) / mask_temperature) cross one half.
+      mask_temperature: how soft the masks are.
+    """
+    def masked_mean(values, logits):
+        # Weights sigmoid(logits), normalised in the log domain: a mask whose every weight
+        # underflows (no location near the threshold) still averages its largest ones.
+        return tf.reduce_sum(values * tf.nn.softmax(tf.math.log_sigmoid(logits)), -1)
+
+    # [N, M]: each pair's positive region
+    region = masked_mean(cosines, (cosines - positive_threshold) / mask_temperature)
+    own = tf.gather(cosines, labels, batch_dims=1)  # [N, hw]
+    hard = masked_mean(own, (negative_threshold - own) / mask_temperature)
+    positive = tf.gather(region, labels, batch_dims=1)
+    # The own pair leaves the easy negatives: it is the positive.
+    own_pair = tf.one_hot(labels, tf.shape(cosines)[1], on_value=True, off_value=False)
+    easy = tf.where(own_pair, tf.constant(-1e9, region.dtype), region)
+    logits = tf.concat([positive[:, None], hard[:, None], easy], axis=1) / temperature
+    return -tf.nn.log_softmax(logits, axis=1)[:, 0]
 
 
 def box_target_maps(boxes: tf.Tensor, map_size: int, annotator: tf.Tensor) -> tf.Tensor:

@@ -28,6 +28,8 @@ def test_tiny_preset_map():
     ({"object_identity": 1.5}, "object_identity=1.5"),
     ({"cue_size": 0.6}, "cue_size=0.6"),
     ({"image_tower_precision": "float16"}, "image_tower_precision='float16'"),
+    ({"hard_way_negative_threshold": 0.7}, "hard_way_negative_threshold=0.7"),
+    ({"hard_way_mask_temperature": 0.0}, "hard_way_mask_temperature=0.0"),
 ])
 def test_impossible_values_name_what_was_received(overrides, message):
     with pytest.raises(ValueError, match="Received: .*" + message):

@@ -75,6 +75,21 @@ def test_cached_loss_equals_the_live_loss(model, caches):
         assert float(half[key]) == pytest.approx(value, rel=2e-3, abs=1e-4)
 
 
+@pytest.mark.slow
+def test_cached_hard_way_loss_equals_the_live_one(model, caches):
+    """The hard-way loss reads the cache's raw map, scaled after the product, as InfoNCE."""
+    config = CONFIG.replace(unsupervised_loss="hard_way")
+    batch = next(iter(data.synthetic_dataset(config, 0, count=config.batch_size)
+                      .batch(config.batch_size)))
+    outputs = model({"image": batch["image"], "waveform": batch["waveform"]}, training=True)
+    live = float(training.compute_losses(config, outputs, batch, config.batch_size,
+                                         None)["unsupervised"])
+    cached_batch = next(iter(feature_cache.read_cache(config, caches["float32"], training=False,
+                                                      model=model).batch(config.batch_size)))
+    cached = float(_losses_on_features(config, model, cached_batch)["unsupervised"])
+    assert live > 0.1 and cached == pytest.approx(live, rel=1e-5)
+
+
 @pytest.mark.parametrize("dtype, tolerance", [("bfloat16", 2e-2), ("int8", 2e-2)])
 def test_smaller_caches_stay_close_to_the_live_loss(model, caches, dtype, tolerance):
     """bfloat16 (8-bit mantissa) and int8 (per-channel scales) lose little of the loss."""
@@ -180,7 +195,7 @@ def test_trainer_on_the_cache_takes_the_same_steps_as_live_frozen_training(tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss", ["infonce", "triplet"])
+@pytest.mark.parametrize("loss", ["infonce", "triplet", "hard_way"])
 def test_xla_compiled_update_takes_the_same_steps_as_the_uncompiled_one(tmp_path, caches,
                                                                         single_device_strategy,
                                                                         loss):

@@ -37,6 +37,45 @@ def test_max_pooled_similarity_takes_best_location():
                                [[0.8, 1.0]], rtol=1e-6)
 
 
+def _hard_way(cosines, temperature=0.07):
+    return losses.hard_way_loss(tf.constant(cosines, tf.float32), tf.range(len(cosines)),
+                                temperature, 0.65, 0.4, 0.03).numpy()
+
+
+def test_hard_way_loss_rewards_a_region_that_stands_out_of_its_own_background():
+    # Two images, two sounds, four locations: each image's own sound lights two of them.
+    cosines = np.full([2, 2, 4], 0.1, np.float32)
+    cosines[0, 0, :2] = cosines[1, 1, 2:] = 0.9
+    contrasted = _hard_way(cosines)
+    assert contrasted.max() < 1e-3
+    # The same peak over a bright background: the hard negative now matches the positive.
+    flat_background = cosines.copy()
+    flat_background[0, 0] = flat_background[1, 1] = 0.9
+    assert _hard_way(flat_background).min() > np.log(2.0) - 1e-3
+    # Another sound lighting the image as much as its own is an easy negative that ties.
+    confused = cosines.copy()
+    confused[0, 1, :2] = 0.9
+    assert _hard_way(confused)[0] == pytest.approx(np.log(2.0), abs=1e-3)
+
+
+def test_hard_way_loss_on_known_regions():
+    """Hard masks (tiny mask temperature): the regions' plain means against each other."""
+    cosines = np.array([[[0.9, 0.7, 0.2, 0.0], [0.8, 0.1, 0.1, 0.1]]], np.float32)
+    got = losses.hard_way_loss(tf.constant(cosines), tf.constant([0]), 0.1, 0.65, 0.4,
+                               1e-4).numpy()
+    positive, hard, easy = (0.9 + 0.7) / 2, (0.2 + 0.0) / 2, 0.8
+    logits = np.array([positive, hard, easy]) / 0.1
+    np.testing.assert_allclose(got, [np.log(np.exp(logits).sum()) - logits[0]], rtol=1e-5)
+
+
+def test_hard_way_loss_pushes_the_own_background_down_and_the_region_up():
+    cosines = tf.Variable(np.tile(np.array([0.7, 0.6, 0.3, 0.35], np.float32), [2, 2, 1]))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(losses.hard_way_loss(cosines, tf.range(2), 0.07, 0.65, 0.4, 0.03))
+    own = tape.gradient(loss, cosines).numpy()[0, 0]
+    assert own[0] < 0 and own[2] > 0 and own[3] > 0  # descent raises the region, lowers the rest
+
+
 def test_box_target_covers_cells_by_area_and_sums_to_one():
     boxes = np.zeros([1, 3, 4, 4], np.float32)
     boxes[0, 0, 0] = [0.0, 0.0, 0.5, 0.375]  # 2 cells wide, 1.5 cells high on a 4x4 grid

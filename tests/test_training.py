@@ -56,7 +56,7 @@ def _mirrored_and_single_step(objective: str, workdir: str) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", ["triplet", "infonce"])
+@pytest.mark.parametrize("objective", ["triplet", "infonce", "hard_way"])
 def test_mirrored_step_on_two_cpus_equals_single_device_step(tmp_path, objective):
     # In a fresh interpreter: in the suite's process this step runs collectives after
     # hundreds of other tests, and a TensorFlow abort there (once, in CI) took the whole
@@ -71,7 +71,9 @@ def test_mirrored_step_on_two_cpus_equals_single_device_step(tmp_path, objective
     assert a["supervised"] > 0 and a["unsupervised"] > 0
     for key in ("total", "unsupervised", "supervised"):
         assert a[key] == pytest.approx(b[key], rel=1e-5), key
-    assert step["weight_excess"] <= 1e-6  # |single - mirrored| <= 1e-6 + 1e-4 |mirrored|
+    # |single - mirrored| <= 1e-6 + 1e-4 |mirrored|; the hard-way masks' slope (1 / 0.03)
+    # multiplies the round-off of the replicas' summation order in its gradient.
+    assert step["weight_excess"] <= (5e-6 if objective == "hard_way" else 1e-6)
 
 
 @pytest.mark.slow

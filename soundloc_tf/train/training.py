@@ -122,16 +122,21 @@ def _gather(ctx: tf.distribute.ReplicaContext, x: tf.Tensor) -> tf.Tensor:
     return x if ctx.num_replicas_in_sync == 1 else ctx.all_gather(x, axis=0)
 
 
-def _max_pooled_cosine(visual_map: tf.Tensor, sound_unit: tf.Tensor) -> tf.Tensor:
-    """`losses.max_pooled_similarity` of the normalised map, from the raw cached map.
+def _cosines(ctx, outputs: dict, batch: dict,
+             all_sound: tf.Tensor) -> tf.Tensor:
+    """`losses.pair_cosines` of this replica's images with the global batch's sounds.
 
-    The norms are SoundAttention's own `inverse_norms` (XLA computes them once).
+    From the cache on one replica: (s . v) / |v|, scaled after the product with
+    SoundAttention's own `inverse_norms` (XLA computes them once), so the normalised
+    [N, h, w, C] map, the heads step's largest tensor, is never written and read back.
     """
-    visual = tf.cast(visual_map, tf.float32)
-    shape = tf.shape(visual)
-    flat = tf.reshape(visual, [shape[0], -1, shape[3]])
-    cosines = tf.matmul(sound_unit, flat, transpose_b=True) * inverse_norms(visual)[:, None, :]
-    return tf.reduce_max(cosines, axis=2)
+    if ctx.num_replicas_in_sync == 1 and "visual_map" in batch:
+        visual = tf.cast(batch["visual_map"], tf.float32)
+        shape = tf.shape(visual)
+        flat = tf.reshape(visual, [shape[0], -1, shape[3]])
+        return (tf.matmul(all_sound, flat, transpose_b=True)
+                * inverse_norms(visual)[:, None, :])
+    return losses.pair_cosines(outputs["visual_unit"], all_sound)
 
 
 def compute_losses(config: Config, outputs: dict, batch: dict, global_batch: int,
@@ -155,13 +160,7 @@ def compute_losses(config: Config, outputs: dict, batch: dict, global_batch: int
                                           negative)
     elif config.unsupervised_loss == "infonce":
         all_sound = _gather(ctx, outputs["sound_embedding"])
-        if ctx.num_replicas_in_sync == 1 and "visual_map" in batch:
-            # From the cache on one replica: (s . v) / |v| scaled after the product, so
-            # the normalised [N, h, w, C] map, the heads step's largest tensor, is never
-            # written and read back.
-            image_to_sound = _max_pooled_cosine(batch["visual_map"], all_sound)
-        else:
-            image_to_sound = losses.max_pooled_similarity(outputs["visual_unit"], all_sound)
+        image_to_sound = tf.reduce_max(_cosines(ctx, outputs, batch, all_sound), 2)
         if ctx.num_replicas_in_sync == 1:
             # One replica holds the whole batch: both directions are the same matrix, and
             # computing it once halves the step's largest product.
@@ -172,6 +171,13 @@ def compute_losses(config: Config, outputs: dict, batch: dict, global_batch: int
                 losses.max_pooled_similarity(all_visual, outputs["sound_embedding"]))
         per_example = losses.infonce_loss(image_to_sound, sound_to_image, positions,
                                           config.infonce_temperature)
+    elif config.unsupervised_loss == "hard_way":
+        # Image to sound only, as LVS has it: the regions are the image's.
+        all_sound = _gather(ctx, outputs["sound_embedding"])
+        per_example = losses.hard_way_loss(
+            _cosines(ctx, outputs, batch, all_sound), positions,
+            config.infonce_temperature, config.hard_way_positive_threshold,
+            config.hard_way_negative_threshold, config.hard_way_mask_temperature)
     else:
         per_example = tf.zeros([local])
     terms["unsupervised"] = tf.reduce_sum(per_example) / global_batch
