@@ -122,7 +122,7 @@ def _gather(ctx: tf.distribute.ReplicaContext, x: tf.Tensor) -> tf.Tensor:
     return x if ctx.num_replicas_in_sync == 1 else ctx.all_gather(x, axis=0)
 
 
-def _cosines(ctx, outputs: dict, batch: dict,
+def _cosines(ctx: tf.distribute.ReplicaContext, outputs: dict, batch: dict,
              all_sound: tf.Tensor) -> tf.Tensor:
     """`losses.pair_cosines` of this replica's images with the global batch's sounds.
 
