@@ -112,6 +112,11 @@ class Config:
     hard_way_negative_threshold: float = 0.4
     hard_way_mask_temperature: float = 0.03
     supervised_weight: float = 1.0
+    # The supervised term's softmax temperature over the cosine map; 0 means the attention's
+    # own (attention_temperature). At T = 1 softmax over 400 cells of cosines in [-1, 1]
+    # peaks at most e / (e + 399 / e) = 0.018, so the boxes can hardly shape the map; a
+    # small value here lets them, whatever temperature the attention keeps.
+    supervised_temperature: float = 0.0
     # Fraction of training samples whose annotation the trainer may use.
     label_fraction: float = 0.0
 
@@ -325,6 +330,9 @@ def _validate(c: Config) -> None:
              hard_way_positive_threshold=c.hard_way_positive_threshold)
     _require(c.hard_way_mask_temperature > 0, "hard_way_mask_temperature must be positive",
              hard_way_mask_temperature=c.hard_way_mask_temperature)
+    _require(c.supervised_temperature >= 0 and math.isfinite(c.supervised_temperature),
+             "supervised_temperature must be 0 (the attention's) or a positive number",
+             supervised_temperature=c.supervised_temperature)
     _require(c.supervised_weight >= 0, "supervised_weight must be >= 0",
              supervised_weight=c.supervised_weight)
     _require(0.0 <= c.label_fraction <= 1.0, "label_fraction must lie in [0, 1]",

@@ -124,6 +124,13 @@ def valid_annotators(boxes: tf.Tensor) -> tf.Tensor:
     return tf.reduce_any(areas > 0, axis=-1)
 
 
+def cosine_attention(cosine: tf.Tensor, temperature: float) -> tf.Tensor:
+    """softmax(cos / T) over each [N, m, m] map's cells: the map the supervised term reads
+    when it has a temperature of its own (`Config.supervised_temperature`)."""
+    flat = tf.reshape(cosine, [tf.shape(cosine)[0], -1])
+    return tf.reshape(tf.nn.softmax(flat / temperature, axis=-1), tf.shape(cosine))
+
+
 def attention_supervision_loss(attention: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
     """Cross-entropy -sum_i g_i log(alpha_i) per example (zero where g is empty)."""
     log_alpha = tf.math.log(tf.maximum(attention, _EPS))

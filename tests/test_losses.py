@@ -94,3 +94,44 @@ def test_attention_supervision_is_cross_entropy():
     target = np.array([[[0.5, 0.5], [0, 0]]], np.float32)
     got = losses.attention_supervision_loss(attention, target).numpy()
     assert got[0] == pytest.approx(-np.log(0.25), rel=1e-6)
+
+
+def test_cosine_attention_is_the_softmax_of_the_cosine_map_over_its_cells():
+    cosine = tf.random.stateless_uniform([3, 4, 4], seed=[1, 2], minval=-1.0, maxval=1.0)
+    alpha = losses.cosine_attention(cosine, 0.1)
+    expected = tf.nn.softmax(tf.reshape(cosine, [3, 16]) / 0.1, axis=-1)
+    np.testing.assert_allclose(tf.reshape(alpha, [3, 16]).numpy(), expected.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(tf.reduce_sum(alpha, [1, 2]).numpy(), 1.0, rtol=1e-6)
+
+
+def test_a_supervised_temperature_lets_a_map_that_peaks_in_the_box_score_a_low_loss():
+    """Cosine 1 on the boxed cell and 0 elsewhere, 400 cells: at T = 1 the cross-entropy
+    stays near ln 400 (the boxes cannot shape the map); at T = 0.05 it falls near 0."""
+    from soundloc_tf.config import get_config
+    from soundloc_tf.train import training
+
+    cosine = np.zeros([1, 20, 20], np.float32)
+    cosine[0, 5, 5] = 1.0
+    boxes = np.zeros([1, 1, 1, 4], np.float32)
+    boxes[0, 0, 0] = [5 / 20, 5 / 20, 6 / 20, 6 / 20]
+    batch = {"boxes": tf.constant(boxes), "labeled": tf.constant([True])}
+
+    def supervised(temperature: float) -> float:
+        config = get_config("paper", label_fraction=1.0, unsupervised_loss="none",
+                            supervised_temperature=temperature)
+        outputs = {"attention": losses.cosine_attention(tf.constant(cosine), 1.0),
+                   "cosine": tf.constant(cosine), "score": tf.constant([1.0])}
+        terms = training.compute_losses(config, outputs, batch, 1, tf.constant([0]))
+        return float(terms["supervised"])
+
+    at_one = np.log(np.e + 399) - 1  # -log(e / (e + 399))
+    assert supervised(0.0) == pytest.approx(at_one, rel=1e-5)
+    assert supervised(1.0) == pytest.approx(at_one, rel=1e-5)
+    assert supervised(0.05) == pytest.approx(np.log(1 + 399 * np.exp(-20)), abs=1e-5)
+
+
+def test_a_negative_supervised_temperature_is_refused_naming_it():
+    from soundloc_tf.config import get_config
+
+    with pytest.raises(ValueError, match="supervised_temperature=-1"):
+        get_config("paper", supervised_temperature=-1.0)

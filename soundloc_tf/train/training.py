@@ -189,7 +189,11 @@ def compute_losses(config: Config, outputs: dict, batch: dict, global_batch: int
         labeled = tf.reduce_sum(mask)
         if ctx.num_replicas_in_sync > 1:
             labeled = ctx.all_reduce(tf.distribute.ReduceOp.SUM, labeled)
-        per_example = losses.attention_supervision_loss(outputs["attention"], target) * mask
+        supervised = outputs["attention"]
+        if config.supervised_temperature > 0:
+            supervised = losses.cosine_attention(outputs["cosine"],
+                                                 config.supervised_temperature)
+        per_example = losses.attention_supervision_loss(supervised, target) * mask
         terms["supervised"] = tf.reduce_sum(per_example) / tf.maximum(labeled, 1.0)
     else:
         terms["supervised"] = tf.constant(0.0)
