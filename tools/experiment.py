@@ -6,6 +6,8 @@
   python -m tools.experiment --name=real_material --output_dir=results/real_material [--quick]
 
   python -m tools.experiment --name=real_photos --output_dir=results/real_photos [--quick]
+  python -m tools.experiment --name=within_category --output_dir=results/within_category \
+      [--photos=DIR,DIR] [--quick]
 
 Each experiment's settings (preset, scales, seeds, runs), with what it measures, its command
 and its cost, are a small file in soundloc_tf/experiments/; this tool trains, evaluates and
@@ -40,11 +42,13 @@ from absl import flags
 from soundloc_tf.config import SOUNDNET8_WEIGHTS
 from soundloc_tf.experiments import label_sweep, real_material, superstition
 from soundloc_tf.experiments import real_photos as real_photos_settings
+from soundloc_tf.experiments import within_category
 
 from . import common
 
 EXPERIMENTS = {"label_sweep": label_sweep, "superstition": superstition,
-               "real_material": real_material, "real_photos": real_photos_settings}
+               "real_material": real_material, "real_photos": real_photos_settings,
+               "within_category": within_category}
 AUDIO_GAP_FLOOR = 0.05  # a pointing gap below this: the map hardly depends on the sound
 VALIDATION_SCENES = 64  # the Trainer's end-of-run validation (logged to TensorBoard only)
 STAMPS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
@@ -67,8 +71,9 @@ flags.DEFINE_string("test_records", None, "real_material: test records; default:
                     "built into <output_dir>/data/test.")
 flags.DEFINE_string("stamps", os.path.normpath(STAMPS_DIR), "real_material: the stamps folder "
                     "(objects, sounds, backgrounds) the composites are built from.")
-flags.DEFINE_string("photos", os.path.normpath(PHOTOS_DIR), "real_photos: the whole photos "
-                    "with boxes and their recordings (photos/, sounds/, manifest.json).")
+flags.DEFINE_list("photos", [os.path.normpath(PHOTOS_DIR)], "real_photos, within_category: "
+                  "the whole photos with boxes and their recordings (photos/, sounds/, "
+                  "manifest.json); within_category merges several, comma-separated.")
 flags.DEFINE_boolean("summarize_only", False, "Train nothing: rewrite the JSON, markdown and "
                      "plots from the runs that finished (e.g. after the code or the preset "
                      "changed); the tables then state the finished runs' own configuration.")
@@ -783,14 +788,28 @@ def main(argv: list[str]) -> None:
     except ValueError:
         raise ValueError(f"--seeds takes comma-separated integers. Received: "
                          f"{','.join(FLAGS.seeds)}") from None
+    if FLAGS.name == "within_category":
+        from soundloc_tf.train.training import make_strategy
+
+        config = config_lib.get_config(
+            preset, **{**within_category.SCALES[scale], **explicit})
+        command = "python -m tools.experiment " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        summary = within_category.run_within_category(
+            config, FLAGS.output_dir, scale, FLAGS.photos, FLAGS.stamps, make_strategy(),
+            environment(), command, FLAGS.runs, seeds=seeds)
+        print(summary["markdown"])
+        return
     if FLAGS.name == "real_photos":
+        if len(FLAGS.photos) != 1:
+            raise ValueError(f"real_photos takes one --photos folder. Received: "
+                             f"{','.join(FLAGS.photos)}")
         from soundloc_tf.train.training import make_strategy
         from . import real_photos
 
         config = config_lib.get_config(
             preset, **{**EXPERIMENTS["real_photos"].SCALES[scale], **explicit})
         command = "python -m tools.experiment " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        summary = real_photos.run_real_photos(config, FLAGS.output_dir, scale, FLAGS.photos,
+        summary = real_photos.run_real_photos(config, FLAGS.output_dir, scale, FLAGS.photos[0],
                                               FLAGS.stamps, make_strategy(), environment(),
                                               command, FLAGS.runs, seeds=seeds)
         print(f"Wrote {os.path.join(FLAGS.output_dir, 'real_photos.json')}: "

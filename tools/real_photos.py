@@ -46,6 +46,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from soundloc_tf.experiments import real_photos as experiment
+from soundloc_tf.experiments.photo_eval import (TowerOutputs, composed_labels, decoded,
+                                                model_maps, serving_maps, tower_outputs,
+                                                wav_bytes)
 
 # The realsets' recordings' rate; the reader resamples to the audio tower's.
 PHOTO_SAMPLE_RATE = 16000
@@ -55,11 +58,6 @@ VALIDATION_DURING_TRAINING = 8
 MAP_PROTOCOLS = ("fixed", "lvs", "ezvsl")
 OVERLAY_MOSAICS = 3  # per fold, in overlays_fold<k>.png
 RESUMED = " ; then "  # joins the commands of a resumed experiment in its summary
-
-
-# The ids `importers` gives scenes it composed (a composite, a mosaic): their box is where
-# the sounding object or tile was put, known without anyone drawing it.
-COMPOSED_IDS = r"(composite|mosaics)/.*"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,15 +76,6 @@ class Run:
 def runs() -> list[Run]:
     """The rows of soundloc_tf/experiments/real_photos.py."""
     return [Run(*row) for row in experiment.rows()]
-
-
-def composed_labels(dataset_fn: Callable) -> Callable:
-    """A Trainer dataset function whose composed scenes are labelled and whole photos not."""
-    import tensorflow as tf
-
-    return lambda start: dataset_fn(start).map(
-        lambda sample: {**sample, "labeled": tf.strings.regex_full_match(sample["id"],
-                                                                         COMPOSED_IDS)})
 
 
 # ---------------------------------------------------------------------------
@@ -143,14 +132,6 @@ class Validation:
     object_boxes: np.ndarray
 
 
-def wav_bytes(waveform: np.ndarray, sample_rate: int) -> bytes:
-    import soundfile
-
-    buffer = io.BytesIO()
-    soundfile.write(buffer, waveform, sample_rate, subtype="PCM_16", format="WAV")
-    return buffer.getvalue()
-
-
 def validation_mosaics(photos_dir: str, fold: int, count: int, clip_seconds: float,
                        image_size: int) -> Validation:
     """`count` mosaics of the fold's own photos and recordings, not augmented."""
@@ -191,34 +172,6 @@ def validation_mosaics(photos_dir: str, fold: int, count: int, clip_seconds: flo
     return out
 
 
-def decoded(validation: Validation, config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Images [N, S, S, 3] in [0, 1] and both waveforms at the config's rate and length.
-
-    The images go through the SavedModel's own decoder, as training's records and served
-    queries do: another JPEG decoder moves pixels by up to 17/255 and, on maps this flat,
-    the peaks of some mosaics with them. The waveforms are resampled as the records are.
-    """
-    import soundfile
-    import tensorflow as tf
-
-    from soundloc_tf.dataloaders import audio_io
-    from soundloc_tf.inference import export
-
-    size, n = config.image_size, config.num_samples
-    decode = tf.function(lambda contents: export.decode_image(contents, size))
-    images = np.stack([decode(tf.constant(b)).numpy() for b in validation.images])
-
-    def waves(items: list[bytes]) -> np.ndarray:
-        out = []
-        for raw in items:
-            wave, rate = soundfile.read(io.BytesIO(raw), dtype="float32")
-            wave = audio_io.resample(wave, rate, config.sample_rate)[:n]
-            out.append(np.pad(wave, [0, n - len(wave)]))
-        return np.stack(out)
-
-    return images, waves(validation.matched), waves(validation.mismatched)
-
-
 # ---------------------------------------------------------------------------
 # Scoring.
 
@@ -245,60 +198,11 @@ def score(maps: np.ndarray, mismatched_maps: np.ndarray, boxes: np.ndarray,
             "per_image_ciou": [float(c) for c in per_image]}
 
 
-@dataclasses.dataclass
-class TowerOutputs:
-    """The frozen towers' outputs on a fold's validation mosaics and both their sounds."""
-
-    visual: np.ndarray  # [N, m, m, C]
-    matched: np.ndarray  # [N, D]
-    mismatched: np.ndarray  # [N, D]
-
-
-def tower_outputs(model, images: np.ndarray, matched: np.ndarray, mismatched: np.ndarray,
-                  batch: int = 8) -> TowerOutputs:
-    """Runs the model's towers once; every run on the same towers reuses the outputs (the
-    feature cache's reasoning, applied to validation)."""
-    from soundloc_tf.modeling import models
-
-    towers = models.split_model(model)
-
-    def run(tower, values: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.asarray(tower(values[i:i + batch], training=False))
-                               for i in range(0, len(values), batch)])
-
-    return TowerOutputs(run(towers.image, images), run(towers.audio, matched),
-                        run(towers.audio, mismatched))
-
-
-def model_maps(model, visual: np.ndarray, audio: np.ndarray, batch: int = 25) -> np.ndarray:
-    """The model's attention maps [N, m, m] from its towers' outputs, through its localiser
-    (the path training and evaluation share)."""
-    from soundloc_tf.modeling import models
-
-    localizer = models.split_model(model).localizer
-    return np.concatenate([np.asarray(localizer([visual[i:i + batch], audio[i:i + batch]],
-                                                training=False)["attention"])
-                           for i in range(0, len(visual), batch)])
-
-
 def cache_name(towers: str, seed: int) -> str:
     """The feature cache of a tower set: random towers are drawn from the model seed, so
     each seed has its own; loaded weights are the same at every seed."""
     loaded = all(w != "none" for w in experiment.TOWER_SETS[towers].values())
     return towers if loaded else f"{towers}_seed{seed}"
-
-
-def serving_maps(signature, images: list[bytes], sounds: list[bytes],
-                 batch: int = 8) -> np.ndarray:
-    """Heat maps from a SavedModel's serving_default, queried with JPEG and WAV bytes."""
-    import tensorflow as tf
-
-    out = []
-    for i in range(0, len(images), batch):
-        result = signature(image_bytes=tf.constant(images[i:i + batch]),
-                           wav_bytes=tf.constant(sounds[i:i + batch]))
-        out.append(result["heatmap"].numpy())
-    return np.concatenate(out)
 
 
 def write_overlays(path: str, images: np.ndarray, maps: np.ndarray, other_maps: np.ndarray,
@@ -476,7 +380,8 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
             folds[fold] = (train_dir, validation_of(fold))
         train_dir, validation = folds[fold]
         if (fold, config.sample_rate) not in arrays:
-            arrays[fold, config.sample_rate] = decoded(validation, config)
+            arrays[fold, config.sample_rate] = decoded(validation.images, validation.matched,
+                                                   validation.mismatched, config)
         return (train_dir, validation, *arrays[fold, config.sample_rate])
 
     # Run-major: the first rows (the chosen recipe) are complete before the ablations start.

@@ -968,7 +968,7 @@ def training_pairs(photo_set: PhotoSet, fold: dict[str, list[str]],
             for name in fold["classes"]}
 
 
-def _square(image: np.ndarray, boxes: list[list[float]], size: int,
+def square_photo(image: np.ndarray, boxes: list[list[float]], size: int,
             rng: np.random.Generator | None) -> tuple[np.ndarray, list[list[float]]]:
     """The photo squeezed to size x size, after a random crop when `rng` is given.
 
@@ -1033,7 +1033,7 @@ def compose_mosaic(photo_set: PhotoSet, rng: np.random.Generator, size: int, num
     tile_boxes = []
     for t, photo in enumerate(chosen):
         row, col = divmod(t, grid)
-        tile, _ = _square(photo["image"], photo["boxes"], side, rng if augment else None)
+        tile, _ = square_photo(photo["image"], photo["boxes"], side, rng if augment else None)
         canvas[row * side:(row + 1) * side, col * side:(col + 1) * side] = tile
         tile_boxes.append([col / grid, row / grid, (col + 1) / grid, (row + 1) / grid])
     sounding = int(rng.integers(tiles))
@@ -1055,7 +1055,7 @@ def compose_photo(photo_set: PhotoSet, rng: np.random.Generator, size: int, num_
     pairs = [(p, s) for p in photo_set.photos for s in photo_set.sounds
              if s["class"] == p["class"]]
     photo, sound = (pairs[rng.integers(len(pairs))] if augment else pairs[index % len(pairs)])
-    image, boxes = _square(photo["image"], photo["boxes"], size, rng if augment else None)
+    image, boxes = square_photo(photo["image"], photo["boxes"], size, rng if augment else None)
     return {"image": image, "waveform": loop_to(sound["waveform"], num_samples),
             "boxes": boxes, "class": photo["class"], "photos": [photo["file"]],
             "sound": sound["file"]}

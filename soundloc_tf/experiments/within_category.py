@@ -1,0 +1,619 @@
+"""Real photos, validated so that it does not flatter: mosaics within one category.
+
+  python -m tools.experiment --name=within_category --output_dir=results/within_category \
+      [--photos=DIR[,DIR...]] [--runs=KEY,...] [--quick]
+
+Mosaics that mix music and animal tiles are solved by the pretrained towers alone (they
+already tell music from animals), so they say little about whether the map follows the
+sound. Here every validation mosaic holds four photos of one category (four animals of
+distinct sound groups; four instruments), none of them, nor the recording played, ever in
+training. Per fold (`instance_folds`, leave-photos-and-recordings-out):
+
+  training    composites of ../shared/realsets/stamps, 2x2 mosaics and single photos of
+              the photos and recordings the fold does not hold out; one sound group per
+              fold is left out of training entirely (photos, cut-outs and recordings):
+              the leave-class-out row
+  validation  2x2 mosaics of the fold's held-out photos, one category each, with a
+              held-out recording of one tile (pointing: the peak in that tile, chance
+              0.25), and the same mosaic with another tile's recording (mismatched: how
+              often the peak stays on the first tile); the gap is their difference, the
+              map's dependence on the sound
+
+Every number is reported per category, pooled over folds per seed, as the mean and the
+population sd over model seeds (`MODEL_SEEDS`), with the per-class pointing and its
+minimum. Mosaics whose sounding class was left out of training are scored in their own row.
+Cost on 2 cores at full scale: a feature cache of 700 scenes per fold (6-9 min), the
+validation towers per fold (1-2 min), 1,000 cached steps per run (1-3 min).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import io
+import json
+import os
+import time
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+PRESET = "paper_yamnet"
+FOLDS = 3
+GRID = 2
+# The photo sets' recordings' rate; the reader resamples to the audio tower's.
+SAMPLE_RATE = 16000
+# The training image side of the paper's VGG16 (records are written at it).
+IMAGE_SIZE = 320
+# Training scenes per fold and source, and validation mosaics per fold and category.
+COUNTS: dict[str, dict[str, int]] = {
+    "quick": {"composites": 12, "mosaics": 12, "photos": 4, "validation": 8},
+    "full": {"composites": 300, "mosaics": 300, "photos": 100, "validation": 60},
+}
+SCALES: dict[str, dict[str, Any]] = {
+    "quick": {"image_size": 64, "clip_seconds": 10.0, "train_steps": 10, "batch_size": 8,
+              "log_every": 5, "checkpoint_every": 10, "eval_every": 10,
+              "num_summary_images": 0},
+    "full": {"train_steps": 1000, "log_every": 100,
+             "checkpoint_every": 500, "eval_every": 1000, "num_summary_images": 0},
+}
+# Data seeds: the training scenes and the validation mosaics; model seeds: initialisation
+# and data order of each run.
+DATA_SEEDS = {"train": 0, "validation": 1}
+MODEL_SEEDS = {"quick": (0,), "full": (0, 1, 2)}
+# Recordings never used: `realsets/stamps/sounds/duck__0.wav` may be a speed-shifted copy of
+# reserved evaluation material (../shared/realsets/CLEARED.md).
+EXCLUDED_SOURCES = ("usr/share/tuxpaint/stamps/animals/birds/duck.ogg",)
+# Which category each class of ../shared/realsets belongs to; a photo set's manifest may
+# name its own classes' categories (`categories`: class -> category).
+CATEGORIES: dict[str, str] = {
+    **{name: "animals" for name in (
+        "bear", "bison", "blackbird", "cat", "cow", "crow", "cuckoo", "dog", "duck", "fox",
+        "frog", "goat", "goose", "gorilla", "hen", "horse", "lark", "lion", "pig", "rooster",
+        "sheep", "tiger", "turkey", "whale")},
+    **{name: "music" for name in (
+        "cello", "cymbal", "didgeridoo", "drum_kit", "floor_tom", "folk_band", "hand_drum",
+        "mariachi", "orchestra", "rock_band", "taiko", "violin")},
+}
+FINAL_RUN = "recommended"
+# The Trainer's own validation (TensorBoard): the first held-out mosaics of a fold.
+VALIDATION_DURING_TRAINING = 8
+_CHOSEN = {"unsupervised_loss": "infonce", "attention_relu": False, "label_fraction": 1.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One row: config fields over the preset (and the YAMNet towers)."""
+
+    key: str
+    description: str
+    overrides: dict
+
+
+def runs() -> list[Run]:
+    """The rows: the recommended recipe first, then one change each."""
+    return [
+        Run("recommended", "paper_yamnet: InfoNCE, softmax(cos/1.0), composed boxes",
+            {**_CHOSEN, "attention_temperature": 1.0}),
+        Run("temperature_0.1", "the same with softmax(cos/0.1)",
+            {**_CHOSEN, "attention_temperature": 0.1}),
+        Run("supervised_0.1", "the same, its supervised term on softmax(cos/0.1)",
+            {**_CHOSEN, "attention_temperature": 1.0, "supervised_temperature": 0.1}),
+        Run("unsupervised", "InfoNCE, softmax(cos/1.0), no labels",
+            {**_CHOSEN, "attention_temperature": 1.0, "label_fraction": 0.0}),
+    ]
+
+
+# ---------------------------------------------------------------------------
+# Material and folds.
+
+
+def load_material(photos_dirs: Iterable[str], log: Callable[[str], None] = print):
+    """The photo sets merged into one `importers.PhotoSet` and their classes' categories.
+
+    Files are prefixed by their set's folder name, so two sets may reuse a file name; a
+    recording shipped in two sets keeps one source, so holding it out holds out both.
+    """
+    from soundloc_tf.dataloaders import importers
+
+    photos, sounds, groups, categories = [], [], {}, dict(CATEGORIES)
+    for root in photos_dirs:
+        report = importers.ImportReport("within_category")
+        part = importers.load_photo_set(root, SAMPLE_RATE, report, io.StringIO())
+        tag = os.path.basename(os.path.normpath(root))
+        with open(os.path.join(root, "manifest.json")) as f:
+            categories.update({str(k): str(v) for k, v in
+                               (json.load(f).get("categories") or {}).items()})
+        photos += [{**p, "file": f"{tag}/{p['file']}"} for p in part.photos]
+        sounds += [{**s, "file": f"{tag}/{s['file']}"} for s in part.sounds
+                   if s["source"] not in EXCLUDED_SOURCES]
+        groups.update(part.groups)
+        log(f"{root}: {len(part.photos)} photos, {len(part.sounds)} recordings, "
+            f"{len(part.groups)} classes")
+    unknown = sorted({p["class"] for p in photos} - set(categories))
+    if unknown:
+        raise ValueError(f"classes without a category (add them to within_category.CATEGORIES "
+                         f"or to the set's manifest `categories`). Received: {unknown}")
+    return importers.PhotoSet(",".join(photos_dirs), groups, photos, sounds), categories
+
+
+def instance_folds(photo_set, categories: dict[str, str], num_folds: int
+                   ) -> list[dict[str, list[str]]]:
+    """Leave-photos-and-recordings-out folds, each holding out as many groups of each
+    category as it can.
+
+    Every photo is held out in exactly one fold, a class's photos in different folds; a
+    class's recordings go to the folds that hold out its photos (round robin), so a held-out
+    photo can sound with a recording never heard in training. The fold's left-out group
+    (`left_out`), one of its held-out animal groups in turn, is removed from training
+    entirely: how the model finds a class it was never shown.
+    """
+    if num_folds < 2:
+        raise ValueError(f"num_folds must be >= 2. Received: num_folds={num_folds}")
+    held_photos: list[list[dict]] = [[] for _ in range(num_folds)]
+    held_sounds: list[list[dict]] = [[] for _ in range(num_folds)]
+    by_class: dict[str, list[dict]] = collections.defaultdict(list)
+    for photo in sorted(photo_set.photos, key=lambda p: p["file"]):
+        by_class[photo["class"]].append(photo)
+
+    def groups_in(k: int, category: str) -> set[str]:
+        return {photo_set.groups[p["class"]] for p in held_photos[k]
+                if categories[p["class"]] == category}
+
+    # Classes with the most photos first, so the single-photo classes even out the folds.
+    for name in sorted(by_class, key=lambda c: (-len(by_class[c]), categories[c], c)):
+        category, group, used = categories[name], photo_set.groups[name], []
+        for photo in by_class[name]:
+            free = [k for k in range(num_folds) if k not in used] or list(range(num_folds))
+            k = min(free, key=lambda k: (group in groups_in(k, category),
+                                         len(groups_in(k, category)), len(held_photos[k]), k))
+            held_photos[k].append(photo)
+            used.append(k)
+        recordings = sorted((s for s in photo_set.sounds if s["class"] == name),
+                            key=lambda s: s["file"])
+        for i, sound in enumerate(recordings):
+            held_sounds[used[i % len(used)]].append(sound)
+    folds = []
+    for k in range(num_folds):
+        animal_groups = sorted(groups_in(k, "animals"))
+        left_out = animal_groups[k % len(animal_groups)] if animal_groups else ""
+        folds.append({
+            "photos": sorted(p["file"] for p in held_photos[k]),
+            "sounds": sorted(s["file"] for s in held_sounds[k]),
+            "sources": sorted({s["source"] for s in held_sounds[k]}),
+            "classes": sorted({p["class"] for p in held_photos[k]}),
+            "left_out": left_out,
+            "left_out_classes": sorted(c for c, g in photo_set.groups.items() if g == left_out)})
+    return folds
+
+
+def training_set(photo_set, stamps, fold: dict):
+    """The fold's training photos and recordings, and stamps: nothing it holds out, no
+    recording of a held-out source, nothing of its left-out group."""
+    gone = set(fold["left_out_classes"])
+    held = set(fold["photos"]) | set(fold["sounds"])
+    sources = set(fold["sources"])
+    photos = dataclasses.replace(
+        photo_set, photos=[p for p in photo_set.photos
+                           if p["file"] not in held and p["class"] not in gone],
+        sounds=[s for s in photo_set.sounds if s["file"] not in held
+                and s["source"] not in sources and s["class"] not in gone])
+    gone |= {c for c, g in stamps.groups.items() if g == fold["left_out"]}
+    classes = [c for c in stamps.classes if c not in gone and stamps.sounds.get(c)]
+    return photos, dataclasses.replace(stamps, classes=classes)
+
+
+def fold_records(photo_set, stamps_dir: str, fold: dict, index: int, directory: str,
+                 counts: dict[str, int], clip_seconds: float,
+                 log: Callable[[str], None]) -> str:
+    """The fold's training records (composites, mosaics, photos), written once.
+
+    Composites and mosaics are labelled (composing them gives their boxes), whole photos
+    not: the recommended recipe trains on no hand-drawn box.
+    """
+    from soundloc_tf.dataloaders import importers, records
+
+    if os.path.exists(os.path.join(directory, records.MANIFEST)):
+        return directory
+    num_samples = int(round(SAMPLE_RATE * clip_seconds))
+    report = importers.ImportReport("within_category")
+    stamps = importers.load_stamps(stamps_dir, SAMPLE_RATE, report, io.StringIO(),
+                                   exclude_sources=[*fold["sources"], *EXCLUDED_SOURCES])
+    photos, stamps = training_set(photo_set, stamps, fold)
+    class_ids = {c: i for i, c in enumerate(sorted(set(photo_set.groups) | set(stamps.classes)))}
+    seed = DATA_SEEDS["train"]
+
+    def samples():
+        for i in range(counts["composites"]):
+            scene = importers.compose_scene(stamps, np.random.default_rng([seed, i]),
+                                            IMAGE_SIZE, num_samples)
+            yield {"image": records.encode_image(scene["image"], "jpeg"),
+                   "waveform": scene["waveform"], "sample_rate": SAMPLE_RATE,
+                   "boxes": [[scene["box"]]], "labeled": True,
+                   "class_id": class_ids[scene["class"]], "id": f"composite/{seed}/{i}"}
+        for i in range(counts["mosaics"]):
+            scene = importers.compose_mosaic(photos, np.random.default_rng([seed, 1, i]),
+                                             IMAGE_SIZE, num_samples, GRID, augment=True)
+            yield {"image": records.encode_image(scene["image"], "jpeg"),
+                   "waveform": scene["waveform"], "sample_rate": SAMPLE_RATE,
+                   "boxes": [[scene["box"]]], "labeled": True,
+                   "class_id": class_ids[scene["classes"][scene["sounding"]]],
+                   "id": f"mosaics/{seed}/{i}"}
+        for i in range(counts["photos"]):
+            scene = importers.compose_photo(photos, np.random.default_rng([seed, 2, i]),
+                                            IMAGE_SIZE, num_samples, i, augment=True)
+            yield {"image": records.encode_image(scene["image"], "jpeg"),
+                   "waveform": scene["waveform"], "sample_rate": SAMPLE_RATE,
+                   "boxes": [scene["boxes"]], "labeled": False,
+                   "class_id": class_ids[scene["class"]], "id": f"photos/{seed}/{i}"}
+
+    log(f"fold {index}: writing training records (held out: {', '.join(fold['classes'])}; "
+        f"left out: {fold['left_out'] or 'none'})")
+    records.write_records(samples(), directory, sample_rate=SAMPLE_RATE,
+                          clip_seconds=clip_seconds, source="within_category",
+                          extra={"fold": index, "held_out": fold,
+                                 "stamps_classes": stamps.classes,
+                                 "photo_classes": sorted({p["class"] for p in photos.photos}
+                                                         & {s["class"] for s in photos.sounds})})
+    return directory
+
+
+# ---------------------------------------------------------------------------
+# Validation mosaics.
+
+
+@dataclasses.dataclass
+class Mosaics:
+    """One fold's validation mosaics of one category, as a client would send them."""
+
+    category: str
+    images: list[bytes]  # JPEG
+    matched: list[bytes]  # WAV of a held-out recording of the sounding tile
+    mismatched: list[bytes]  # WAV of a held-out recording of the partner tile
+    classes: list[list[str]]  # the tiles' classes, row-major
+    sounding: list[int]
+    partners: list[int]
+
+
+def category_mosaics(photo_set, fold: dict, category: str, categories: dict[str, str],
+                     count: int, clip_seconds: float, seed: int) -> Mosaics | None:
+    """`count` unaugmented mosaics of the fold's held-out photos of one category (tiles of
+    distinct groups), or None when the fold holds out fewer groups than tiles."""
+    from soundloc_tf.dataloaders import importers, records
+    from soundloc_tf.experiments.photo_eval import wav_bytes
+
+    tiles = GRID * GRID
+    held = [p for p in photo_set.photos if p["file"] in set(fold["photos"])
+            and categories[p["class"]] == category]
+    recordings: dict[str, list[dict]] = collections.defaultdict(list)
+    for sound in photo_set.sounds:
+        if sound["file"] in set(fold["sounds"]):
+            recordings[sound["class"]].append(sound)
+    by_group: dict[str, list[dict]] = collections.defaultdict(list)
+    for photo in held:
+        by_group[photo_set.groups[photo["class"]]].append(photo)
+    names = sorted(by_group)
+    heard = [g for g in names if any(recordings[p["class"]] for p in by_group[g])]
+    if len(names) < tiles or len(heard) < 2:
+        return None
+    num_samples = int(round(SAMPLE_RATE * clip_seconds))
+    side = IMAGE_SIZE // GRID
+    out = Mosaics(category, [], [], [], [], [], [])
+    for i in range(count):
+        rng = np.random.default_rng([seed, i])
+        # Two tiles that can sound (a held-out recording of their class), then the rest.
+        first = list(rng.choice(heard, size=2, replace=False))
+        rest = [g for g in names if g not in first]
+        chosen_groups = first + list(rng.choice(rest, size=tiles - 2, replace=False))
+        order = rng.permutation(tiles)
+        photos = [None] * tiles
+        for slot, group in zip(order, chosen_groups):
+            options = by_group[group]
+            if group in first:
+                options = [p for p in options if recordings[p["class"]]]
+            photos[slot] = options[rng.integers(len(options))]
+        canvas = np.zeros([side * GRID, side * GRID, 3], np.uint8)
+        for t, photo in enumerate(photos):
+            row, col = divmod(t, GRID)
+            canvas[row * side:(row + 1) * side, col * side:(col + 1) * side], _ = \
+                importers.square_photo(photo["image"], photo["boxes"], side, None)
+        sounding, partner = int(order[0]), int(order[1])
+
+        def sound_of(tile: int) -> bytes:
+            options = recordings[photos[tile]["class"]]
+            wave = importers.loop_to(options[rng.integers(len(options))]["waveform"],
+                                     num_samples)
+            return wav_bytes(wave, SAMPLE_RATE)
+
+        out.images.append(records.encode_image(canvas, "jpeg"))
+        out.matched.append(sound_of(sounding))
+        out.mismatched.append(sound_of(partner))
+        out.classes.append([p["class"] for p in photos])
+        out.sounding.append(sounding)
+        out.partners.append(partner)
+    return out
+
+
+def peak_tiles(maps: np.ndarray) -> np.ndarray:
+    """The mosaic tile (row-major) of each map's peak."""
+    n, height, width = maps.shape
+    peak = maps.reshape(n, -1).argmax(axis=1)
+    return (peak // width) * GRID // height * GRID + (peak % width) * GRID // width
+
+
+def score(maps: np.ndarray, mismatched_maps: np.ndarray, mosaics: Mosaics,
+          left_out: set[str]) -> dict[str, Any]:
+    """Per mosaic: does the peak land on the sounding tile, with its sound and with the
+    partner's; split by whether the sounding class was left out of training."""
+    hit = peak_tiles(maps) == np.array(mosaics.sounding)
+    stays = peak_tiles(mismatched_maps) == np.array(mosaics.sounding)
+    out: dict[str, Any] = {}
+    for part, wanted in (("seen", False), ("left_out", True)):
+        rows = [i for i, tiles in enumerate(mosaics.classes)
+                if (tiles[mosaics.sounding[i]] in left_out) == wanted]
+        by_class: dict[str, list[int]] = {}
+        for i in rows:
+            counts = by_class.setdefault(mosaics.classes[i][mosaics.sounding[i]], [0, 0])
+            counts[0] += int(hit[i])
+            counts[1] += 1
+        out[part] = {"hits": int(hit[rows].sum()) if rows else 0,
+                     "mismatched_hits": int(stays[rows].sum()) if rows else 0,
+                     "n": len(rows), "by_class": dict(sorted(by_class.items()))}
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Pooling and the table.
+
+
+def pooled(folds: Iterable[dict], category: str, part: str) -> dict[str, Any] | None:
+    """One seed's folds together: pointing, mismatched pointing, gap, per-class pointing."""
+    cells = [f[category][part] for f in folds if category in f]
+    n = sum(c["n"] for c in cells)
+    if not n:
+        return None
+    by_class: dict[str, list[int]] = {}
+    for cell in cells:
+        for name, (hits, count) in cell["by_class"].items():
+            total = by_class.setdefault(name, [0, 0])
+            total[0] += hits
+            total[1] += count
+    pointing = sum(c["hits"] for c in cells) / n
+    mismatched = sum(c["mismatched_hits"] for c in cells) / n
+    classes = {name: hits / count for name, (hits, count) in sorted(by_class.items())}
+    return {"pointing": pointing, "mismatched": mismatched, "gap": pointing - mismatched,
+            "by_class": classes, "class_min": min(classes.values()), "n": n}
+
+
+def over_seeds(per_seed: list[dict]) -> dict[str, Any]:
+    """Mean and population sd (numpy's default, ddof=0) over seeds of each pooled metric."""
+    out: dict[str, Any] = {"seeds": len(per_seed), "n": per_seed[0]["n"]}
+    for metric in ("pointing", "mismatched", "gap", "class_min"):
+        values = np.array([p[metric] for p in per_seed])
+        out[metric], out[metric + "_sd"] = float(values.mean()), float(values.std())
+    names = sorted({c for p in per_seed for c in p["by_class"]})
+    out["by_class"] = {c: float(np.mean([p["by_class"][c] for p in per_seed
+                                         if c in p["by_class"]])) for c in names}
+    return out
+
+
+def summarise(results: dict, num_folds: int) -> dict[str, Any]:
+    """Per run, category and part ("seen", "left_out", "served"): the mean ± sd over the
+    seeds whose folds are all done."""
+    table: dict[str, Any] = {}
+    for key, run in results.items():
+        for category in sorted({c for folds in run["seeds"].values() for f in folds.values()
+                                for c in f if c not in ("served", "machine")}):
+            for part in ("seen", "left_out"):
+                per_seed = [p for folds in run["seeds"].values() if len(folds) == num_folds
+                            and (p := pooled(folds.values(), category, part))]
+                if per_seed:
+                    table.setdefault(key, {}).setdefault(category, {})[part] = \
+                        over_seeds(per_seed)
+            served = [p for folds in run["seeds"].values() if len(folds) == num_folds
+                      and all("served" in f for f in folds.values())
+                      and (p := pooled([f["served"] for f in folds.values()], category,
+                                       "seen"))]
+            if served:
+                table[key][category]["served"] = over_seeds(served)
+    return table
+
+
+def _cell(row: dict, metric: str, signed: bool = False) -> str:
+    value = f"{row[metric]:+.3f}" if signed else f"{row[metric]:.3f}"
+    return value + (f" ± {row[metric + '_sd']:.3f}" if row["seeds"] > 1 else "")
+
+
+PART_NAMES = {"seen": "held-out photos and recordings",
+              "left_out": "leave-class-out (no training pair of the class or its group)",
+              "served": "exported, `serving_default`, JPEG + WAV bytes"}
+
+
+def markdown(summary: dict) -> str:
+    """The tables: one row per run, category and part; then the per-class pointing."""
+    lines = ["Mean ± sd (population, ddof=0) over model seeds; each seed pools its folds' "
+             "mosaics. Chance pointing 0.25.", "",
+             "| run | category | validation | pointing | mismatched | gap | min class | "
+             "mosaics x seeds |", "|---|---|---|---|---|---|---|---|"]
+    for key, categories in summary["table"].items():
+        for category, parts in categories.items():
+            for part, row in parts.items():
+                lines.append(f"| {key} | {category} | {PART_NAMES[part]} | "
+                             f"{_cell(row, 'pointing')} | {_cell(row, 'mismatched')} | "
+                             f"{_cell(row, 'gap', signed=True)} | {_cell(row, 'class_min')} | "
+                             f"{row['n']} x {row['seeds']} |")
+    for key, categories in summary["table"].items():
+        for category, parts in categories.items():
+            row = parts.get("seen")
+            if not row:
+                continue
+            names = list(row["by_class"])
+            lines += ["", f"{key}, {category}: pointing by sounding class (mean over seeds)",
+                      "", "| " + " | ".join(names) + " |", "|" + "---|" * len(names),
+                      "| " + " | ".join(f"{row['by_class'][c]:.2f}" for c in names) + " |"]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# The experiment.
+
+
+def cache_key(config) -> str:
+    """The frozen towers' outputs a run trains on: runs that agree share a feature cache."""
+    return "_".join(str(getattr(config, field, "")) for field in (
+        "image_weights", "audio_tower", "audio_feature", "image_size", "clip_seconds"))
+
+
+def trainer_validation(arrays: tuple, mosaics: Mosaics, fold: int):
+    """The first held-out mosaics with their sounds and sounding tiles, for the Trainer's
+    TensorBoard."""
+    import tensorflow as tf
+
+    from soundloc_tf.dataloaders import data
+
+    images, matched, _ = arrays
+    k = min(VALIDATION_DURING_TRAINING, len(images))
+    boxes = np.zeros([k, data.MAX_ANNOTATORS, data.MAX_BOXES, 4], np.float32)
+    for i in range(k):
+        row, col = divmod(mosaics.sounding[i], GRID)
+        boxes[i, 0, 0] = [col / GRID, row / GRID, (col + 1) / GRID, (row + 1) / GRID]
+    return tf.data.Dataset.from_tensor_slices({
+        "image": images[:k], "waveform": matched[:k], "boxes": boxes,
+        "labeled": np.ones([k], bool), "class_id": np.full([k], -1, np.int32),
+        "id": [f"validation/fold{fold}/{i}" for i in range(k)]})
+
+
+def run_within_category(base_config, output_dir: str, scale: str, photos_dirs: list[str],
+                        stamps_dir: str, strategy, environment: dict, command: str,
+                        runs_filter: list[str] | None = None,
+                        seeds: list[int] | None = None,
+                        log: Callable[[str], None] = print) -> dict:
+    """Every fold of every run (resumable: finished folds are kept), the served check of
+    FINAL_RUN's first seed, and the summary JSON and markdown."""
+    import keras
+    import tensorflow as tf
+
+    from soundloc_tf.dataloaders import records
+    from soundloc_tf.experiments import photo_eval
+    from soundloc_tf.inference import export
+    from soundloc_tf.train import feature_cache
+    from soundloc_tf.train.training import Trainer
+
+    plan = runs()
+    if runs_filter:
+        unknown = sorted(set(runs_filter) - {r.key for r in plan})
+        if unknown:
+            raise ValueError(f"unknown run(s); expected some of {[r.key for r in plan]}. "
+                             f"Received: {unknown}")
+        plan = [r for r in plan if r.key in runs_filter]
+    for path in [*photos_dirs, stamps_dir]:
+        if not os.path.isfile(os.path.join(path, "manifest.json")):
+            raise ValueError(f"within_category needs real material with a manifest.json "
+                             f"(../shared/realsets). Received: {path!r}")
+    counts, seeds = COUNTS[scale], list(seeds or MODEL_SEEDS[scale])
+    photo_set, categories = load_material(photos_dirs, log)
+    folds = instance_folds(photo_set, categories, FOLDS)
+    summary_path = os.path.join(output_dir, "within_category.json")
+    previous: dict[str, Any] = {}
+    if os.path.exists(summary_path):
+        with open(summary_path) as f:
+            previous = json.load(f)
+    results: dict[str, Any] = previous.get("runs", {})
+    started = time.perf_counter() - previous.get("seconds", 0.0)
+    validation: dict[int, list[Mosaics]] = {}
+    # (fold, category, towers): the mosaics decoded at the tower's rate, the towers' outputs.
+    arrays: dict[tuple[int, str, str], tuple] = {}
+    towers: dict[tuple[int, str, str], photo_eval.TowerOutputs] = {}
+
+    def write() -> dict:
+        summary = {"schema": "soundloc.experiment/1", "experiment": "within_category",
+                   "command": command, "description": __doc__.split("\n\n")[1],
+                   "scale": scale, "folds": folds, "counts": counts, "model_seeds": seeds,
+                   "photos": photos_dirs, "final_run": FINAL_RUN,
+                   "seconds": round(time.perf_counter() - started, 1),
+                   "environment": environment, "runs": results}
+        summary["table"] = summarise(results, FOLDS)
+        summary["markdown"] = markdown(summary)
+        os.makedirs(output_dir, exist_ok=True)
+        with open(summary_path + ".tmp", "w") as f:
+            json.dump(summary, f, indent=1)
+        os.replace(summary_path + ".tmp", summary_path)
+        with open(os.path.join(output_dir, "within_category.md"), "w") as f:
+            f.write(summary["markdown"])
+        return summary
+
+    for run in plan:
+        entry = results.setdefault(run.key, {"description": run.description,
+                                             "overrides": run.overrides, "seeds": {}})
+        for seed in seeds:
+            for k, fold in enumerate(folds):
+                done = entry["seeds"].setdefault(str(seed), {})
+                tag = f"[fold {k} {run.key} seed {seed}]"
+                if str(k) in done:
+                    continue
+                config = base_config.replace(**run.overrides, train_seed=seed)
+                if k not in validation:
+                    validation[k] = [m for c in sorted(set(categories.values()))
+                                     if (m := category_mosaics(
+                                         photo_set, fold, c, categories, counts["validation"],
+                                         config.clip_seconds, DATA_SEEDS["validation"] + k))]
+                    log(f"fold {k}: validation " + ", ".join(
+                        f"{m.category} {len(m.images)}" for m in validation[k]))
+                train_dir = fold_records(photo_set, stamps_dir, fold, k,
+                                         os.path.join(output_dir, "data", f"fold{k}"), counts,
+                                         config.clip_seconds, log)
+                for mosaics in validation[k]:
+                    key = (k, mosaics.category, cache_key(config))
+                    if key not in arrays:
+                        arrays[key] = photo_eval.decoded(mosaics.images, mosaics.matched,
+                                                         mosaics.mismatched, config)
+                keras.backend.clear_session()
+                keras.utils.set_random_seed(seed)
+                run_dir = os.path.join(output_dir, "runs", f"fold{k}", f"{run.key}_seed{seed}")
+                trainer = Trainer(config, run_dir, strategy,
+                                  validation=trainer_validation(
+                                      arrays[k, validation[k][0].category, cache_key(config)],
+                                      validation[k][0], k),
+                                  log=lambda m: log(f"{tag} {m}"))
+                cache_dir = os.path.join(output_dir, "feature_cache", f"fold{k}",
+                                         cache_key(config))
+                source = records.read_records(config, train_dir, training=False, verify=False)
+                manifest = feature_cache.ensure_cache(trainer.model, config, source, cache_dir,
+                                                      log=log)
+                trainer.use_feature_cache(photo_eval.composed_labels(
+                    feature_cache.cache_dataset_fn(
+                        config, cache_dir, in_memory=feature_cache.fits_in_memory(manifest))))
+                trainer.train()
+                model = trainer.model
+                fold_result: dict[str, Any] = {"machine": environment.get("machine", "unknown")}
+                left_out = set(fold["left_out_classes"])
+                served_parts: dict[str, Any] = {}
+                signature = None
+                if run.key == FINAL_RUN and seed == seeds[0]:
+                    path = export.export_model(model, config, os.path.join(run_dir, "export"),
+                                               extra_info={"experiment": "within_category",
+                                                           "fold": k, "train_seed": seed})
+                    signature = tf.saved_model.load(path).signatures["serving_default"]
+                for mosaics in validation[k]:
+                    key = (k, mosaics.category, cache_key(config))
+                    if key not in towers:
+                        towers[key] = photo_eval.tower_outputs(model, *arrays[key])
+                    out = towers[key]
+                    fold_result[mosaics.category] = score(
+                        photo_eval.model_maps(model, out.visual, out.matched),
+                        photo_eval.model_maps(model, out.visual, out.mismatched),
+                        mosaics, left_out)
+                    if signature is not None:
+                        served_parts[mosaics.category] = score(
+                            photo_eval.serving_maps(signature, mosaics.images, mosaics.matched),
+                            photo_eval.serving_maps(signature, mosaics.images,
+                                                    mosaics.mismatched), mosaics, left_out)
+                if signature is not None:
+                    fold_result["served"] = served_parts
+                done[str(k)] = fold_result
+                log(f"{tag} " + "; ".join(
+                    f"{c}: pointing {r['seen']['hits']}/{r['seen']['n']}, mismatched "
+                    f"{r['seen']['mismatched_hits']}/{r['seen']['n']}"
+                    for c, r in fold_result.items() if c not in ("machine", "served")))
+                write()
+    return write()
