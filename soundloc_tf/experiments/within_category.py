@@ -83,11 +83,14 @@ _CHOSEN = {"unsupervised_loss": "infonce", "attention_relu": False, "label_fract
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One row: config fields over the preset (and the YAMNet towers)."""
+    """One row: config fields over the preset, and which training scenes are labelled
+    ("composed": composites and mosaics, whose boxes come from composing them; "all": the
+    whole photos too, with the boxes drawn on them by eye)."""
 
     key: str
     description: str
     overrides: dict
+    labels: str = "composed"
 
 
 def runs() -> list[Run]:
@@ -99,6 +102,9 @@ def runs() -> list[Run]:
             {**_CHOSEN, "attention_temperature": 0.1}),
         Run("supervised_0.1", "the same, its supervised term on softmax(cos/0.1)",
             {**_CHOSEN, "attention_temperature": 1.0, "supervised_temperature": 0.1}),
+        Run("photo_boxes", "the supervised term on softmax(cos/0.1), whole photos' drawn boxes "
+            "labelled too", {**_CHOSEN, "attention_temperature": 1.0,
+                             "supervised_temperature": 0.1}, labels="all"),
         Run("unsupervised", "InfoNCE, softmax(cos/1.0), no labels",
             {**_CHOSEN, "attention_temperature": 1.0, "label_fraction": 0.0}),
     ]
@@ -208,8 +214,9 @@ def fold_records(photo_set, stamps_dir: str, fold: dict, index: int, directory: 
                  log: Callable[[str], None]) -> str:
     """The fold's training records (composites, mosaics, photos), written once.
 
-    Composites and mosaics are labelled (composing them gives their boxes), whole photos
-    not: the recommended recipe trains on no hand-drawn box.
+    Every scene is written labelled; a run whose `labels` is "composed" unlabels the
+    whole photos as it reads them (`photo_eval.composed_labels`), so the recommended
+    recipe trains on no hand-drawn box.
     """
     from soundloc_tf.dataloaders import importers, records
 
@@ -244,7 +251,7 @@ def fold_records(photo_set, stamps_dir: str, fold: dict, index: int, directory: 
                                             IMAGE_SIZE, num_samples, i, augment=True)
             yield {"image": records.encode_image(scene["image"], "jpeg"),
                    "waveform": scene["waveform"], "sample_rate": SAMPLE_RATE,
-                   "boxes": [scene["boxes"]], "labeled": False,
+                   "boxes": [scene["boxes"]], "labeled": True,
                    "class_id": class_ids[scene["class"]], "id": f"photos/{seed}/{i}"}
 
     log(f"fold {index}: writing training records (held out: {', '.join(fold['classes'])}; "
@@ -544,7 +551,8 @@ def run_within_category(base_config, output_dir: str, scale: str, photos_dirs: l
 
     for run in plan:
         entry = results.setdefault(run.key, {"description": run.description,
-                                             "overrides": run.overrides, "seeds": {}})
+                                             "overrides": run.overrides,
+                                             "labels": run.labels, "seeds": {}})
         for seed in seeds:
             for k, fold in enumerate(folds):
                 done = entry["seeds"].setdefault(str(seed), {})
@@ -580,9 +588,10 @@ def run_within_category(base_config, output_dir: str, scale: str, photos_dirs: l
                 source = records.read_records(config, train_dir, training=False, verify=False)
                 manifest = feature_cache.ensure_cache(trainer.model, config, source, cache_dir,
                                                       log=log)
-                trainer.use_feature_cache(photo_eval.composed_labels(
-                    feature_cache.cache_dataset_fn(
-                        config, cache_dir, in_memory=feature_cache.fits_in_memory(manifest))))
+                dataset_fn = feature_cache.cache_dataset_fn(
+                    config, cache_dir, in_memory=feature_cache.fits_in_memory(manifest))
+                trainer.use_feature_cache(photo_eval.composed_labels(dataset_fn)
+                                          if run.labels == "composed" else dataset_fn)
                 trainer.train()
                 model = trainer.model
                 fold_result: dict[str, Any] = {"machine": environment.get("machine", "unknown")}
