@@ -30,14 +30,16 @@ the manifest before reading and refuses a corrupted or truncated shard.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 import time
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -529,18 +531,19 @@ def read_records(config: Config, path_or_pattern: str, training: bool, seed: int
     records = resolve(os.fspath(path_or_pattern))
     if verify:
         verify_shards(records)
-    features = records.manifest["features"]
-    audio_dtype = features.get("audio_dtype", "int16")
-    if audio_dtype not in AUDIO_DTYPES:
-        raise ValueError(f"unknown audio_dtype in the manifest. Received: {audio_dtype!r}")
     repeat = training if repeat is None else repeat
-    override = None
-    if annotations is not None:
-        from soundloc_tf.dataloaders import annotations as annotations_lib
+    decode = _decoder(config, records, training, seed, annotations)
+    dataset = _serialized(records, training, seed, repeat, num_shards, shard_index)
+    if start:
+        dataset = dataset.skip(start)
+    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.with_options(_shard_options(num_shards))
 
-        labels = annotations_lib.training_labels(os.fspath(annotations), record_ids(records))
-        override = annotations_lib.element_override(labels)
 
+def _serialized(records: RecordSet, training: bool, seed: int, repeat: bool,
+                num_shards: int = 1, shard_index: int = 0) -> tf.data.Dataset:
+    """`records` -> (position, serialized example) in `read_records`' order, undecoded, so
+    a resume skips before the costly decode."""
     files = tf.data.Dataset.from_tensor_slices(list(records.files))
     if num_shards > 1:
         files = files.shard(num_shards, shard_index) if len(records.files) >= num_shards \
@@ -560,10 +563,21 @@ def read_records(config: Config, path_or_pattern: str, training: bool, seed: int
         dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
-    dataset = dataset.enumerate()
-    if start:
-        dataset = dataset.skip(start)
+    return dataset.enumerate()
 
+
+def _decoder(config: Config, records: RecordSet, training: bool, seed: int,
+             annotations: str | None) -> Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]:
+    """(position, serialized) -> the element; augmentation keyed by (seed, position)."""
+    audio_dtype = records.manifest["features"].get("audio_dtype", "int16")
+    if audio_dtype not in AUDIO_DTYPES:
+        raise ValueError(f"unknown audio_dtype in the manifest. Received: {audio_dtype!r}")
+    override = None
+    if annotations is not None:
+        from soundloc_tf.dataloaders import annotations as annotations_lib
+
+        labels = annotations_lib.training_labels(os.fspath(annotations), record_ids(records))
+        override = annotations_lib.element_override(labels)
     source_rate = records.sample_rate
 
     def decode(position, serialized):
@@ -573,12 +587,15 @@ def read_records(config: Config, path_or_pattern: str, training: bool, seed: int
             element = override(element)
         return _decode(element, config, training, source_rate, key)
 
-    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return decode
+
+
+def _shard_options(num_shards: int) -> tf.data.Options:
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.OFF if num_shards > 1
         else tf.data.experimental.AutoShardPolicy.AUTO)
-    return dataset.with_options(options)
+    return options
 
 
 def record_ids(records: RecordSet) -> list[str]:
@@ -622,3 +639,218 @@ def iterate_examples(path_or_pattern: str, verify: bool = True) -> Iterator[dict
     for serialized in tf.data.TFRecordDataset(list(records.files)):
         element = _parse(serialized, dtype)
         yield {k: v.numpy() for k, v in element.items()}
+
+
+# ---------------------------------------------------------------------------
+# Several record sets in one run.
+
+LIST_SEPARATOR = ","
+# In an annotations list, the item for a set that keeps the labels its records hold.
+OWN_LABELS = "-"
+# Hex digits of a set's fingerprint in its `key`: enough that two sets never collide.
+KEY_DIGITS = 12
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordSource:
+    """One record set of a run's list, as `parse_record_sets` checked it.
+
+    Attributes:
+      spec: the directory or shard pattern as given (what the log names).
+      records: the shards it resolves to.
+      weight: its share of a training mix; the shares of a list sum to 1.
+      annotations: its annotation layer, or None where the records' own labels train.
+    """
+
+    spec: str
+    records: RecordSet
+    weight: float
+    annotations: str | None = None
+
+    @property
+    def count(self) -> int:
+        return self.records.count
+
+    @functools.cached_property
+    def labeled(self) -> int:
+        """The pairs the supervised term can use: the manifest's count for a whole directory
+        with its own labels; counted through `count_labeled` (a read of the set) for a shard
+        pattern or an annotation layer, which the manifest does not describe."""
+        whole = len(self.records.files) == len(self.records.manifest["shards"])
+        if whole and self.annotations is None:
+            return int(self.records.manifest["labeled"])
+        return count_labeled(self.spec, self.annotations)[0]
+
+    @property
+    def key(self) -> str:
+        """`<directory name>-<digest>` over the set's shard checksums and its layer: equal
+        only for the same pairs with the same labels, whatever the list's order (names a
+        per-set feature cache)."""
+        checksums = {s["file"]: s["sha256"] for s in self.records.manifest["shards"]}
+        digest = hashlib.sha256()
+        for path in sorted(self.records.files):
+            digest.update(checksums[os.path.basename(path)].encode())
+        if self.annotations is not None:
+            digest.update(sha256_of(self.annotations).encode())
+        name = os.path.basename(os.path.normpath(self.records.directory))
+        return f"{name}-{digest.hexdigest()[:KEY_DIGITS]}"
+
+
+def _split_list(value: str | Sequence[str], received: str) -> list[str]:
+    items = value.split(LIST_SEPARATOR) if isinstance(value, str) else list(value)
+    items = [os.fspath(item).strip() for item in items]
+    if not items or not all(items):
+        raise ValueError(f"a list has an empty item (a doubled, leading or trailing comma?). "
+                         f"Received: {received}")
+    return items
+
+
+def parse_record_sets(records: str | Sequence[str],
+                      weights: str | Sequence[float] | None = None,
+                      annotations: str | Sequence[str] | None = None) -> list[RecordSource]:
+    """Checks a run's list of record sets whole, before anything is read.
+
+    Reads only the manifests (no TensorFlow op runs, so a multi-worker strategy
+    can still be set up afterwards).
+
+    Args:
+      records: record directories or shard patterns, as a list or one comma-separated
+        string "A,B,C" (so a path cannot hold a comma).
+      weights: each set's share of the training mix, aligned with `records` (a list or
+        "0.5,0.3,0.2"), normalised to sum 1. None mixes in proportion to each set's size:
+        every pair is then as likely as in one concatenated set, so adding a small set
+        never over-samples it unasked; weights do that on purpose.
+      annotations: annotation layers aligned with `records`, OWN_LABELS ("-") for a set
+        that keeps its records' labels. One layer for several sets is refused: a layer
+        labels the pairs of one set, and which one would be a guess.
+
+    Returns:
+      One `RecordSource` per set, in the order given.
+
+    Raises:
+      ValueError: naming what was received, for an empty item, a set that does not
+        exist, a set listed twice (also under another spelling or as a pattern of the
+        same shards), weights not one per set, a weight that is not a finite number > 0,
+        or layers not one per set.
+    """
+    received = f"records={records!r}"
+    if weights is not None:
+        received += f", weights={weights!r}"
+    if annotations is not None:
+        received += f", annotations={annotations!r}"
+    specs = _split_list(records, received)
+    shares = [1.0] * len(specs)
+    if weights is not None:
+        try:
+            shares = [float(w) for w in _split_list(weights, received)] \
+                if isinstance(weights, str) else [float(w) for w in weights]
+        except ValueError:
+            raise ValueError(f"weights are numbers. Received: {received}") from None
+        if len(shares) != len(specs):
+            raise ValueError(f"need one weight per record set ({len(specs)} sets, "
+                             f"{len(shares)} weights). Received: {received}")
+        if not all(math.isfinite(w) and w > 0 for w in shares):
+            raise ValueError(f"every weight must be a finite number > 0. Received: {received}")
+    layers: list[str | None] = [None] * len(specs)
+    if annotations is not None:
+        layers = [None if a == OWN_LABELS else a for a in _split_list(annotations, received)]
+        if len(layers) != len(specs):
+            raise ValueError(f"need one annotation layer per record set ('{OWN_LABELS}' for a "
+                             f"set's own labels; {len(specs)} sets, {len(layers)} layers). "
+                             f"Received: {received}")
+    resolved, owner = [], {}
+    for spec in specs:
+        if not (os.path.isdir(spec) or glob.glob(spec)):
+            raise ValueError(f"no record files match: record set {spec!r} is no directory "
+                             f"and matches no shard. Received: {received}")
+        record_set = resolve(spec)
+        for path in map(os.path.realpath, record_set.files):
+            if path in owner:
+                raise ValueError(f"record sets {owner[path]!r} and {spec!r} share shards; list "
+                                 f"each set once (a weight sets its share). Received: {received}")
+            owner[path] = spec
+        resolved.append(record_set)
+    if weights is None:
+        shares = [float(r.count) for r in resolved]
+    total = sum(shares)
+    return [RecordSource(spec, record_set, share / total, layer)
+            for spec, record_set, share, layer in zip(specs, resolved, shares, layers)]
+
+
+def mix_datasets(datasets: Sequence[tf.data.Dataset], weights: Sequence[float],
+                 seed: int) -> tf.data.Dataset:
+    """Endless datasets -> one drawing each element from datasets[i] with probability
+    weights[i].
+
+    The draws are a function of `seed` alone (rerandomize_each_iteration=False), so
+    every pipeline built with the same seed makes the same draws: a resume that skips
+    `start` elements of a new pipeline continues the old one exactly.
+    """
+    return tf.data.Dataset.sample_from_datasets(list(datasets), weights=list(weights),
+                                                seed=seed, rerandomize_each_iteration=False)
+
+
+def read_record_sets(config: Config, sources: Sequence[RecordSource], training: bool,
+                     seed: int = 0, start: int = 0, verify: bool = True) -> tf.data.Dataset:
+    """Several record sets -> one unbatched dataset of `data.element_spec(config)`.
+
+    Training mixes the sets' endless streams with `mix_datasets`, each element from
+    set i with probability sources[i].weight. Set i is shuffled and augmented as
+    `read_records` does with seed `seed + i` (other sets, other orders), the draws
+    are seeded with `seed`, and `start` skips the mix before any decoding. So a
+    resume makes the same draws from the same streams: exact when the files are
+    unchanged, as for one set. Evaluation concatenates the sets in the order given.
+    One set reads exactly as `read_records` reads it.
+
+    Args:
+      config: the run's config (image size, audio window).
+      sources: from `parse_record_sets`.
+      training: mix, shuffle, augment and repeat; else concatenate, in order, once.
+      seed: the run's training seed.
+      start: elements to skip (resume at step * global batch).
+      verify: check every shard's checksum first (see `verify_shards`).
+    """
+    if not sources:
+        raise ValueError(f"need at least one record set. Received: sources={sources!r}")
+    if start < 0:
+        raise ValueError(f"start must be >= 0. Received: start={start}")
+    streams, decoders = [], []
+    for index, source in enumerate(sources):
+        if verify:
+            verify_shards(source.records)
+        set_seed = seed + index
+        decoders.append(_decoder(config, source.records, training, set_seed,
+                                 source.annotations))
+        stream = _serialized(source.records, training, set_seed, repeat=training)
+        streams.append(stream.map(lambda position, serialized, index=index:
+                                  (tf.constant(index, tf.int32), position, serialized)))
+    if len(streams) == 1:
+        dataset = streams[0]
+    elif training:
+        dataset = mix_datasets(streams, [s.weight for s in sources], seed)
+    else:
+        dataset = functools.reduce(tf.data.Dataset.concatenate, streams)
+    if start:
+        dataset = dataset.skip(start)
+
+    def decode(index, position, serialized):
+        return tf.switch_case(index, [functools.partial(d, position, serialized)
+                                      for d in decoders])
+
+    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.with_options(_shard_options(num_shards=1))
+
+
+def describe_record_sets(sources: Sequence[RecordSource], training: bool) -> list[str]:
+    """One log line per set: its path, pairs, labelled pairs and, training, its weight.
+
+    Counting labelled pairs reads a set given as a shard pattern or with a layer (see
+    `RecordSource.labeled`), so call it after any multi-worker set-up.
+    """
+    lines = []
+    for source in sources:
+        layer = f" (annotation layer {source.annotations})" if source.annotations else ""
+        line = (f"{'Training' if training else 'Validation'} records {source.spec}: "
+                f"{source.count} pairs, {source.labeled} labelled{layer}")
+        lines.append(line + (f", weight {source.weight:.3f}" if training else ""))
+    return lines
