@@ -24,7 +24,7 @@ import json
 import os
 import time
 import weakref
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -251,11 +251,14 @@ def in_memory_bytes(manifest: dict) -> int:
     return size
 
 
-def fits_in_memory(manifest: dict, fraction: float = IN_MEMORY_FRACTION) -> bool:
-    """Whether the cache `manifest` describes, held in memory, takes less than `fraction`
-    of the available RAM."""
+def fits_in_memory(manifest: dict | Sequence[dict],
+                   fraction: float = IN_MEMORY_FRACTION) -> bool:
+    """Whether the cache `manifest` describes (or the caches of a list, together), held in
+    memory, takes less than `fraction` of the available RAM."""
+    manifests = [manifest] if isinstance(manifest, dict) else manifest
     available = available_memory_bytes()
-    return available is not None and in_memory_bytes(manifest) < fraction * available
+    return (available is not None
+            and sum(in_memory_bytes(m) for m in manifests) < fraction * available)
 
 
 # One traced tower function per (model, dtype, int8 ranges): caching several datasets with
@@ -351,12 +354,34 @@ def ensure_cache(model: keras.Model, config: Config, source: tf.data.Dataset, di
     return manifest
 
 
-def cache_dataset_fn(config: Config, directory: str,
-                     in_memory: bool = False) -> Callable[[int], tf.data.Dataset]:
+def cache_dataset_fn(config: Config, directory: str | Sequence[str], in_memory: bool = False,
+                     weights: Sequence[float] | None = None) -> Callable[[int], tf.data.Dataset]:
     """A `Trainer` dataset function over the cache: seeded shuffle, resumable at `start`.
 
     Call it after `ensure_cache`, which has already checked the cache against
     `model`'s towers; every stream it returns still verifies the shard checksums.
+
+    Args:
+      config: the run's config (its train_seed seeds the shuffles and the mix).
+      directory: one cache, or one cache per record set of a mixed run.
+      in_memory: hold the caches in RAM (see `read_cache`).
+      weights: with several caches, each one's share of the mix (`records.mix_datasets`
+        with the run's seed: the same choice of set, element by element, as
+        `records.read_record_sets` makes). A resume skips parsed elements of the mix
+        (the towers do not run again).
     """
-    return lambda start: read_cache(config, directory, training=True, seed=config.train_seed,
-                                    start=start, in_memory=in_memory)
+    if isinstance(directory, str):
+        return lambda start: read_cache(config, directory, training=True,
+                                        seed=config.train_seed, start=start,
+                                        in_memory=in_memory)
+    if weights is None or len(weights) != len(directory):
+        raise ValueError(f"several caches need one weight each. Received: "
+                         f"directory={directory!r}, weights={weights!r}")
+
+    def mixed(start: int) -> tf.data.Dataset:
+        streams = [read_cache(config, path, training=True, seed=config.train_seed + index,
+                              in_memory=in_memory) for index, path in enumerate(directory)]
+        dataset = records.mix_datasets(streams, weights, config.train_seed)
+        return dataset.skip(start) if start else dataset
+
+    return mixed
