@@ -148,9 +148,10 @@ def test_cached_tower_mode_builds_the_cache_once_then_reuses_it(tmp_path):
     assert config["freeze_image_tower"] is True and config["freeze_audio_tower"] is True
     # The flags outside Config are recorded too: config.json describes the whole run.
     assert config["run_flags"] == {
-        "preset": "tiny", "records": None, "annotations": None, "validation_records": None,
-        "tower_mode": "cached", "feature_cache": None, "cache_dtype": "int8",
-        "cache_image_tower": "model", "cache_in_memory": "auto", "cache_samples": 16}
+        "preset": "tiny", "records": None, "records_weights": None, "annotations": None,
+        "validation_records": None, "tower_mode": "cached", "feature_cache": None,
+        "cache_dtype": "int8", "cache_image_tower": "model", "cache_in_memory": "auto",
+        "cache_samples": 16}
     second = _run("train", *args, "--train_steps=4")
     assert second.returncode == 0, second.stderr
     assert "16 samples (reused)" in second.stdout and "Resumed" in second.stdout
