@@ -29,9 +29,33 @@ YAMNET_SAMPLE_RATE = 16000
 YAMNET_MIN_SAMPLES = 15600
 YAMNET_FEATURE_DIM = 1024
 YAMNET_WEIGHTS = "~/.keras/models/yamnet.weights.h5"
-PRETRAINED_AUDIO_TOWERS = {  # tower -> (sample rate, shortest clip, feature width)
+PRETRAINED_AUDIO_TOWERS = {  # tower -> (sample rate, shortest clip, default feature width)
     "soundnet8": (SOUNDNET8_SAMPLE_RATE, SOUNDNET8_MIN_SAMPLES, SOUNDNET8_FEATURE_DIM),
     "yamnet": (YAMNET_SAMPLE_RATE, YAMNET_MIN_SAMPLES, YAMNET_FEATURE_DIM),
+}
+# SoundNet-8's conv8 heads: 1,000 ImageNet objects (the paper's feature) and 401 Places
+# scenes. YAMNet's classifier: 521 AudioSet classes.
+SOUNDNET8_SCENE_DIM = 401
+YAMNET_NUM_CLASSES = 521
+# audio_feature: which output of the audio tower is the sound feature. "default" is the
+# tower's own, the first entry of its table (the log-mel tower has only its learned one,
+# whose width audio_feature_dim sets). Widths, which audio_feature_dim must equal:
+#   soundnet8  class_logits / class_probs  the object head over time: mean of the logits,
+#                                          or of the softmax of every conv8 step (each step
+#                                          was trained by KL to a softmax teacher)
+#              scene_logits / scene_probs  the same for the Places scene head
+#   yamnet     embedding                   the patches' mean 1,024-d embedding
+#              class_logits / class_probs  the 521 AudioSet logits averaged over the
+#                                          patches, or the mean of each patch's sigmoid
+#                                          scores (YAMNet is multi-label; its own demo
+#                                          averages the scores, not the logits)
+DEFAULT_AUDIO_FEATURE = "default"
+AUDIO_FEATURES: dict[str, dict[str, int | None]] = {
+    "logmel": {"learned": None},
+    "soundnet8": {"class_logits": SOUNDNET8_FEATURE_DIM, "class_probs": SOUNDNET8_FEATURE_DIM,
+                  "scene_logits": SOUNDNET8_SCENE_DIM, "scene_probs": SOUNDNET8_SCENE_DIM},
+    "yamnet": {"embedding": YAMNET_FEATURE_DIM, "class_logits": YAMNET_NUM_CLASSES,
+               "class_probs": YAMNET_NUM_CLASSES},
 }
 UNSUPERVISED_LOSSES = ("triplet", "infonce", "hard_way", "none")
 OPTIMIZERS = ("adam", "sgd")
@@ -79,6 +103,9 @@ class Config:
     # Width of the audio feature the visual branch must reconstruct
     # (SoundNet-8 conv8's 1000 object classes in the paper).
     audio_feature_dim: int = 1000
+    # Which output of a pretrained audio tower is the sound feature (AUDIO_FEATURES above):
+    # "default" is the tower's own (SoundNet-8's object logits, YAMNet's embedding).
+    audio_feature: str = DEFAULT_AUDIO_FEATURE
     # audio_tower="soundnet8" or "yamnet": "none" (random init) or a .weights.h5 written
     # by tools/fetch_weights.py.
     audio_weights: str = "none"
@@ -173,6 +200,13 @@ class Config:
     @property
     def num_samples(self) -> int:
         return int(round(self.sample_rate * self.clip_seconds))
+
+    @property
+    def resolved_audio_feature(self) -> str:
+        """audio_feature with "default" replaced by the tower's own feature."""
+        if self.audio_feature == DEFAULT_AUDIO_FEATURE:
+            return next(iter(AUDIO_FEATURES[self.audio_tower]))
+        return self.audio_feature
 
     @property
     def effective_fmax(self) -> float:
@@ -374,8 +408,13 @@ def _validate(c: Config) -> None:
     _require(c.audio_weights == "none" or c.audio_tower in PRETRAINED_AUDIO_TOWERS,
              f"audio_weights apply only to audio_tower in {tuple(PRETRAINED_AUDIO_TOWERS)}",
              audio_weights=c.audio_weights, audio_tower=c.audio_tower)
+    features = (DEFAULT_AUDIO_FEATURE, *AUDIO_FEATURES[c.audio_tower])
+    _require(c.audio_feature in features,
+             f"audio_tower={c.audio_tower!r} gives audio_feature in {features}",
+             audio_feature=c.audio_feature)
     if c.audio_tower in PRETRAINED_AUDIO_TOWERS:
-        rate, shortest, width = PRETRAINED_AUDIO_TOWERS[c.audio_tower]
+        rate, shortest, _ = PRETRAINED_AUDIO_TOWERS[c.audio_tower]
+        width = AUDIO_FEATURES[c.audio_tower][c.resolved_audio_feature]
         _require(c.sample_rate == rate,
                  f"audio_tower={c.audio_tower!r} needs sample_rate={rate}",
                  sample_rate=c.sample_rate)
@@ -383,8 +422,9 @@ def _validate(c: Config) -> None:
                  f"audio_tower={c.audio_tower!r} needs clips of at least {shortest} "
                  f"samples ({shortest / rate:.2f} s)", clip_seconds=c.clip_seconds)
         _require(c.audio_feature_dim == width,
-                 f"audio_tower={c.audio_tower!r} gives {width}-d features",
-                 audio_feature_dim=c.audio_feature_dim)
+                 f"audio_tower={c.audio_tower!r} gives {width}-d features with "
+                 f"audio_feature={c.resolved_audio_feature!r}",
+                 audio_feature_dim=c.audio_feature_dim, audio_feature=c.audio_feature)
     _require(not c.cache_features or (c.freeze_image_tower and c.freeze_audio_tower),
              "cache_features needs both towers frozen",
              cache_features=c.cache_features, freeze_image_tower=c.freeze_image_tower,

@@ -173,6 +173,38 @@ class SoundAttention(keras.layers.Layer):
         return {**super().get_config(), "temperature": self.temperature, "relu": self.relu}
 
 
+@keras.saving.register_keras_serializable(package="soundloc")
+class AudioFeatureName(keras.layers.Layer):
+    """Identity that names the audio feature a pretrained tower outputs (config.audio_feature).
+
+    Appended to towers whose feature is not the tower's default: a feature cache's
+    fingerprint reads it (`feature_cache.fingerprint`), because SoundNet-8's class_logits
+    and class_probs, for instance, come from the same weights.
+    """
+
+    def __init__(self, feature: str, **kwargs):
+        super().__init__(**kwargs)
+        self.feature = feature
+
+    def call(self, x):
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "feature": self.feature}
+
+
+def _named_feature(tower: keras.Model, feature: str, default: str) -> keras.Model:
+    """`tower`, ending in an AudioFeatureName unless `feature` is the tower's default (whose
+    graph, and so caches' fingerprints, stay as they were before the field existed)."""
+    if feature == default:
+        return tower
+    output = AudioFeatureName(feature, name="audio_feature_name")(tower.output)
+    return keras.Model(tower.input, output, name=tower.name)
+
+
 @contextlib.contextmanager
 def _dtype_policy(name: str) -> Iterator[None]:
     """Layers built inside take the Keras dtype policy `name`; the global one is restored."""
@@ -332,7 +364,8 @@ def build_audio_tower(config: Config) -> keras.Model:
     "logmel": in-graph log-mel spectrogram, a VGG-style 2-D conv stack, mean
     over time and frequency, then a linear layer (the role of SoundNet-8's
     conv8 object branch in the paper). "soundnet8": the paper's tower;
-    "yamnet": YAMNet's AudioSet embedding (modeling/yamnet.py).
+    "yamnet": YAMNet's AudioSet embedding (modeling/yamnet.py). For the pretrained
+    towers `config.audio_feature` picks the output (config.AUDIO_FEATURES).
     """
     if config.audio_tower == "soundnet8":
         return _build_soundnet8_tower(config)
@@ -359,10 +392,16 @@ def build_audio_tower(config: Config) -> keras.Model:
 
 
 def _build_soundnet8_tower(config: Config) -> keras.Model:
-    """SoundNet-8's conv8 object head averaged over time (the paper's audio feature)."""
+    """SoundNet-8's conv8 object head averaged over time (the paper's audio feature), or the
+    object probabilities or a scene (Places) output (`soundnet.feature_model`)."""
     from soundloc_tf.modeling import soundnet
 
-    tower = soundnet.build_soundnet8(config.num_samples, name="audio_tower")
+    feature = config.resolved_audio_feature
+    scene = soundnet.FEATURES[feature][0] == soundnet.CONV8_PLACES[0]
+    # The object head alone is the tower as it always was; the scene features need both
+    # heads, which the weights file must then hold.
+    tower = soundnet.build_soundnet8(config.num_samples, places=scene,
+                                     name="audio_tower" if not scene else "soundnet8")
     if config.audio_weights != "none":
         path = os.path.expanduser(config.audio_weights)
         if not os.path.isfile(path):
@@ -373,19 +412,27 @@ def _build_soundnet8_tower(config: Config) -> keras.Model:
         try:
             tower.load_weights(path)
         except Exception as error:  # h5 layout errors have many types
-            raise ValueError(f"the weights file does not fit SoundNet-8. Received: "
-                             f"audio_weights={config.audio_weights!r} "
-                             f"({type(error).__name__}: {error})") from None
+            hint = (" The scene features need a file with both heads: convert sound8.npy with "
+                    "soundnet.build_soundnet8(..., places=True)." if scene else "")
+            raise ValueError(f"the weights file does not fit SoundNet-8.{hint} Received: "
+                             f"audio_weights={config.audio_weights!r}, audio_feature="
+                             f"{config.audio_feature!r} ({type(error).__name__}: "
+                             f"{error})") from None
+    if feature != soundnet.DEFAULT_FEATURE:
+        tower = soundnet.feature_model(tower, feature, name="audio_tower")
+    tower = _named_feature(tower, feature, soundnet.DEFAULT_FEATURE)
     tower.trainable = not config.freeze_audio_tower
     return tower
 
 
 def _build_yamnet_tower(config: Config) -> keras.Model:
-    """YAMNet's patch embeddings averaged over the clip (1,024-d)."""
+    """YAMNet's patch embeddings averaged over the clip (1,024-d), or its AudioSet class
+    logits or scores (`yamnet.feature_model`)."""
     from soundloc_tf.modeling import yamnet
 
+    feature = config.resolved_audio_feature
     if config.audio_weights == "none":
-        tower = yamnet.build_yamnet(config.num_samples, name="audio_tower")
+        full = yamnet.build_yamnet(config.num_samples, classes=True, name="yamnet")
     else:
         path = os.path.expanduser(config.audio_weights)
         if not os.path.isfile(path):
@@ -393,11 +440,13 @@ def _build_yamnet_tower(config: Config) -> keras.Model:
                              "--what=yamnet`, or pass --audio_weights=none (random). "
                              f"Received: audio_weights={config.audio_weights!r}")
         try:
-            tower = yamnet.load_yamnet(config.num_samples, path, name="audio_tower")
+            full = yamnet.load_yamnet(config.num_samples, path, classes=True, name="yamnet")
         except Exception as error:  # h5 layout errors have many types
             raise ValueError(f"the weights file does not fit YAMNet. Received: "
                              f"audio_weights={config.audio_weights!r} "
                              f"({type(error).__name__}: {error})") from None
+    tower = _named_feature(yamnet.feature_model(full, feature, name="audio_tower"), feature,
+                           yamnet.DEFAULT_FEATURE)
     tower.trainable = not config.freeze_audio_tower
     return tower
 

