@@ -74,6 +74,9 @@ CATEGORIES: dict[str, str] = {
     **{name: "music" for name in (
         "cello", "cymbal", "didgeridoo", "drum_kit", "floor_tom", "folk_band", "hand_drum",
         "mariachi", "orchestra", "rock_band", "taiko", "violin")},
+    **{name: "vehicles" for name in (
+        "airplane", "bus", "car", "helicopter", "motorcycle", "train", "truck")},
+    **{name: "other" for name in ("hand_saw", "toilet")},
 }
 FINAL_RUN = "recommended"
 # The Trainer's own validation (TensorBoard): the first held-out mosaics of a fold.
