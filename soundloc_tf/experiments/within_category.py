@@ -38,6 +38,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from soundloc_tf.config import YAMNET_NUM_CLASSES
+
 PRESET = "paper_yamnet"
 FOLDS = 3
 GRID = 2
@@ -108,6 +110,10 @@ def runs() -> list[Run]:
         Run("photo_boxes", "the supervised term on softmax(cos/0.1), whole photos' drawn boxes "
             "labelled too", {**_CHOSEN, "attention_temperature": 1.0,
                              "supervised_temperature": 0.1}, labels="all"),
+        Run("class_probs", "the recommended recipe on YAMNet's 521 AudioSet class scores "
+            "(the paper's class-level sound feature) instead of its embedding",
+            {**_CHOSEN, "attention_temperature": 1.0, "audio_feature": "class_probs",
+             "audio_feature_dim": YAMNET_NUM_CLASSES}),
         Run("unsupervised", "InfoNCE, softmax(cos/1.0), no labels",
             {**_CHOSEN, "attention_temperature": 1.0, "label_fraction": 0.0}),
     ]
