@@ -25,6 +25,8 @@ EXPERIMENT_TITLES = {
     "real_material": "Real material (composites of real photos and recordings)",
     "real_photos": ("Real photographs (held-out photos and recordings, paper and paper_yamnet "
                     "presets)"),
+    "within_category": ("Real photographs within one category (four held-out animals per "
+                        "mosaic, paper_yamnet preset)"),
 }
 
 flags.DEFINE_list("results", None, "Experiment output directories (or their <name>.json).")
@@ -129,10 +131,26 @@ def render_real_photos(doc: dict, level: int = 2) -> str:
                       *_environment_lines(doc.get("environment", {})), "", doc["table"]])
 
 
+def render_within_category(doc: dict, level: int = 2) -> str:
+    """The within-category experiment's section: its folds, tables and provenance."""
+    folds = "; ".join(f"fold {k}: {', '.join(f['classes'])} (left out: {f['left_out'] or '-'})"
+                      for k, f in enumerate(doc["folds"]))
+    return "\n".join([f"{'#' * level} {EXPERIMENT_TITLES['within_category']}", "",
+                      doc["description"], "",
+                      f"- command: `{doc['command']}`",
+                      f"- material: {', '.join(doc['photos'])}; held out per fold: {folds}",
+                      f"- scale: {doc['scale']}; scenes per fold: "
+                      + ", ".join(f"{k} {v}" for k, v in doc["counts"].items()),
+                      f"- total wall time: {_duration(doc.get('seconds'))}",
+                      *_environment_lines(doc.get("environment", {})), "", doc["markdown"]])
+
+
 def render_experiment(doc: dict, level: int = 2) -> str:
     """One experiment's section: command, settings, table, baselines, conclusions, provenance."""
     if doc["experiment"] == "real_photos":
         return render_real_photos(doc, level)
+    if doc["experiment"] == "within_category":
+        return render_within_category(doc, level)
     h = "#" * level
     title = EXPERIMENT_TITLES.get(doc["experiment"], doc["experiment"])
     out = [f"{h} {title}", ""]
