@@ -31,7 +31,7 @@ import sys
 from typing import Any, Callable, Iterable
 
 from soundloc_tf.dataloaders import annotations
-from ..threaded import ThreadedServer
+from ..threaded import ThreadedServer, create_server
 from .localize import (Localizer, ModelUnavailable, UnsupportedFile,
                                          as_model_image, as_model_sound)
 from .pairs import RecordPairs
@@ -271,9 +271,7 @@ class StudioServer(ThreadedServer):
                  quiet: bool = False, threads: int = 8):
         if not 0 <= port <= 65535:
             raise ValueError(f"port must lie in [0, 65535]. Received: port={port}")
-        import waitress
-
         self.app = StudioApp(records_dir, server, annotations_path, model_name, quiet)
-        self.server = waitress.create_server(
+        self.server = create_server(
             self.app, host=host, port=port, threads=threads, ident="soundloc-studio",
             max_request_body_size=MAX_BODY_BYTES, expose_tracebacks=False)
