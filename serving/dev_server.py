@@ -62,11 +62,32 @@ import numpy as np
 
 from soundloc_tf.tf_logs import quiet_tensorflow
 
-from .threaded import ThreadedServer
+from .threaded import ThreadedServer, create_server
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_INSTANCES = 64
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+# Memory the requests being decoded and run at once may claim, estimated before anything is
+# materialised (REST: the JSON parse; gRPC: the tensors a TensorProto claims).  1 GiB: one
+# 64 MiB body of floats (about 0.75 GB estimated) at a time, small requests beside it.
+DEFAULT_MEMORY_BUDGET_BYTES = 1024 * 1024 * 1024
+# A request waits this long for its share of the budget, then gets a 503 (clients retry).
+BUDGET_WAIT_SECONDS = 120.0
+# The cost of parsing a JSON body, measured with tracemalloc over json.loads, the walk and the
+# numpy arrays (tests/test_hostile_round2.py): the body itself twice (the bytes and the str
+# values copied out of it), per value (a number, string or list: its object, the pointer to
+# it and its numpy element; measured 29-69 bytes, objects' members up to 129) and per JSON
+# object (a dict).  Floats, the legitimate case, are over-estimated about 2.5x.
+JSON_BYTES_PER_BODY_BYTE = 2
+JSON_BYTES_PER_VALUE = 104
+JSON_BYTES_PER_OBJECT = 512
+# A string tensor element once materialised: its bytes object's header and the pointer to it.
+STRING_ELEMENT_BYTES = 41
+# Names and other client-chosen text echoed in an error are cut to this many characters, so
+# a 100 kB model name cannot push the answer (gRPC: its status metadata) over a limit.
+MAX_ECHOED_CHARS = 200
+# Versions are int64 in TF Serving (gRPC's Int64Value): at most 19 digits.
+MAX_VERSION_DIGITS = 19
 DEFAULT_SIGNATURE = "serving_default"
 # The answer's JSON is estimated at this many bytes per number ("-0.123456789012345678, ").
 BYTES_PER_NUMBER = 24
@@ -75,6 +96,8 @@ MAX_JSON_DEPTH = 32
 WARMUP_PATH = os.path.join("assets.extra", "tf_serving_warmup_requests")
 # Answers from this size on hand their freed memory back to the system once sent.
 _TRIM_AFTER_BYTES = 1 << 20
+# Parses estimated at this size or more do too, once done (glibc keeps the heap otherwise).
+_TRIM_AFTER_PARSE_BYTES = 64 << 20
 # Bodies up to this many times the limit are read and answered with a JSON 413; larger
 # ones get waitress's own 413 as soon as their header arrives.
 _DRAIN_FACTOR = 4
@@ -99,6 +122,81 @@ class RequestError(Exception):
 
 def _bad(message: str) -> RequestError:
     return RequestError(400, message)
+
+
+def _echo(text: str) -> str:
+    """Client-chosen text as an error message quotes it: cut to MAX_ECHOED_CHARS, with lone
+    surrogates escaped (they cannot be encoded as UTF-8 for the answer)."""
+    shown = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(shown) > MAX_ECHOED_CHARS:
+        shown = f"{shown[:MAX_ECHOED_CHARS]}... ({len(text)} characters)"
+    return shown
+
+
+def _utf8(text: str, what: str) -> str:
+    """`text` when it is valid Unicode (JSON can carry lone surrogates, \\ud800, which no
+    UTF-8 string holds: TF's string tensors and protobuf's keys need UTF-8); a 400 otherwise."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = text[error.start].encode("utf-8", "backslashreplace").decode("ascii")
+        raise _bad(f"{what} is not valid Unicode: {error.reason} ({bad} at character "
+                   f"{error.start})") from None
+    return text
+
+
+class MemoryBudget:
+    """Bytes that requests claim before they materialise anything (a JSON parse, tensors from
+    a TensorProto), so the server's memory is bounded by what requests *claim* rather than by
+    how many arrive at once.
+
+    A claim larger than the whole budget is a 413 at once; others wait (at most
+    BUDGET_WAIT_SECONDS, then a 503) until enough is free.  One claim per request, never
+    nested, so waiting cannot deadlock.
+    """
+
+    def __init__(self, capacity: int, wait_seconds: float = BUDGET_WAIT_SECONDS):
+        self.capacity = capacity
+        self.wait_seconds = wait_seconds
+        self.free = capacity
+        self._changed = threading.Condition()
+
+    def claim(self, nbytes: int, what: str) -> "_Claim":
+        """A context manager holding `nbytes` of the budget; `what` names the cost in errors."""
+        if nbytes > self.capacity:
+            raise RequestError(413, f"{what} would take about {nbytes} bytes of memory, over "
+                               f"the server's budget of {self.capacity} bytes "
+                               "(--memory_budget_bytes); send fewer instances")
+        return _Claim(self, nbytes)
+
+
+class _Claim:
+    def __init__(self, budget: MemoryBudget, nbytes: int):
+        self.budget, self.nbytes = budget, nbytes
+
+    def __enter__(self) -> "_Claim":
+        budget = self.budget
+        with budget._changed:
+            if not budget._changed.wait_for(lambda: budget.free >= self.nbytes,
+                                            timeout=budget.wait_seconds):
+                raise RequestError(503, f"the server is busy: {self.nbytes} bytes of memory "
+                                   f"were not free within {budget.wait_seconds:g} s; retry")
+            budget.free -= self.nbytes
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        budget = self.budget
+        with budget._changed:
+            budget.free += self.nbytes
+            budget._changed.notify_all()
+
+
+def json_cost(body: bytes) -> int:
+    """An upper bound of the memory parsing `body` takes, counted without parsing it (bytes.count
+    runs at memory speed): every JSON value but the first follows a ',', '[' or ':'."""
+    values = 1 + body.count(b",") + body.count(b"[") + body.count(b":")
+    return (JSON_BYTES_PER_BODY_BYTE * len(body) + JSON_BYTES_PER_VALUE * values
+            + JSON_BYTES_PER_OBJECT * body.count(b"{"))
 
 
 # ---------------------------------------------------------------------------
@@ -127,9 +225,12 @@ class LoadedVersion:
         self.signature_defs = graphs[0].signature_def
         try:
             self.module = tf.saved_model.load(path)
-        except (tf.errors.OpError, OSError, ValueError) as error:
+        # IndexError: truncated variables ("Read less bytes than requested"); OSError: missing.
+        except (tf.errors.OpError, OSError, ValueError, IndexError, KeyError) as error:
+            reason = str(getattr(error, "message", None) or error).strip().splitlines()
             raise ValueError(f"cannot load the SavedModel ({type(error).__name__}: "
-                             f"{str(error).strip().splitlines()[0]}). Received: {path!r}") from None
+                             f"{reason[0] if reason else 'no message'}); its variables/ may be "
+                             f"missing or truncated: export it again. Received: {path!r}") from None
         self.functions = dict(self.module.signatures)
         self.warmup_requests = self._replay_warmup()
 
@@ -141,7 +242,14 @@ class LoadedVersion:
         with open(path, "rb") as f:
             records = read_tfrecords(f.read())
         for i, record in enumerate(records):
-            signature, tensors = parse_prediction_log(record)
+            try:
+                signature, tensors = parse_prediction_log(record)
+            # protobuf's DecodeError, a bad varint (ValueError), a claimed shape make_ndarray
+            # cannot fill, bytes that are not UTF-8: all one damaged record.
+            except Exception as error:
+                raise ValueError(f"warm-up record {i} is not a PredictionLog "
+                                 f"({type(error).__name__}: {_first_line(error)}). Received: "
+                                 f"{path!r}") from None
             try:
                 self.functions[signature](**{k: _constant(v) for k, v in tensors.items()})
             except Exception as error:  # TF Serving refuses to load such a version too
@@ -150,10 +258,12 @@ class LoadedVersion:
         return len(records)
 
     def inputs(self, signature: str):
-        if signature not in self.signature_defs:
-            raise _bad(f'Serving signature name: "{signature}" not found in signature def')
+        # protobuf's map keys must encode as UTF-8: a lone surrogate is a 400, not a 500.
+        _utf8(signature, "signature_name")
+        if signature not in self.signature_defs or signature not in self.functions:
+            raise _bad(f'Serving signature name: "{_echo(signature)}" not found in signature def')
         inputs = self.signature_defs[signature].inputs
-        if not inputs or signature not in self.functions:
+        if not inputs:
             raise _bad(f"Failed to get input map for signature: {signature}")
         return inputs
 
@@ -165,9 +275,12 @@ class ModelStore:
     def __init__(self, model_base_path: str, model_name: str | None = None,
                  all_versions: bool = False, max_instances: int = DEFAULT_MAX_INSTANCES,
                  max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-                 max_concurrent_predictions: int = 4):
+                 max_concurrent_predictions: int = 4,
+                 memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES):
         self.max_instances = max_instances
         self.max_response_bytes = max_response_bytes
+        # What requests decode at once (REST and gRPC together), claimed before decoding.
+        self.budget = MemoryBudget(memory_budget_bytes)
         # Model runs at once, over REST and gRPC together; more wait their turn.
         self.running = threading.BoundedSemaphore(max_concurrent_predictions)
         if not os.path.isdir(model_base_path):
@@ -185,15 +298,16 @@ class ModelStore:
 
     def get(self, name: str, version: int | None) -> LoadedVersion:
         if name != self.model_name or (version is not None and version not in self.versions):
-            spec = f"Latest({name})" if version is None else f"Specific({name}, {version})"
+            spec = f"Latest({_echo(name)})" if version is None else \
+                f"Specific({_echo(name)}, {version})"
             raise RequestError(404, f"Servable not found for request: {spec}")
         return self.versions[max(self.versions) if version is None else version]
 
     def status(self, name: str, version: int | None) -> dict:
         if name != self.model_name:
-            raise RequestError(404, f"Could not find any versions of model {name}")
+            raise RequestError(404, f"Could not find any versions of model {_echo(name)}")
         if version is not None and version not in self.versions:
-            raise RequestError(404, f"Could not find version {version} of model {name}")
+            raise RequestError(404, f"Could not find version {version} of model {_echo(name)}")
         shown = [version] if version is not None else sorted(self.versions, reverse=True)
         return {"model_version_status": [
             {"version": str(v), "state": "AVAILABLE",
@@ -212,13 +326,26 @@ class ModelStore:
     def predict_json(self, name: str, version: int | None, body: bytes) -> Iterator[bytes]:
         """A REST :predict body -> the answer's JSON, in pieces of one instance each."""
         loaded = self.get(name, version)
+        # The parse costs up to 36x the body (measured): claimed from the budget before it
+        # starts, and held until the answer is built.
+        cost = json_cost(body)
+        try:
+            with self.budget.claim(cost, f"parsing the {len(body)}-byte JSON body"):
+                return self._predict_parsed(loaded, body)
+        finally:
+            if cost >= _TRIM_AFTER_PARSE_BYTES and _LIBC is not None:
+                _LIBC.malloc_trim(0)  # the parse's objects are freed: hand their heap back
+
+    def _predict_parsed(self, loaded: LoadedVersion, body: bytes) -> list[bytes]:
+        """predict_json's work, run inside its memory claim."""
         request = _parse_json(body)
         signature = request.get("signature_name", DEFAULT_SIGNATURE)
         if not isinstance(signature, str):
             raise _bad("'signature_name' key must be a string value.")
         signature = signature or DEFAULT_SIGNATURE
         tensors, row_format = _request_tensors(request, loaded.inputs(signature))
-        with self.running:  # the answer is built inside the slot: its memory is bounded too
+        del request  # the parsed JSON: its objects are the bulk of the claim
+        with self.running:  # the answer is built inside the slot: its memory is bounded
             return _response_chunks(self.predict(loaded, signature, tensors), row_format)
 
     def predict(self, loaded: LoadedVersion, signature: str,
@@ -364,7 +491,7 @@ def _to_array(value: Any, dtype_enum: int) -> np.ndarray:
                 except (binascii.Error, ValueError):
                     raise _bad("Unable to base64 decode the 'b64' value") from None
             elif isinstance(leaf, str):
-                out[i] = leaf.encode("utf-8")
+                out[i] = _utf8(leaf, f"string value {i}").encode("utf-8")
             else:
                 raise _bad(f"JSON Value: {json.dumps(leaf)[:80]} not of expected type: string")
         return out.reshape(shape)
@@ -647,10 +774,10 @@ _LIBC = _load_libc()
 def _version(text: str | None) -> int | None:
     if text is None:
         return None
-    value = int(text)
-    if value > 2 ** 63 - 1:
-        raise _bad(f"Failed to convert version: {text} to numeric.")
-    return value
+    # Checked by length first: int() refuses over 4300 digits with a ValueError (a 500).
+    if len(text) > MAX_VERSION_DIGITS or int(text) > 2 ** 63 - 1:
+        raise _bad(f"Failed to convert version: {_echo(text)} to numeric (versions are int64).")
+    return int(text)
 
 
 # ---------------------------------------------------------------------------
@@ -663,6 +790,94 @@ _GRPC_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 413: "RESOURCE_EXHAUST
 GRPC_INSTALL_HINT = ("gRPC needs tensorflow-serving-api's protos: pip install --no-deps "
                      "tensorflow-serving-api==2.21.0 (--no-deps: it would pull a second "
                      "TensorFlow next to tensorflow-cpu)")
+
+
+# TensorProto's repeated field for each dtype (as tf.make_ndarray reads them) and how many
+# field values make one element (complex numbers: two).
+_VALUE_FIELDS = {
+    "float32": ("float_val", 1), "float64": ("double_val", 1), "int32": ("int_val", 1),
+    "int16": ("int_val", 1), "int8": ("int_val", 1), "uint8": ("int_val", 1),
+    "uint16": ("int_val", 1), "int64": ("int64_val", 1), "uint32": ("uint32_val", 1),
+    "uint64": ("uint64_val", 1), "bool": ("bool_val", 1), "string": ("string_val", 1),
+    "float16": ("half_val", 1), "bfloat16": ("half_val", 1),
+    "complex64": ("scomplex_val", 2), "complex128": ("dcomplex_val", 2),
+}
+
+
+def _dtype_name(enum: int) -> str:
+    """A DataType enum's name; an unknown one (999, or 0: DT_INVALID) described, not raised."""
+    import tensorflow as tf
+
+    try:
+        return tf.dtypes.as_dtype(enum).name
+    except (TypeError, ValueError):
+        return f"an invalid dtype (enum {enum})"
+
+
+def _claimed_array_bytes(key: str, proto, info, max_instances: int, max_bytes: int) -> int:
+    """Checks what a TensorProto claims (dtype, shape, payload size) against the signature and
+    the limits, and returns the bytes tf.make_ndarray would allocate, before it does.
+
+    make_ndarray pads a short repeated field to the claimed shape (TF's rule: fewer values
+    than elements repeat the last one; none give zeros), so a 101-byte message could claim
+    gigabytes: the claim is bounded here (by the instance limit and by --max_body_bytes, the
+    most a message may carry), and the payload must fit the shape exactly (tensor_content) or
+    hold at most one value per element (repeated fields).
+    """
+    if proto.dtype != info.dtype:
+        raise _bad(f"input {key}: expects {_dtype_name(info.dtype)}, got "
+                   f"{_dtype_name(proto.dtype)}")
+    dtype = _dtype_name(proto.dtype)
+    if dtype not in _VALUE_FIELDS:
+        raise _bad(f"input {key}: dtype {dtype} is not supported over gRPC by the dev server")
+    if proto.tensor_shape.unknown_rank:
+        raise _bad(f"input {key}: the TensorProto's shape has unknown rank")
+    shape = [d.size for d in proto.tensor_shape.dim]
+    if any(d < 0 for d in shape):
+        raise _bad(f"input {key}: shape {shape} has a negative dimension; a tensor's "
+                   "dimensions are >= 0")
+    expected = None if info.tensor_shape.unknown_rank else [d.size for d in info.tensor_shape.dim]
+    if expected is not None and (len(shape) != len(expected) or any(
+            e >= 0 and e != a for e, a in zip(expected, shape))):
+        raise _bad(f"input {key}: expected shape {expected} (-1: any), got {shape}")
+    if shape and shape[0] > max_instances:
+        raise RequestError(413, f"the request holds {shape[0]} instances; the limit is "
+                           f"{max_instances} per request (--max_instances)")
+    count = int(np.prod(shape, dtype=object)) if shape else 1  # Python ints: no overflow
+    field, per_element = _VALUE_FIELDS[dtype]
+    values = getattr(proto, field)
+    if dtype == "string":
+        if proto.tensor_content:
+            raise _bad(f"input {key}: a string tensor carries its values in string_val, not "
+                       "tensor_content")
+        if len(values) > count:
+            raise _bad(f"input {key}: {len(values)} values for shape {shape} ({count} "
+                       "elements)")
+        # Padding repeats the last string: tf.constant copies each repeat.
+        lengths = sum(len(v) for v in values) + (count - len(values)) * (
+            len(values[-1]) if values else 0)
+        nbytes = count * STRING_ELEMENT_BYTES + lengths
+    else:
+        itemsize = np.dtype(_numpy_dtype(proto.dtype)).itemsize
+        nbytes = count * itemsize
+        if proto.tensor_content:
+            if len(proto.tensor_content) != nbytes:
+                raise _bad(f"input {key}: tensor_content holds {len(proto.tensor_content)} "
+                           f"bytes; shape {shape} of {dtype} needs {nbytes}")
+        elif len(values) > count * per_element or len(values) % per_element:
+            raise _bad(f"input {key}: {len(values)} values in {field} for shape {shape} "
+                       f"({count} elements of {dtype})")
+    if nbytes > max_bytes:
+        raise RequestError(413, f"input {key}: shape {shape} of {dtype} would take {nbytes} "
+                           f"bytes once materialised, over the limit of {max_bytes} bytes "
+                           "(--max_body_bytes)")
+    return nbytes
+
+
+def _numpy_dtype(enum: int):
+    import tensorflow as tf
+
+    return tf.dtypes.as_dtype(enum).as_numpy_dtype
 
 
 def grpc_server(store: ModelStore, host: str, port: int, max_message_bytes: int,
@@ -692,38 +907,53 @@ def grpc_server(store: ModelStore, host: str, port: int, max_message_bytes: int,
                 unknown = sorted(set(request.inputs) - set(infos))
                 missing = sorted(set(infos) - set(request.inputs))
                 if unknown or missing:
-                    raise _bad(f"input names {sorted(request.inputs)} do not match the "
-                               f"signature's {sorted(infos)}")
-                tensors = {}
-                for key, proto in request.inputs.items():
-                    if proto.dtype != infos[key].dtype:
-                        expected = tf.dtypes.as_dtype(infos[key].dtype).name
-                        raise _bad(f"input {key}: expects {expected}, got "
-                                   f"{tf.dtypes.as_dtype(proto.dtype).name}")
-                    tensors[key] = tf.make_ndarray(proto)
-                with store.running:
-                    outputs = store.predict(loaded, signature, tensors)
-                    response = predict_pb2.PredictResponse()
-                    response.model_spec.name = store.model_name
-                    response.model_spec.version.value = loaded.version
-                    response.model_spec.signature_name = signature
-                    for key, array in outputs.items():
-                        response.outputs[key].CopyFrom(tf.make_tensor_proto(array))
-                    return response
+                    raise _bad(f"input names {_echo(str(sorted(request.inputs)))} do not "
+                               f"match the signature's {sorted(infos)}")
+                # Everything a TensorProto claims is checked before one is materialised; the
+                # arrays and their tf.constant copies are claimed from the memory budget.
+                claimed = sum(_claimed_array_bytes(key, request.inputs[key], infos[key],
+                                                   store.max_instances, max_message_bytes)
+                              for key in sorted(request.inputs))  # sorted: one message
+                if claimed > max_message_bytes:
+                    raise RequestError(413, f"the request's tensors would take {claimed} bytes "
+                                       f"once materialised, over the limit of "
+                                       f"{max_message_bytes} bytes (--max_body_bytes)")
+                with store.budget.claim(2 * claimed, "the request's tensors"):
+                    tensors = {key: tf.make_ndarray(proto)
+                               for key, proto in request.inputs.items()}
+                    with store.running:
+                        outputs = store.predict(loaded, signature, tensors)
+                        response = predict_pb2.PredictResponse()
+                        response.model_spec.name = store.model_name
+                        response.model_spec.version.value = loaded.version
+                        response.model_spec.signature_name = signature
+                        for key, array in outputs.items():
+                            response.outputs[key].CopyFrom(tf.make_tensor_proto(array))
+                        return response
             except RequestError as error:
                 context.abort(getattr(grpc.StatusCode, _GRPC_CODES.get(error.status, "INTERNAL")),
                               error.message)
+            except Exception as error:  # never UNKNOWN with a Python exception's text
+                traceback.print_exc(file=sys.stderr)
+                context.abort(grpc.StatusCode.INTERNAL,
+                              f"Internal: {type(error).__name__}: {_first_line(error)}")
 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="soundloc-grpc"),
         maximum_concurrent_rpcs=threads * 16,  # beyond: RESOURCE_EXHAUSTED at once
         options=[("grpc.max_receive_message_length", max_message_bytes),
-                 ("grpc.max_send_message_length", store.max_response_bytes)])
+                 ("grpc.max_send_message_length", store.max_response_bytes),
+                 # grpcio sets SO_REUSEPORT by default: a second server on a port in use
+                 # would start and the kernel would split the calls between the two.
+                 ("grpc.so_reuseport", 0)])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(),
                                                                         server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:  # grpcio >= 1.5x raises where older ones returned 0
+        bound = 0
     if bound == 0:
-        raise OSError(f"cannot listen for gRPC on {host}:{port}")
+        raise OSError(f"cannot listen for gRPC on {host}:{port} (is the port in use?)")
     server.start()
     return server, bound
 
@@ -753,6 +983,8 @@ class DevServer(ThreadedServer):
         max_response_bytes: estimated answer size, 413 beyond.
         threads: worker threads of each server.
         max_connections: open REST connections; more wait in the listen backlog.
+        memory_budget_bytes: memory the requests being decoded at once may claim (413 for a
+            request claiming more, the others wait for their share).
     """
 
     thread_name = "soundloc-dev-server"
@@ -763,23 +995,26 @@ class DevServer(ThreadedServer):
                  max_concurrent_predictions: int = 4, grpc_port: int | None = None,
                  max_instances: int = DEFAULT_MAX_INSTANCES,
                  max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, threads: int = 8,
-                 max_connections: int = 100):
+                 max_connections: int = 100,
+                 memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES):
         for name, value in (("port", port), ("grpc_port", grpc_port)):
             if value is not None and not 0 <= value <= 65535:
                 raise ValueError(f"{name} must lie in [0, 65535]. Received: {name}={value}")
         limits = {"max_body_bytes": max_body_bytes, "max_instances": max_instances,
                   "max_response_bytes": max_response_bytes, "threads": threads,
                   "max_connections": max_connections,
-                  "max_concurrent_predictions": max_concurrent_predictions}
+                  "max_concurrent_predictions": max_concurrent_predictions,
+                  "memory_budget_bytes": memory_budget_bytes}
         if min(limits.values()) < 1:
             raise ValueError(f"limits must be >= 1. Received: {limits}")
-        import waitress
-
         self.store = ModelStore(model_base_path, model_name, all_versions, max_instances,
-                                max_response_bytes, max_concurrent_predictions)
-        self.server = waitress.create_server(
+                                max_response_bytes, max_concurrent_predictions,
+                                memory_budget_bytes)
+        # waitress with deadlines it lacks (threaded.py): idle keep-alive connections closed
+        # after 5 s (at once at the connection limit), headers due 10 s after their first byte.
+        self.server = create_server(
             RestApp(self.store, max_body_bytes, quiet), host=host, port=port, threads=threads,
-            backlog=1024, connection_limit=max_connections, channel_timeout=120,
+            backlog=1024, connection_limit=max_connections,
             max_request_body_size=_DRAIN_FACTOR * max_body_bytes + 1, ident="soundloc-dev-server",
             expose_tracebacks=False)
         self.grpc = self.grpc_port = None
@@ -824,6 +1059,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=8, help="worker threads per server")
     parser.add_argument("--max_connections", type=int, default=100,
                         help="open REST connections; more wait in the listen backlog")
+    parser.add_argument("--memory_budget_bytes", type=int, default=DEFAULT_MEMORY_BUDGET_BYTES,
+                        help="memory the requests being decoded at once may claim, estimated "
+                             "before decoding (REST JSON, gRPC tensors); default %(default)s")
     parser.add_argument("--quiet", action="store_true", help="no request log on stderr")
     parser.add_argument("--verbose", action="store_true", help="TensorFlow's C++ log lines too")
     args = parser.parse_args(argv)
@@ -837,7 +1075,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            grpc_port=grpc_port,
                            max_instances=args.max_instances,
                            max_response_bytes=args.max_response_bytes, threads=args.threads,
-                           max_connections=args.max_connections)
+                           max_connections=args.max_connections,
+                           memory_budget_bytes=args.memory_budget_bytes)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
