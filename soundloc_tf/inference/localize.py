@@ -91,6 +91,24 @@ def config_from_dict(fields: dict) -> Config:
         raise ValueError(f"the saved configuration is incomplete ({error})") from None
 
 
+# What TensorFlow's loader raises for a damaged export: OpError (DataLossError, NotFound),
+# FileNotFoundError for a missing variables/, IndexError ("Read less bytes than requested")
+# for truncated variables.
+_DAMAGED_EXPORT_ERRORS = (tf.errors.OpError, OSError, ValueError, IndexError, KeyError)
+
+
+def load_saved_model(path: str):
+    """tf.saved_model.load, with a damaged export (variables/ missing or truncated) as one
+    ValueError line naming the path, instead of the loader's traceback."""
+    try:
+        return tf.saved_model.load(path)
+    except _DAMAGED_EXPORT_ERRORS as error:
+        reason = str(getattr(error, "message", None) or error).strip().splitlines()
+        raise ValueError(f"cannot load the SavedModel ({type(error).__name__}: "
+                         f"{reason[0] if reason else 'no message'}); its variables/ may be "
+                         f"missing or truncated: export it again. Received: {path!r}") from None
+
+
 class Localizer:
     """A model plus the serving signatures' decoding and post-processing.
 
@@ -146,7 +164,7 @@ class Localizer:
         path = resolve_saved_model(os.fspath(path))
         info = export.read_export_info(path)
         config = config_from_dict(info["config"])
-        loaded = tf.saved_model.load(path)
+        loaded = load_saved_model(path)
         signature = loaded.signatures[export.TENSORS_SIGNATURE]
 
         def run(images, waveforms):
