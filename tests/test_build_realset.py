@@ -170,7 +170,7 @@ def test_a_wheel_is_read_from_the_cache(tmp_path, capsys):
 def test_a_missing_package_offline_is_one_clear_error(tmp_path, capsys):
     code = build_realset.main([f"--output={tmp_path / 'out'}", f"--cache={tmp_path / 'cache'}",
                                "--offline", f"--material={_write(tmp_path, _material())}"])
-    assert code == 1
+    assert code == 2
     assert "not in the download cache" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -187,7 +187,7 @@ def test_a_farm_animals_path_is_refused(tmp_path, capsys):
         builder.check_material(material)
     code = build_realset.main([f"--output={tmp_path / 'out'}", f"--cache={tmp_path / 'cache'}",
                                "--offline", f"--material={_write(tmp_path, material)}"])
-    assert code == 1 and "farm_animals" in capsys.readouterr().err
+    assert code == 2 and "farm_animals" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -18,10 +18,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The floor of each part of the library: its top-level modules, then one folder per role.
 FLOORS = {
-    0: ("config", "losses", "metrics", "protocols", "visualize", "tf_logs", "experiments"),
-    1: ("dataloaders",),
+    0: ("config", "losses", "metrics", "protocols", "visualize", "tf_logs"),
+    1: ("dataloaders", "realset"),
     2: ("modeling",),
-    3: ("train", "eval", "inference"),
+    3: ("train", "eval", "inference", "experiments"),
 }
 TOP = 4  # tools/ and serving/: installed as soundloc_tf.tools and soundloc_tf.serving
 FLOOR_OF = {part: floor for floor, parts in FLOORS.items() for part in parts}

@@ -22,25 +22,27 @@ from soundloc_tf.realset.rcc import ReservedPathError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="soundloc-build-realset", description=__doc__.split("\n")[0])
-    parser.add_argument("--output", required=True, help="Folder to write photos/, sounds/, manifest.json.")
-    parser.add_argument("--cache", default=None, help="Download cache (default: <output>/downloads).")
+    """Parses the flags and builds; every expected failure is one `error:` line, status 2."""
+    parser = argparse.ArgumentParser(prog="soundloc-build-realset",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--output", required=True,
+                        help="Folder to write photos/, sounds/, manifest.json.")
+    parser.add_argument("--cache", default=None,
+                        help="Download cache (default: <output>/downloads).")
     parser.add_argument("--material", default=builder.MATERIAL_PATH,
                         help="Material list (default: the one shipped in soundloc_tf/realset).")
     parser.add_argument("--offline", action="store_true",
                         help="Never fetch: every package must already be in the cache.")
-    parser.add_argument("--classes", default=None, help="Comma-separated classes to build (default: all).")
+    parser.add_argument("--classes", default=None,
+                        help="Comma-separated classes to build (default: all).")
     args = parser.parse_args(argv)
     try:
         material = builder.load_material(args.material)
         manifest = builder.build(material, args.output, cache=args.cache, offline=args.offline,
                                  only_classes=args.classes.split(",") if args.classes else None)
-    except builder.ChecksumError as error:
-        print(str(error), file=sys.stderr)
-        return 2
     except (builder.BuildError, ReservedPathError, OSError, ValueError) as error:
-        print(f"soundloc-build-realset: {error}", file=sys.stderr)
-        return 1
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     for name, (photos, sounds) in builder.counts(manifest).items():
         print(f"  {name:<14} {photos:>3} photo(s) {sounds:>4} recording(s)")
     print(f"Wrote {builder.count_line(manifest)} to {args.output}")

@@ -50,9 +50,9 @@ JPEG_QUALITY = 90
 REGISTRIES = ("debian", "pypi", "npm")
 MATERIAL_PATH = os.path.join(os.path.dirname(__file__), "material.json")
 
-DESCRIPTION = ("Whole real photographs (one kind of sound source each, with boxes drawn by eye) and "
-               "real recordings of the same classes, for sound-source localisation training and "
-               "evaluation; built by soundloc-build-realset from named registry packages "
+DESCRIPTION = ("Whole real photographs (one kind of sound source each, with boxes drawn by "
+               "eye) and real recordings of the same classes, for sound-source localisation "
+               "training and evaluation; built by soundloc-build-realset from named registry packages "
                "(docs/REALSET.md).")
 
 
@@ -112,7 +112,8 @@ def _cached_file(registry: str, name: str, version: str, cache: str) -> str | No
         patterns = [f"{name}_{plain}_*.deb", f"{name}_{version.replace(':', '%3a')}_*.deb"]
     elif registry == "pypi":
         stem = re.sub(r"[-_.]+", "_", name)
-        patterns = [f"{stem}-{version}-*.whl", f"{stem}-{version}.tar.gz", f"{name}-{version}-*.whl"]
+        patterns = [f"{stem}-{version}-*.whl", f"{stem}-{version}.tar.gz",
+                    f"{name}-{version}-*.whl"]
     else:
         stem = name.lstrip("@").replace("/", "-")
         patterns = [f"{stem}-{version}.tgz"]
@@ -262,7 +263,8 @@ def loudest_window(audio: np.ndarray, length: int) -> int:
 
 
 def recording_wav(data: bytes) -> tuple[bytes, dict[str, float]]:
-    """-> (16-kHz mono 16-bit PCM WAV bytes, durations): trimmed, loudest ≤10 s, fades, peak 0.9."""
+    """-> (16-kHz mono 16-bit PCM WAV bytes, durations): trimmed, the loudest ≤10 s, fades,
+    peak 0.9."""
     import soundfile
 
     from soundloc_tf.dataloaders import audio_io
