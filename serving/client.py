@@ -42,6 +42,15 @@ import numpy as np
 OVERLAY_OPACITY = 0.5
 DEFAULT_SERVER = "http://localhost:8501"
 DEFAULT_GRPC_SERVER = "localhost:8500"
+# Bounds of the retry policy: a timeout or delay must be a finite number of seconds the
+# socket and time.sleep accept (inf and 1e10 overflow C's time_t: a traceback otherwise).
+MAX_TIMEOUT_SECONDS = 24 * 3600.0
+MAX_BACKOFF_SECONDS = 3600.0
+MAX_RETRIES = 20
+# Files read for a request: the dev server's default body limit (base64 makes a file a third
+# larger, so a bigger one could not be sent); /dev/zero or a huge file is refused instead of
+# read without bound.
+MAX_FILE_BYTES = 64 * 1024 * 1024
 _FUNCTION_NODE = re.compile(r"\{\{function_node [^}]*\}\}\s*")
 
 
@@ -91,9 +100,7 @@ class ServingClient:
                              f"model_name={model_name!r}")
         if version is not None and (isinstance(version, bool) or int(version) < 1):
             raise ValueError(f"version must be a positive integer. Received: version={version!r}")
-        if timeout <= 0 or retries < 0 or backoff < 0:
-            raise ValueError("need timeout > 0, retries >= 0, backoff >= 0. Received: "
-                             f"timeout={timeout}, retries={retries}, backoff={backoff}")
+        check_retry_policy(timeout, retries, backoff)
         self.server = server.rstrip("/")
         self.model_name = model_name
         self.version = None if version is None else int(version)
@@ -208,9 +215,7 @@ class GrpcClient:
             raise ValueError(f"target must be host:port. Received: target={target!r}")
         if version is not None and (isinstance(version, bool) or int(version) < 1):
             raise ValueError(f"version must be a positive integer. Received: version={version!r}")
-        if timeout <= 0 or retries < 0 or backoff < 0:
-            raise ValueError("need timeout > 0, retries >= 0, backoff >= 0. Received: "
-                             f"timeout={timeout}, retries={retries}, backoff={backoff}")
+        check_retry_policy(timeout, retries, backoff)
         import grpc
 
         try:
@@ -478,6 +483,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_retry_policy(timeout: float, retries: int, backoff: float) -> None:
+    """One ValueError naming the first flag out of range (NaN and infinity included)."""
+    import math
+
+    for name, value, low, high, low_open in (
+            ("timeout", timeout, 0.0, MAX_TIMEOUT_SECONDS, True),
+            ("retries", retries, 0, MAX_RETRIES, False),
+            ("backoff", backoff, 0.0, MAX_BACKOFF_SECONDS, False)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+            math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
+        if not ok:
+            interval = f"({low:g}, {high:g}]" if low_open else f"[{low:g}, {high:g}]"
+            what = "an integer" if name == "retries" else "a number of seconds"
+            raise ValueError(f"{name} must be {what} in {interval}. Received: {name}={value!r}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -523,12 +544,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _read(path: str) -> bytes:
+def _read(path: str, limit: int = MAX_FILE_BYTES) -> bytes:
+    """A regular file's bytes, at most `limit` of them.
+
+    Opened without blocking and checked with fstat (no race with a stat before the open): a
+    FIFO named x.wav would block the open until a writer came, /dev/zero would be read for
+    ever.
+    """
+    import stat
+
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as error:
         raise ValueError(f"cannot read {path!r} ({error.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"cannot read {path!r}: not a regular file (a device, FIFO or "
+                         "directory)")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as error:
+            raise ValueError(f"cannot read {path!r} ({error.strerror})") from None
+    if len(data) > limit:
+        raise ValueError(f"cannot read {path!r}: larger than the limit of {limit} bytes")
+    return data
 
 
 def run() -> None:
