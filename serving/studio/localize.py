@@ -28,6 +28,10 @@ WAV_RATE = 16000
 # accepts 64 instances): enough for the overlay to follow the sound when scrubbing.
 MAX_VIDEO_SAMPLES = 24
 VIDEO_INTERVAL_SECONDS = 0.5
+# The served graph's limit on each image side (export.MAX_IMAGE_SIDE; not imported: that
+# module loads TensorFlow).  Checked from the header before Pillow decodes a converted
+# upload, so a 54-byte BMP claiming 30000 x 30000 is refused, not decoded (2.7 GB).
+MAX_IMAGE_SIDE = 4096
 
 
 class UnsupportedFile(ValueError):
@@ -60,9 +64,19 @@ def as_model_image(data: bytes, name: str) -> bytes:
 
     try:
         with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if not (1 <= width <= MAX_IMAGE_SIDE and 1 <= height <= MAX_IMAGE_SIDE):
+                raise UnsupportedFile(f"{name!r} is {width}x{height} pixels (width x height); "
+                                      f"each side must lie in [1, {MAX_IMAGE_SIDE}]")
             out = io.BytesIO()
             image.convert("RGB").save(out, format="PNG")
             return out.getvalue()
+    except UnsupportedFile:
+        raise
+    except Image.DecompressionBombError as error:  # Pillow's pixel limit, checked in open()
+        reason = str(error).split(",")[0]  # "Image size (N pixels) exceeds limit of M pixels"
+        raise UnsupportedFile(f"{name!r}: {reason}; each side must lie in [1, "
+                              f"{MAX_IMAGE_SIDE}]") from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise UnsupportedFile(f"{name!r} is not an image this page can read ({error}); use "
                               f"JPEG or PNG") from None
