@@ -500,3 +500,114 @@ def test_N5_the_dev_server_and_localize_exit_2_with_one_line(exported, tmp_path)
                         f"--output_dir={tmp_path / 'out'}")
     assert_one_line_error(result, "cannot load the SavedModel (IndexError",
                           "its variables/ may be missing or truncated")
+
+
+# N7 and N8: the client ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "directory", "too large"])
+def test_N7_the_client_reads_only_regular_files_of_bounded_size(kind, tmp_path, capsys):
+    from soundloc_tf.serving import client
+
+    path = {"device": "/dev/zero", "fifo": str(tmp_path / "x.mp4"),
+            "directory": str(tmp_path), "too large": str(tmp_path / "big.jpg")}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)  # before: the client blocked in open() for ever
+    if kind == "too large":
+        with open(path, "wb") as f:
+            f.truncate(client.MAX_FILE_BYTES + 1)  # sparse: no disk used
+    (tmp_path / "a.wav").write_bytes(b"RIFF")
+    started = time.perf_counter()
+    code = client.main(["--server=http://127.0.0.1:9", "predict", f"--image={path}",
+                        f"--sound={tmp_path / 'a.wav'}", f"--output_dir={tmp_path / 'out'}"])
+    error = capsys.readouterr().err
+    assert code == 2 and time.perf_counter() - started < 5
+    expected = (f"larger than the limit of {client.MAX_FILE_BYTES} bytes" if kind == "too large"
+                else "not a regular file (a device, FIFO or directory)")
+    assert error == f"error: cannot read {path!r}: {expected}\n"
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--timeout=inf", "timeout must be a number of seconds in (0, 86400]. Received: timeout=inf"),
+    ("--timeout=nan", "timeout must be a number of seconds in (0, 86400]. Received: timeout=nan"),
+    ("--backoff=1e10", "backoff must be a number of seconds in [0, 3600]. Received: "
+                       "backoff=10000000000.0"),
+    ("--retries=100000", "retries must be an integer in [0, 20]. Received: retries=100000"),
+])
+def test_N8_client_flags_out_of_range_are_one_line(flag, message, capsys):
+    from soundloc_tf.serving import client
+
+    assert client.main([flag, "--server=http://127.0.0.1:9", "status"]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
+# N10: the studio ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    """The studio over a few imported pairs (test_studio's records), no model server."""
+    pytest.importorskip("av")
+    from soundloc_tf.serving.studio.app import StudioServer
+    from test_import_to_training import BOXES, _write_video
+
+    base = tmp_path_factory.mktemp("studio_round2")
+    (base / "videos").mkdir()
+    _write_video(base / "videos" / "drums.mp4", 2.0, BOXES[0], 500, size=(96, 72))
+    result = run_module("soundloc_tf.tools.import_data", "--format=videos",
+                        f"--input={base / 'videos'}", f"--output={base / 'records'}",
+                        "--sample_rate=8000", "--clip_seconds=1", "--pairs_per_clip=2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    with StudioServer(str(base / "records"), "http://127.0.0.1:9",
+                      annotations_path=str(base / "annotations.json"), port=0,
+                      quiet=True) as running:
+        yield running
+
+
+def _bmp_header(width: int, height: int) -> bytes:
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 0, 0, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 0, 0, 0, 54) + info + b"\0" * 100
+
+
+@pytest.mark.slow
+def test_N10_the_studio_refuses_hostile_values_with_a_4xx(studio):
+    import base64
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    bomb = {"image": {"name": "bomb.bmp", "b64": b64(_bmp_header(30000, 30000))},
+            "sound": {"name": "a.wav", "b64": b64(wav_bytes(np.zeros(800), 8000))}}
+    with _PeakRss() as rss:  # before: a 500 after Pillow's DecompressionBombError
+        status, answer = _request(studio, "POST", "/api/localize", json.dumps(bomb).encode())
+    assert status == 415 and rss.growth < 100
+    assert answer["error"] == ("'bomb.bmp': Image size (900000000 pixels) exceeds limit of "
+                               "178956970 pixels; each side must lie in [1, 4096]")
+    wide = {**bomb, "image": {"name": "wide.bmp", "b64": b64(_bmp_header(5000, 2))}}
+    status, answer = _request(studio, "POST", "/api/localize", json.dumps(wide).encode())
+    assert (status, answer["error"]) == (415, "'wide.bmp' is 5000x2 pixels (width x height); "
+                                              "each side must lie in [1, 4096]")
+    status, answer = _request(studio, "GET", "/api/pairs/" + "9" * 5000 + "/image")
+    assert (status, answer) == (400, {"error": "the pair number has 5000 digits; the records "
+                                                "hold 2 pairs"})
+    state = _request(studio, "GET", "/api/state")[1]
+    sample_id = state["pairs"][0]["id"]
+    huge = int("9" * 400)
+    label = {"id": sample_id, "boxes": [[0, 0, huge, 1]], "no_source": False, "revision": 0,
+             "by": "probe"}
+    status, answer = _request(studio, "PUT", "/api/labels", json.dumps(label).encode())
+    assert status == 400 and answer["error"].startswith(
+        "a box value is an integer too large for a float")
+    # The same value already in annotations.json: the page still loads, saving is a 409.
+    label["boxes"] = [[0, 0, 0.5, 1]]
+    assert _request(studio, "PUT", "/api/labels", json.dumps(label).encode())[0] == 200
+    path = Path(studio.app.annotations_path)
+    layer = json.loads(path.read_text())
+    layer["labels"][sample_id]["boxes"] = [[0, 0, huge, 1]]
+    path.write_text(json.dumps(layer))
+    status, state = _request(studio, "GET", "/api/state")
+    assert status == 200 and state["annotations_error"].startswith(
+        "corrupt annotation file: a box value is an integer too large for a float")
+    label["revision"] = 1
+    status, answer = _request(studio, "PUT", "/api/labels", json.dumps(label).encode())
+    assert status == 409 and answer["kind"] == "corrupt"
