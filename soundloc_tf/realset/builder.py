@@ -52,8 +52,8 @@ MATERIAL_PATH = os.path.join(os.path.dirname(__file__), "material.json")
 
 DESCRIPTION = ("Whole real photographs (one kind of sound source each, with boxes drawn by "
                "eye) and real recordings of the same classes, for sound-source localisation "
-               "training and evaluation; built by soundloc-build-realset from named registry packages "
-               "(docs/REALSET.md).")
+               "training and evaluation; built by soundloc-build-realset from named registry "
+               "packages (docs/REALSET.md).")
 
 
 class BuildError(RuntimeError):
