@@ -356,14 +356,80 @@ def colorize(heatmap: np.ndarray) -> np.ndarray:
     return np.clip(1.5 - np.abs(4.0 * x - np.array([3.0, 2.0, 1.0], np.float32)), 0.0, 1.0)
 
 
+# The served graph's EXIF search (soundloc_tf/inference/export.py; not imported: it loads
+# TensorFlow), mirrored so the overlay is drawn on the picture the model saw: JPEG APP1
+# "Exif" among the first 64 segments before the scan, PNG eXIf among the first 64 chunks
+# before the first IDAT, 256 IFD entries.  Pillow's exif_transpose looks further (a PNG
+# eXIf after IDAT, a JPEG Exif after 500 segments): the model then saw the stored pixels,
+# and an overlay turned by Pillow would put the box on the wrong part of the picture.
+GRAPH_MAX_IMAGE_SEGMENTS = 64
+GRAPH_MAX_EXIF_ENTRIES = 256
+
+
+def _uint(data: bytes, pos: int, size: int, big: bool) -> int:
+    """As the graph's _uint_at: 0 when out of bounds."""
+    if pos < 0 or pos + size > len(data):
+        return 0
+    return int.from_bytes(data[pos:pos + size], "big" if big else "little")
+
+
+def _tiff_orientation(data: bytes, tiff: int) -> int:
+    order = data[tiff:tiff + 2]
+    big = order == b"MM"
+    ifd = tiff + _uint(data, tiff + 4, 4, big)
+    for i in range(min(_uint(data, ifd, 2, big), GRAPH_MAX_EXIF_ENTRIES)):
+        entry = ifd + 2 + 12 * i
+        if _uint(data, entry, 2, big) == 0x0112:
+            value = _uint(data, entry + 8, 2, big)
+            return value if order in (b"MM", b"II") and 1 <= value <= 8 else 1
+    return 1
+
+
+def graph_exif_orientation(data: bytes) -> int:
+    """The EXIF orientation (1-8; 1: none found) the served graph reads from JPEG or PNG bytes."""
+    tiff = -1
+    if data.startswith(b"\xff\xd8"):
+        pos = 2
+        for _ in range(GRAPH_MAX_IMAGE_SEGMENTS):
+            if pos + 10 > len(data):
+                break
+            marker, size = _uint(data, pos, 2, True), _uint(data, pos + 2, 2, True)
+            if marker == 0xFFE1 and data[pos + 4:pos + 10] == b"Exif\0\0":
+                tiff = pos + 10
+                break
+            if marker >> 8 != 0xFF or marker == 0xFFDA or size < 2:
+                break  # not a marker, or the scan: no EXIF before the pixels
+            pos += 2 + size
+    elif data.startswith(b"\x89PNG\r\n\x1a\n"):
+        pos = 8
+        for _ in range(GRAPH_MAX_IMAGE_SEGMENTS):
+            if pos + 12 > len(data):
+                break
+            kind = data[pos + 4:pos + 8]
+            if kind == b"eXIf":
+                tiff = pos + 8
+                break
+            if kind == b"IDAT":
+                break
+            pos += 12 + _uint(data, pos, 4, True)
+    return _tiff_orientation(data, tiff) if tiff >= 0 else 1
+
+
 def load_rgb(data: bytes) -> np.ndarray:
-    """Image file bytes -> uint8 RGB [H, W, 3] as displayed (turned as its EXIF orientation
-    says, as the served model does); 16-bit and gray images scaled to 8 bits."""
+    """Image file bytes -> uint8 RGB [H, W, 3] as the served model saw it (turned as its EXIF
+    orientation says where the graph finds it: graph_exif_orientation); 16-bit and gray
+    images scaled to 8 bits."""
     from PIL import Image
 
-    from PIL import ImageOps
-
-    with ImageOps.exif_transpose(Image.open(io.BytesIO(data))) as image:
+    turns = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+             4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+             6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+             8: Image.Transpose.ROTATE_90}  # as ImageOps.exif_transpose
+    orientation = graph_exif_orientation(data)
+    with Image.open(io.BytesIO(data)) as stored:
+        stored.load()
+        image = stored.transpose(turns[orientation]) if orientation in turns else stored.copy()
+    with image:
         if image.mode.startswith("I;16") or image.mode == "I":
             values = np.asarray(image, dtype=np.float64)
             scale = 65535.0 if values.max() > 255 else 255.0
