@@ -404,17 +404,19 @@ def test_N3_idle_and_trickling_connections_do_not_shut_out_a_new_client(server):
 
 def test_N3_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(server):
     host, port = server.url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)))
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
     try:
-        sock.sendall(b"GET /v1/models/soundloc HTTP/1.1\r\nHost: x\r\n\r\n")
-        sock.settimeout(30)
-        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        connection.request("GET", "/v1/models/soundloc")
+        response = connection.getresponse()
+        assert response.status == 200 and response.getheader("Connection") != "close"
+        response.read()  # the whole answer: the connection is now an idle keep-alive one
         started = time.perf_counter()
-        sock.settimeout(threaded.KEEPALIVE_IDLE_SECONDS + 3 * threaded.MAINTENANCE_SECONDS)
-        assert sock.recv(4096) == b""  # closed by the server
+        connection.sock.settimeout(threaded.KEEPALIVE_IDLE_SECONDS
+                                   + 3 * threaded.MAINTENANCE_SECONDS)
+        assert connection.sock.recv(4096) == b""  # closed by the server
         assert time.perf_counter() - started >= threaded.KEEPALIVE_IDLE_SECONDS - 0.5
     finally:
-        sock.close()
+        connection.close()
 
 
 # N4: an exclusive gRPC port -------------------------------------------------------------
@@ -611,3 +613,75 @@ def test_N10_the_studio_refuses_hostile_values_with_a_4xx(studio):
     label["revision"] = 1
     status, answer = _request(studio, "PUT", "/api/labels", json.dumps(label).encode())
     assert status == 409 and answer["kind"] == "corrupt"
+
+
+# N11: EXIF where the graph does not look ------------------------------------------------
+
+
+def _exif_tiff(orientation: int) -> bytes:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()[6:] if exif.tobytes().startswith(b"Exif") else exif.tobytes()
+
+
+def _png_with_exif_after_idat(pixels: np.ndarray, orientation: int) -> bytes:
+    import zlib
+
+    from serving_fixtures import png_bytes
+
+    data = png_bytes(pixels)
+    tiff = _exif_tiff(orientation)
+    chunk = struct.pack(">I", len(tiff)) + b"eXIf" + tiff + struct.pack(
+        ">I", zlib.crc32(b"eXIf" + tiff))
+    end = data.rindex(b"IEND") - 4  # the IEND chunk's length field
+    return data[:end] + chunk + data[end:]
+
+
+def _jpeg_with_exif_after(pixels: np.ndarray, orientation: int, comments: int) -> bytes:
+    data = jpeg_bytes(pixels)
+    tiff = b"Exif\0\0" + _exif_tiff(orientation)
+    app1 = b"\xff\xe1" + struct.pack(">H", len(tiff) + 2) + tiff
+    padding = (b"\xff\xfe" + struct.pack(">H", 3) + b"x") * comments
+    return data[:2] + padding + app1 + data[2:]
+
+
+def _graph_orientation(data: bytes) -> int:
+    import tensorflow as tf
+
+    from soundloc_tf.inference import export
+
+    read = export._png_orientation if data.startswith(b"\x89PNG") else export._jpeg_orientation
+    contents = tf.constant(data)
+    return int(read(contents, tf.strings.length(contents)).numpy())
+
+
+@pytest.mark.parametrize("case", ["png eXIf after IDAT", "jpeg Exif after 500 segments",
+                                  "png eXIf before IDAT", "jpeg Exif first"])
+def test_N11_the_client_turns_the_picture_exactly_as_the_graph_does(case):
+    from PIL import Image, ImageOps
+
+    from soundloc_tf.serving.client import graph_exif_orientation, load_rgb
+
+    stored = np.zeros([48, 32, 3], np.uint8)  # 48 high, 32 wide
+    stored[:8] = 255
+    if case == "png eXIf after IDAT":
+        data = _png_with_exif_after_idat(stored, 6)
+    elif case == "jpeg Exif after 500 segments":
+        data = _jpeg_with_exif_after(stored, 6, 500)
+    elif case == "png eXIf before IDAT":
+        out = __import__("io").BytesIO()
+        Image.fromarray(stored).save(out, format="PNG", exif=_exif_tiff(6))
+        data = out.getvalue()
+    else:
+        data = _jpeg_with_exif_after(stored, 6, 0)
+    graph = _graph_orientation(data)
+    hidden = case in ("png eXIf after IDAT", "jpeg Exif after 500 segments")
+    # The graph reads only EXIF placed where encoders put it (serving/README.md); Pillow
+    # finds these too, and before the fix the client turned the overlay by Pillow's reading.
+    assert graph == (1 if hidden else 6)
+    if hidden:
+        assert ImageOps.exif_transpose(Image.open(__import__("io").BytesIO(data))).size == (48, 32)
+    assert graph_exif_orientation(data) == graph
+    assert load_rgb(data).shape == ((48, 32, 3) if hidden else (32, 48, 3))
