@@ -31,6 +31,10 @@ request from exhausting a development machine):
   --max_response_bytes  the answer, estimated at 24 bytes per number before
                         the model runs (64 MiB: 55 instances of a 224 x 224
                         heat map)
+  --memory_budget_bytes what the requests being decoded at once may claim
+                        (1 GiB), estimated before decoding: JSON values
+                        counted in the body, the bytes a gRPC TensorProto's
+                        shape would take; more waits, over all of it: 413
 
 The network layers are maintained servers, not hand-written ones: waitress
 (REST; pure Python, no dependencies) owns the listen backlog (1024),
