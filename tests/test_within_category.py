@@ -87,6 +87,8 @@ def test_training_never_sees_a_held_out_photo_recording_source_or_the_left_out_g
     assert fold["left_out"] not in {p["class"] for p in train.photos}
     assert fold["left_out"] not in {s["class"] for s in train.sounds}
     assert stamps.classes == ["zebra"]
+    heard = {s["class"] for s in train.sounds}
+    assert {p["class"] for p in train.photos} <= heard
     # Every other photo trains: all 22 but the held-out ones and the left-out class's.
     left_out_elsewhere = sum(p["class"] == fold["left_out"] and p["file"] not in fold["photos"]
                              for p in photo_set.photos)

@@ -204,15 +204,19 @@ def instance_folds(photo_set, categories: dict[str, str], num_folds: int
 
 def training_set(photo_set, stamps, fold: dict):
     """The fold's training photos and recordings, and stamps: nothing it holds out, no
-    recording of a held-out source, nothing of its left-out group."""
+    recording of a held-out source, nothing of its left-out group, no photo whose class has
+    no training recording."""
     gone = set(fold["left_out_classes"])
     held = set(fold["photos"]) | set(fold["sounds"])
     sources = set(fold["sources"])
+    sounds = [s for s in photo_set.sounds if s["file"] not in held
+              and s["source"] not in sources and s["class"] not in gone]
+    # A photo trains only with a recording of its class (a mosaic's tile may sound).
+    heard = {s["class"] for s in sounds}
     photos = dataclasses.replace(
-        photo_set, photos=[p for p in photo_set.photos
-                           if p["file"] not in held and p["class"] not in gone],
-        sounds=[s for s in photo_set.sounds if s["file"] not in held
-                and s["source"] not in sources and s["class"] not in gone])
+        photo_set, photos=[p for p in photo_set.photos if p["file"] not in held
+                           and p["class"] not in gone and p["class"] in heard],
+        sounds=sounds)
     gone |= {c for c, g in stamps.groups.items() if g == fold["left_out"]}
     classes = [c for c in stamps.classes if c not in gone and stamps.sounds.get(c)]
     return photos, dataclasses.replace(stamps, classes=classes)
