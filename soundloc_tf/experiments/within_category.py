@@ -81,6 +81,7 @@ CATEGORIES: dict[str, str] = {
     **{name: "other" for name in ("hand_saw", "toilet")},
 }
 FINAL_RUN = "recommended"
+RESUMED = " ; then "  # joins the commands of a resumed experiment in its summary
 # The Trainer's own validation (TensorBoard): the first held-out mosaics of a fold.
 VALIDATION_DURING_TRAINING = 8
 _CHOSEN = {"unsupervised_loss": "infonce", "attention_relu": False, "label_fraction": 1.0}
@@ -540,6 +541,10 @@ def run_within_category(base_config, output_dir: str, scale: str, photos_dirs: l
             previous = json.load(f)
     results: dict[str, Any] = previous.get("runs", {})
     started = time.perf_counter() - previous.get("seconds", 0.0)
+    # A resumed experiment names every command that added to it, and all its model seeds.
+    recorded = previous.get("command", command)
+    command = recorded if command in recorded.split(RESUMED) else recorded + RESUMED + command
+    seeds_done = sorted({int(s) for run in results.values() for s in run["seeds"]} | set(seeds))
     validation: dict[int, list[Mosaics]] = {}
     # (fold, category, towers): the mosaics decoded at the tower's rate, the towers' outputs.
     arrays: dict[tuple[int, str, str], tuple] = {}
@@ -548,7 +553,7 @@ def run_within_category(base_config, output_dir: str, scale: str, photos_dirs: l
     def write() -> dict:
         summary = {"schema": "soundloc.experiment/1", "experiment": "within_category",
                    "command": command, "description": __doc__.split("\n\n")[1],
-                   "scale": scale, "folds": folds, "counts": counts, "model_seeds": seeds,
+                   "scale": scale, "folds": folds, "counts": counts, "model_seeds": seeds_done,
                    "photos": photos_dirs, "final_run": FINAL_RUN,
                    "seconds": round(time.perf_counter() - started, 1),
                    "environment": environment, "runs": results}
