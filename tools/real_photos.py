@@ -48,7 +48,7 @@ import numpy as np
 from soundloc_tf.experiments import real_photos as experiment
 from soundloc_tf.experiments.photo_eval import (TowerOutputs, composed_labels, decoded,
                                                 model_maps, serving_maps, tower_outputs,
-                                                wav_bytes)
+                                                wav_bytes, write_summary)
 
 # The realsets' recordings' rate; the reader resamples to the audio tower's.
 PHOTO_SAMPLE_RATE = 16000
@@ -363,7 +363,7 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
             for fold in range(experiment.FOLDS)])
 
     def write() -> dict:
-        return _write(summary_path, output_dir, results, scale, seeds, started, environment,
+        return _write(output_dir, results, scale, seeds, started, environment,
                       command, pairs, ceiling)
 
     folds: dict[int, tuple] = {}
@@ -554,7 +554,7 @@ def by_class(run: dict) -> dict[str, list[int]]:
 SCHEMA = "soundloc.experiment/1"  # tools/make_results.py reads it
 
 
-def _write(path: str, output_dir: str, results: dict, scale: str, seeds: list[int],
+def _write(output_dir: str, results: dict, scale: str, seeds: list[int],
            started: float, environment: dict, command: str,
            pairs: dict[str, list[str]], object_boxes: dict[str, float] | None) -> dict:
     summary = {"schema": SCHEMA, "experiment": "real_photos", "command": command,
@@ -570,12 +570,7 @@ def _write(path: str, output_dir: str, results: dict, scale: str, seeds: list[in
     summary["served"] = {k: row for k, v in results.items() if (row := summarise(v, "served"))}
     summary["by_class"] = {k: by_class(v) for k, v in results.items() if k in summary["pooled"]}
     summary["table"] = markdown(summary)
-    os.makedirs(output_dir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(path + ".tmp", path)
-    with open(os.path.join(output_dir, "real_photos.md"), "w") as f:
-        f.write(summary["table"])
+    write_summary(output_dir, "real_photos", summary, summary["table"])
     return summary
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
+import os
 from typing import Callable
 
 import numpy as np
@@ -113,3 +115,15 @@ def serving_maps(signature, images: list[bytes], sounds: list[bytes],
                            wav_bytes=tf.constant(sounds[i:i + batch]))
         out.append(result["heatmap"].numpy())
     return np.concatenate(out)
+
+
+def write_summary(output_dir: str, name: str, summary: dict, markdown: str) -> None:
+    """<name>.json (written whole, then moved in place: a reader never sees half of it) and
+    <name>.md in `output_dir`."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, f"{name}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(summary, f, indent=1)
+    os.replace(path + ".tmp", path)
+    with open(os.path.join(output_dir, f"{name}.md"), "w") as f:
+        f.write(markdown)

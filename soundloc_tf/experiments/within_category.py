@@ -559,12 +559,7 @@ def run_within_category(base_config, output_dir: str, scale: str, photos_dirs: l
                    "environment": environment, "runs": results}
         summary["table"] = summarise(results, FOLDS)
         summary["markdown"] = markdown(summary)
-        os.makedirs(output_dir, exist_ok=True)
-        with open(summary_path + ".tmp", "w") as f:
-            json.dump(summary, f, indent=1)
-        os.replace(summary_path + ".tmp", summary_path)
-        with open(os.path.join(output_dir, "within_category.md"), "w") as f:
-            f.write(summary["markdown"])
+        photo_eval.write_summary(output_dir, "within_category", summary, summary["markdown"])
         return summary
 
     for run in plan:
