@@ -510,7 +510,7 @@ def run_within_category(base_config, output_dir: str, scale: str, photos_dirs: l
                         seeds: list[int] | None = None,
                         log: Callable[[str], None] = print) -> dict:
     """Every fold of every run (resumable: finished folds are kept), the served check of
-    FINAL_RUN's first seed, and the summary JSON and markdown."""
+    FINAL_RUN at the scale's first model seed, and the summary JSON and markdown."""
     import keras
     import tensorflow as tf
 
@@ -611,7 +611,7 @@ def run_within_category(base_config, output_dir: str, scale: str, photos_dirs: l
                 left_out = set(fold["left_out_classes"])
                 served_parts: dict[str, Any] = {}
                 signature = None
-                if run.key == FINAL_RUN and seed == seeds[0]:
+                if run.key == FINAL_RUN and seed == MODEL_SEEDS[scale][0]:
                     path = export.export_model(model, config, os.path.join(run_dir, "export"),
                                                extra_info={"experiment": "within_category",
                                                            "fold": k, "train_seed": seed})
