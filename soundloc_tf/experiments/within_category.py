@@ -552,7 +552,7 @@ def run_within_category(base_config, output_dir: str, scale: str, photos_dirs: l
 
     def write() -> dict:
         summary = {"schema": "soundloc.experiment/1", "experiment": "within_category",
-                   "command": command, "description": __doc__.split("\n\n")[1],
+                   "command": command, "description": " ".join(__doc__.split("\n\n")[2].split()),
                    "scale": scale, "folds": folds, "counts": counts, "model_seeds": seeds_done,
                    "photos": photos_dirs, "final_run": FINAL_RUN,
                    "seconds": round(time.perf_counter() - started, 1),
