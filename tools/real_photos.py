@@ -47,8 +47,8 @@ import numpy as np
 
 from soundloc_tf.experiments import real_photos as experiment
 from soundloc_tf.experiments.photo_eval import (TowerOutputs, composed_labels, decoded,
-                                                model_maps, serving_maps, tower_outputs,
-                                                wav_bytes, write_summary)
+                                                model_maps, select_runs, serving_maps,
+                                                tower_outputs, wav_bytes, write_summary)
 
 # The realsets' recordings' rate; the reader resamples to the audio tower's.
 PHOTO_SAMPLE_RATE = 16000
@@ -310,13 +310,7 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
     """Every fold of every run, the export check of experiment.FINAL_RUN, and the summary JSON."""
     import tensorflow as tf
 
-    plan = runs()
-    if runs_filter:
-        unknown = sorted(set(runs_filter) - {r.key for r in plan})
-        if unknown:
-            raise ValueError(f"unknown run(s) for real_photos; expected some of "
-                             f"{[r.key for r in plan]}. Received: {unknown}")
-        plan = [r for r in plan if r.key in runs_filter]
+    plan = select_runs(runs(), runs_filter, "real_photos")
     check_inputs(photos_dir, stamps_dir, {r.towers for r in plan})
     counts = experiment.COUNTS[scale]
     summary_path = os.path.join(output_dir, "real_photos.json")

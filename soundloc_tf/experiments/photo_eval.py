@@ -21,6 +21,18 @@ import numpy as np
 COMPOSED_IDS = r"(composite|mosaics)/.*"
 
 
+def select_runs(plan: list, runs_filter: list[str] | None, experiment: str) -> list:
+    """The rows of `plan` (objects with a `key`) named in `runs_filter`, in plan order; all
+    of them without a filter. An unknown key is refused, naming the known ones."""
+    if not runs_filter:
+        return plan
+    unknown = sorted(set(runs_filter) - {r.key for r in plan})
+    if unknown:
+        raise ValueError(f"unknown run(s) for {experiment}; expected some of "
+                         f"{[r.key for r in plan]}. Received: {unknown}")
+    return [r for r in plan if r.key in runs_filter]
+
+
 def composed_labels(dataset_fn: Callable) -> Callable:
     """A Trainer dataset function whose composed scenes are labelled and whole photos not."""
     import tensorflow as tf

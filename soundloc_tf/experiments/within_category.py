@@ -520,13 +520,7 @@ def run_within_category(base_config, output_dir: str, scale: str, photos_dirs: l
     from soundloc_tf.train import feature_cache
     from soundloc_tf.train.training import Trainer
 
-    plan = runs()
-    if runs_filter:
-        unknown = sorted(set(runs_filter) - {r.key for r in plan})
-        if unknown:
-            raise ValueError(f"unknown run(s); expected some of {[r.key for r in plan]}. "
-                             f"Received: {unknown}")
-        plan = [r for r in plan if r.key in runs_filter]
+    plan = photo_eval.select_runs(runs(), runs_filter, "within_category")
     for path in [*photos_dirs, stamps_dir]:
         if not os.path.isfile(os.path.join(path, "manifest.json")):
             raise ValueError(f"within_category needs real material with a manifest.json "
