@@ -481,7 +481,7 @@ def markdown(summary: dict) -> str:
 
 def cache_key(config) -> str:
     """The frozen towers' outputs a run trains on: runs that agree share a feature cache."""
-    return "_".join(str(getattr(config, field, "")) for field in (
+    return "_".join(str(getattr(config, field)) for field in (
         "image_weights", "audio_tower", "audio_feature", "image_size", "clip_seconds"))
 
 
