@@ -41,7 +41,7 @@ import os
 import sys
 import time
 import xml.etree.ElementTree as ElementTree
-from typing import Any, Iterable, Iterator, Sequence, TextIO
+from typing import Any, Iterable, Iterator, Mapping, Sequence, TextIO
 
 import numpy as np
 
@@ -727,10 +727,16 @@ def blend_cutout(patch: np.ndarray, region: np.ndarray,
     return alpha * rgb + (1 - alpha) * region
 
 
+def _group_category(classes: Iterable[str], categories: Mapping[str, str]) -> str:
+    """The category of a group of classes that sound alike: its first class's, or "other"."""
+    return categories.get(sorted(classes)[0], "other")
+
+
 def compose_scene(stamps: StampSet, rng: np.random.Generator, size: int, num_samples: int,
                   min_objects: int = 1, max_objects: int = 3,
                   object_size: tuple[float, float] = (0.3, 0.5), snr_db: tuple[float, float]
-                  = (10.0, 30.0), blend_edges: bool = False) -> dict[str, Any]:
+                  = (10.0, 30.0), blend_edges: bool = False,
+                  categories: Mapping[str, str] | None = None) -> dict[str, Any]:
     """One scene: background, 1..max_objects cut-outs of distinct groups, one sounding.
 
     The sounding object is pasted last (never occluded); its box is the
@@ -738,16 +744,28 @@ def compose_scene(stamps: StampSet, rng: np.random.Generator, size: int, num_sam
     exact to the pixel.  The sound is a recording of its class, looped to the
     clip length, plus white noise at a random SNR.  `blend_edges` pastes with
     `blend_cutout` (feathered, colour- and blur-matched) instead of the plain
-    alpha; the boxes stay those of the unfeathered alpha.
+    alpha; the boxes stay those of the unfeathered alpha. With `categories` (class ->
+    category) the distractors are of the source's category: hard negatives, since a map
+    that finds "an animal" without listening is then wrong as often as a guess.
     """
     by_group: dict[str, list[str]] = collections.defaultdict(list)
     for name in stamps.classes:
         by_group[stamps.groups[name]].append(name)
     group_names = sorted(by_group)
-    count = int(rng.integers(min_objects, min(max_objects, len(group_names)) + 1))
-    chosen_groups = rng.choice(len(group_names), size=count, replace=False)
-    chosen = [by_group[group_names[g]][rng.integers(len(by_group[group_names[g]]))]
-              for g in chosen_groups]
+    if categories is None:
+        count = int(rng.integers(min_objects, min(max_objects, len(group_names)) + 1))
+        chosen_groups = [group_names[g]
+                         for g in rng.choice(len(group_names), size=count, replace=False)]
+    else:
+        source_group = group_names[rng.integers(len(group_names))]
+        category = _group_category(by_group[source_group], categories)
+        peers = [g for g in group_names if g != source_group
+                 and _group_category(by_group[g], categories) == category]
+        count = int(rng.integers(min(min_objects, len(peers) + 1),
+                                 min(max_objects, len(peers) + 1) + 1))
+        chosen_groups = [source_group, *(peers[g] for g in rng.choice(
+            len(peers), size=count - 1, replace=False))]
+    chosen = [by_group[g][rng.integers(len(by_group[g]))] for g in chosen_groups]
     canvas = _background_crop(stamps.backgrounds[rng.integers(len(stamps.backgrounds))],
                               size, rng).astype(np.float32)
     boxes = []
@@ -1007,13 +1025,17 @@ def loop_to(recording: np.ndarray, num_samples: int) -> np.ndarray:
 
 
 def compose_mosaic(photo_set: PhotoSet, rng: np.random.Generator, size: int, num_samples: int,
-                   grid: int = 2, augment: bool = True) -> dict[str, Any]:
+                   grid: int = 2, augment: bool = True,
+                   categories: Mapping[str, str] | None = None) -> dict[str, Any]:
     """A grid x grid mosaic of whole photos of distinct groups; one tile sounds.
 
     The ground truth is the sounding tile (the multi-source set-up of the
     literature: the other tiles are real photos of other sources). Also
     returns every tile's box and class, and the sounding tile's index, so a
-    caller can pair the mosaic with another tile's sound.
+    caller can pair the mosaic with another tile's sound. With `categories`
+    (class -> category) every tile is of one category, drawn among those with
+    photos of enough groups: the pretrained towers alone cannot tell its tiles
+    apart by category, so only the sound can.
     """
     by_group: dict[str, list[dict]] = collections.defaultdict(list)
     for photo in photo_set.photos:
@@ -1023,6 +1045,17 @@ def compose_mosaic(photo_set: PhotoSet, rng: np.random.Generator, size: int, num
         sounds_of[sound["class"]].append(sound)
     tiles = grid * grid
     names = sorted(by_group)
+    if categories is not None:
+        of_category: dict[str, list[str]] = collections.defaultdict(list)
+        for name in names:
+            of_category[_group_category([p["class"] for p in by_group[name]],
+                                        categories)].append(name)
+        eligible = sorted(c for c, groups in of_category.items() if len(groups) >= tiles)
+        if not eligible:
+            raise ValueError(f"a {grid}x{grid} mosaic of one category needs photos of {tiles} "
+                             f"groups of a category. Received: "
+                             f"{ {c: len(g) for c, g in sorted(of_category.items())} }")
+        names = of_category[eligible[rng.integers(len(eligible))]]
     if len(names) < tiles:
         raise ValueError(f"a {grid}x{grid} mosaic needs photos of {tiles} groups. Received: "
                          f"{len(names)} group(s) {names}")

@@ -84,19 +84,25 @@ FINAL_RUN = "recommended"
 RESUMED = " ; then "  # joins the commands of a resumed experiment in its summary
 # The Trainer's own validation (TensorBoard): the first held-out mosaics of a fold.
 VALIDATION_DURING_TRAINING = 8
+# How a run's training mosaics and composites are drawn: "mixed", of any categories (a
+# music tile beside an animal tile: the towers alone tell them apart); "within", every
+# mosaic's tiles and every composite's cut-outs of one category, as the validation is.
+SCENES = ("mixed", "within")
 _CHOSEN = {"unsupervised_loss": "infonce", "attention_relu": False, "label_fraction": 1.0}
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One row: config fields over the preset, and which training scenes are labelled
+    """One row: config fields over the preset, which training scenes are labelled
     ("composed": composites and mosaics, whose boxes come from composing them; "all": the
-    whole photos too, with the boxes drawn on them by eye)."""
+    whole photos too, with the boxes drawn on them by eye), and how the training scenes are
+    drawn (`SCENES`)."""
 
     key: str
     description: str
     overrides: dict
     labels: str = "composed"
+    scenes: str = "mixed"
 
 
 def runs() -> list[Run]:
@@ -117,6 +123,12 @@ def runs() -> list[Run]:
              "audio_feature_dim": YAMNET_NUM_CLASSES}),
         Run("unsupervised", "InfoNCE, softmax(cos/1.0), no labels",
             {**_CHOSEN, "attention_temperature": 1.0, "label_fraction": 0.0}),
+        Run("within_scenes", "the recommended recipe on training scenes of one category each "
+            "(mosaics' tiles, composites' cut-outs)",
+            {**_CHOSEN, "attention_temperature": 1.0}, scenes="within"),
+        Run("within_supervised_0.1", "the same, its supervised term on softmax(cos/0.1)",
+            {**_CHOSEN, "attention_temperature": 1.0, "supervised_temperature": 0.1},
+            scenes="within"),
     ]
 
 
@@ -224,9 +236,10 @@ def training_set(photo_set, stamps, fold: dict):
 
 
 def fold_records(photo_set, stamps_dir: str, fold: dict, index: int, directory: str,
-                 counts: dict[str, int], clip_seconds: float,
-                 log: Callable[[str], None]) -> str:
-    """The fold's training records (composites, mosaics, photos), written once.
+                 counts: dict[str, int], clip_seconds: float, scenes: str,
+                 categories: dict[str, str], log: Callable[[str], None]) -> str:
+    """The fold's training records (composites, mosaics, photos), written once per way of
+    drawing them (`SCENES`).
 
     Every scene is written labelled; a run whose `labels` is "composed" unlabels the
     whole photos as it reads them (`photo_eval.composed_labels`), so the recommended
@@ -243,18 +256,20 @@ def fold_records(photo_set, stamps_dir: str, fold: dict, index: int, directory: 
     photos, stamps = training_set(photo_set, stamps, fold)
     class_ids = {c: i for i, c in enumerate(sorted(set(photo_set.groups) | set(stamps.classes)))}
     seed = DATA_SEEDS["train"]
+    within = categories if scenes == "within" else None
 
     def samples():
         for i in range(counts["composites"]):
             scene = importers.compose_scene(stamps, np.random.default_rng([seed, i]),
-                                            IMAGE_SIZE, num_samples)
+                                            IMAGE_SIZE, num_samples, categories=within)
             yield {"image": records.encode_image(scene["image"], "jpeg"),
                    "waveform": scene["waveform"], "sample_rate": SAMPLE_RATE,
                    "boxes": [[scene["box"]]], "labeled": True,
                    "class_id": class_ids[scene["class"]], "id": f"composite/{seed}/{i}"}
         for i in range(counts["mosaics"]):
             scene = importers.compose_mosaic(photos, np.random.default_rng([seed, 1, i]),
-                                             IMAGE_SIZE, num_samples, GRID, augment=True)
+                                             IMAGE_SIZE, num_samples, GRID, augment=True,
+                                             categories=within)
             yield {"image": records.encode_image(scene["image"], "jpeg"),
                    "waveform": scene["waveform"], "sample_rate": SAMPLE_RATE,
                    "boxes": [[scene["box"]]], "labeled": True,
@@ -268,11 +283,11 @@ def fold_records(photo_set, stamps_dir: str, fold: dict, index: int, directory: 
                    "boxes": [scene["boxes"]], "labeled": True,
                    "class_id": class_ids[scene["class"]], "id": f"photos/{seed}/{i}"}
 
-    log(f"fold {index}: writing training records (held out: {', '.join(fold['classes'])}; "
-        f"left out: {fold['left_out'] or 'none'})")
+    log(f"fold {index}: writing {scenes} training records (held out: "
+        f"{', '.join(fold['classes'])}; left out: {fold['left_out'] or 'none'})")
     records.write_records(samples(), directory, sample_rate=SAMPLE_RATE,
                           clip_seconds=clip_seconds, source="within_category",
-                          extra={"fold": index, "held_out": fold,
+                          extra={"fold": index, "held_out": fold, "scenes": scenes,
                                  "stamps_classes": stamps.classes,
                                  "photo_classes": sorted({p["class"] for p in photos.photos}
                                                          & {s["class"] for s in photos.sounds})})
@@ -479,6 +494,12 @@ def markdown(summary: dict) -> str:
 # The experiment.
 
 
+def scene_folder(run: Run, fold: int) -> str:
+    """Where a fold's training records and feature caches for `run.scenes` live (the mixed
+    scenes keep the folder they had before there was a choice, so old work resumes)."""
+    return f"fold{fold}" if run.scenes == "mixed" else f"fold{fold}_{run.scenes}"
+
+
 def cache_key(config) -> str:
     """The frozen towers' outputs a run trains on: runs that agree share a feature cache."""
     return "_".join(str(getattr(config, field)) for field in (
@@ -559,7 +580,8 @@ def run_within_category(base_config, output_dir: str, scale: str, photos_dirs: l
     for run in plan:
         entry = results.setdefault(run.key, {"description": run.description,
                                              "overrides": run.overrides,
-                                             "labels": run.labels, "seeds": {}})
+                                             "labels": run.labels, "scenes": run.scenes,
+                                             "seeds": {}})
         for seed in seeds:
             for k, fold in enumerate(folds):
                 done = entry["seeds"].setdefault(str(seed), {})
@@ -575,8 +597,9 @@ def run_within_category(base_config, output_dir: str, scale: str, photos_dirs: l
                     log(f"fold {k}: validation " + ", ".join(
                         f"{m.category} {len(m.images)}" for m in validation[k]))
                 train_dir = fold_records(photo_set, stamps_dir, fold, k,
-                                         os.path.join(output_dir, "data", f"fold{k}"), counts,
-                                         config.clip_seconds, log)
+                                         os.path.join(output_dir, "data", scene_folder(run, k)),
+                                         counts, config.clip_seconds, run.scenes, categories,
+                                         log)
                 for mosaics in validation[k]:
                     key = (k, mosaics.category, cache_key(config))
                     if key not in arrays:
@@ -590,7 +613,7 @@ def run_within_category(base_config, output_dir: str, scale: str, photos_dirs: l
                                       arrays[k, validation[k][0].category, cache_key(config)],
                                       validation[k][0], k),
                                   log=lambda m: log(f"{tag} {m}"))
-                cache_dir = os.path.join(output_dir, "feature_cache", f"fold{k}",
+                cache_dir = os.path.join(output_dir, "feature_cache", scene_folder(run, k),
                                          cache_key(config))
                 source = records.read_records(config, train_dir, training=False, verify=False)
                 manifest = feature_cache.ensure_cache(trainer.model, config, source, cache_dir,
