@@ -398,6 +398,28 @@ def test_blended_scenes_keep_the_plain_scenes_layout_boxes_and_sound(tmp_path):
         assert np.abs(element["image"] - written[False][key]["image"]).max() > 0.05
 
 
+def test_composites_of_one_category_draw_distractors_of_the_sources_category():
+    size = 96
+    names = ["bell", "gong", "cow", "goat"]
+    stamps = importers.StampSet(
+        root="", classes=names, groups={n: n for n in names},
+        objects={n: [np.dstack([np.full([30, 30, 3], 40 * (i + 1), np.uint8),
+                                np.full([30, 30], 255, np.uint8)])] for i, n in enumerate(names)},
+        sounds={n: [_tone(300 * (i + 1), 0.5)] for i, n in enumerate(names)},
+        backgrounds=[np.full([size, size, 3], 128, np.uint8)])
+    categories = {"bell": "music", "gong": "music", "cow": "animals", "goat": "animals"}
+    mixed = 0
+    for index in range(24):
+        plain = importers.compose_scene(stamps, np.random.default_rng([3, index]), size, RATE)
+        mixed += len({categories[c] for c in plain["classes"]}) > 1
+        scene = importers.compose_scene(stamps, np.random.default_rng([3, index]), size, RATE,
+                                        min_objects=2, categories=categories)
+        # Two groups per category here: the source and one distractor of its category.
+        assert len(scene["classes"]) == 2 and scene["class"] == scene["classes"][0]
+        assert len({categories[c] for c in scene["classes"]}) == 1
+    assert mixed >= 6
+
+
 def _dilate(mask, pixels):
     out = mask.copy()
     for _ in range(pixels):

@@ -251,3 +251,25 @@ def test_training_pairs_name_what_a_fold_trains_for_each_held_out_class(photo_di
     # of their group.
     assert pairs == {"cow": ["bison"], "bison": ["cow"], "taiko": ["bongo"],
                      "bongo": ["taiko"], "cat": ["cat"], "horse": [], "goose": []}
+
+
+def test_mosaics_of_one_category_never_mix_categories(photo_dir):
+    photo_set, _ = _load(photo_dir)
+    categories = {"cow": "animals", "bison": "animals", "cat": "animals", "horse": "animals",
+                  "goose": "animals", "taiko": "music", "bongo": "music"}
+    mixed = within = 0
+    for index in range(16):
+        tiles = importers.compose_mosaic(photo_set, np.random.default_rng([4, index]), 128,
+                                         RATE, grid=2, augment=False)["classes"]
+        mixed += len({categories[c] for c in tiles}) > 1
+        one = importers.compose_mosaic(photo_set, np.random.default_rng([4, index]), 128, RATE,
+                                       grid=2, augment=False, categories=categories)
+        # Only the animals have photos of four groups: every such mosaic is all animals.
+        within += {categories[c] for c in one["classes"]} == {"animals"}
+        assert len({CLASSES[c][0] for c in one["classes"]}) == 4
+    assert within == 16 and mixed >= 8
+    too_few = {**categories, "goose": "birds"}
+    with pytest.raises(ValueError, match=r"one category needs photos of 4 groups of a "
+                       r"category. Received: \{'animals': 3, 'birds': 1, 'music': 1\}"):
+        importers.compose_mosaic(photo_set, np.random.default_rng(0), 128, RATE, grid=2,
+                                 categories=too_few)
