@@ -34,6 +34,7 @@ def _make_set(root: Path, photos_per_class=2, sounds_per_class=2) -> None:
         for j in range(photos_per_class):
             image = np.full([60, 80, 3], 100, np.uint8)
             image[10:40, 20:60] = colour
+            image[0, 0] = j  # two photos of a class, not two copies of one
             Image.fromarray(image).save(root / "photos" / f"{name}__{j}.jpg", quality=95)
             photos.append({"file": f"photos/{name}__{j}.jpg", "class": name,
                            "boxes": [[0.25, 1 / 6, 0.75, 2 / 3]]})
@@ -52,6 +53,24 @@ def material(tmp_path):
     _make_set(tmp_path / "set")
     photo_set, categories = wc.load_material([str(tmp_path / "set")], log=lambda m: None)
     return photo_set, categories
+
+
+def test_a_photo_two_sets_hold_is_loaded_once(tmp_path):
+    _make_set(tmp_path / "set")
+    _make_set(tmp_path / "bigger")  # the same photos, as a set built over another does
+    extra = Image.new("RGB", (80, 60), (1, 2, 3))
+    extra.save(tmp_path / "bigger" / "photos" / "ant__9.jpg")
+    manifest = json.loads((tmp_path / "bigger" / "manifest.json").read_text())
+    manifest["photos"].append({"file": "photos/ant__9.jpg", "class": "ant",
+                               "boxes": [[0.0, 0.0, 1.0, 1.0]]})
+    (tmp_path / "bigger" / "manifest.json").write_text(json.dumps(manifest))
+    lines = []
+    photo_set, _ = wc.load_material([str(tmp_path / "set"), str(tmp_path / "bigger")],
+                                    log=lines.append)
+    assert len(photo_set.photos) == 2 * len(ANIMALS + MUSIC) + 1
+    assert [p["file"] for p in photo_set.photos if p["file"].startswith("bigger/")] == [
+        "bigger/photos/ant__9.jpg"]
+    assert "22 already in an earlier set, dropped" in lines[1]
 
 
 def test_every_photo_is_held_out_once_and_a_classes_photos_in_different_folds(material):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -140,11 +141,14 @@ def load_material(photos_dirs: Iterable[str], log: Callable[[str], None] = print
     """The photo sets merged into one `importers.PhotoSet` and their classes' categories.
 
     Files are prefixed by their set's folder name, so two sets may reuse a file name; a
-    recording shipped in two sets keeps one source, so holding it out holds out both.
+    recording shipped in two sets keeps one source, so holding it out holds out both; a photo
+    whose bytes an earlier set already holds is dropped, since a fold that holds out one copy
+    would train on the other.
     """
     from soundloc_tf.dataloaders import importers
 
     photos, sounds, groups, categories = [], [], {}, dict(CATEGORIES)
+    seen: set[str] = set()
     for root in photos_dirs:
         report = importers.ImportReport("within_category")
         part = importers.load_photo_set(root, SAMPLE_RATE, report, io.StringIO())
@@ -152,12 +156,19 @@ def load_material(photos_dirs: Iterable[str], log: Callable[[str], None] = print
         with open(os.path.join(root, "manifest.json")) as f:
             categories.update({str(k): str(v) for k, v in
                                (json.load(f).get("categories") or {}).items()})
-        photos += [{**p, "file": f"{tag}/{p['file']}"} for p in part.photos]
+        copies = 0
+        for photo in part.photos:
+            with open(os.path.join(root, photo["file"]), "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()
+            copies += digest in seen
+            if digest not in seen:
+                photos.append({**photo, "file": f"{tag}/{photo['file']}"})
+            seen.add(digest)
         sounds += [{**s, "file": f"{tag}/{s['file']}"} for s in part.sounds
                    if s["source"] not in EXCLUDED_SOURCES]
         groups.update(part.groups)
-        log(f"{root}: {len(part.photos)} photos, {len(part.sounds)} recordings, "
-            f"{len(part.groups)} classes")
+        log(f"{root}: {len(part.photos)} photos ({copies} already in an earlier set, "
+            f"dropped), {len(part.sounds)} recordings, {len(part.groups)} classes")
     unknown = sorted({p["class"] for p in photos} - set(categories))
     if unknown:
         raise ValueError(f"classes without a category (add them to within_category.CATEGORIES "
