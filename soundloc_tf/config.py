@@ -315,7 +315,32 @@ def _require(condition: bool, message: str, **received: Any) -> None:
         raise ValueError(f"{message}. Received: {shown}")
 
 
+# The bound of every integer field: each one ends up in an int32 or int64 tensor, a NumPy
+# seed or a step count, and a value past it fails deep in TensorFlow (an OverflowError
+# traceback) instead of here, named.
+MAX_INTEGER = 2 ** 31 - 1
+
+
+def _validate_numbers(c: Config) -> None:
+    """Every numeric field finite and within MAX_INTEGER, checked before the field's own
+    range, so an absurd value is refused by name whichever field it is."""
+    for field in dataclasses.fields(c):
+        value = getattr(c, field.name)
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if isinstance(v, int):
+                _require(-MAX_INTEGER <= v <= MAX_INTEGER,
+                         f"{field.name} must lie in [-{MAX_INTEGER}, {MAX_INTEGER}]",
+                         **{field.name: value})
+            else:
+                _require(math.isfinite(v), f"{field.name} must be a finite number",
+                         **{field.name: value})
+
+
 def _validate(c: Config) -> None:
+    _validate_numbers(c)
     _require(c.image_tower in IMAGE_TOWERS, f"image_tower must be one of {IMAGE_TOWERS}",
              image_tower=c.image_tower)
     _require(c.image_tower_precision in TOWER_PRECISIONS,

@@ -21,7 +21,7 @@ FLOORS = {
     0: ("config", "losses", "metrics", "protocols", "visualize", "tf_logs"),
     1: ("dataloaders", "realset"),
     2: ("modeling",),
-    3: ("train", "eval", "inference", "experiments"),
+    3: ("train", "eval", "inference", "tasks", "experiments"),
 }
 TOP = 4  # tools/ and serving/: installed as soundloc_tf.tools and soundloc_tf.serving
 FLOOR_OF = {part: floor for floor, parts in FLOORS.items() for part in parts}

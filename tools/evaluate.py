@@ -23,11 +23,8 @@ under <output_dir>/tensorboard), and prints a table.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 
-import numpy as np
 from absl import flags
 
 from . import common
@@ -67,194 +64,22 @@ flags.DEFINE_integer("num_cases", 8, "Best and worst cases each in the --plots g
                      lower_bound=1)
 FLAGS = flags.FLAGS
 
-_ROW = "{:30s} {:>9s} {:>10s} {:>7s} {:>9s}"
-
-
-def _row(name: str, r: dict) -> str:
-    return _ROW.format(name, f"{r['ciou_at_0_5']:.3f}", f"{r['mean_ciou']:.3f}",
-                       f"{r['auc']:.3f}", f"{r['pointing_game']:.3f}")
-
-
-def _table(result: dict) -> str:
-    rows = [(f"model ({result['map']} map)", result)]
-    if "mismatched_sound" in result:
-        rows.append(("  with mismatched sound", result["mismatched_sound"]))
-    rows += [("  raw cosine map", result["cosine_map"]),
-             ("baseline: whole image", result["baselines"]["whole_image"]),
-             ("baseline: centre box", result["baselines"]["center_box"]),
-             (f"baseline: random box (seed {result['random_baseline']['seed']})",
-              result["random_baseline"])]
-    lines = [_ROW.format("", "cIoU@0.5", "mean cIoU", "AUC", "pointing")]
-    lines += [_row(name, r) for name, r in rows]
-    if "audio_dependence_gap" in result:
-        gap = result["audio_dependence_gap"]
-        lines.append(_ROW.format("audio-dependence gap", *(f"{gap[k]:+.3f}" for k in (
-            "ciou_at_0_5", "mean_ciou", "auc", "pointing_game"))) +
-            f"   (peak moved in {gap['peak_moved']:.1%} of images)")
-    for rule, r in result.get("by_rule", {}).items():
-        lines.append(_row(f"rule {rule}", r))
-    for name, r in result.get("by_protocol", {}).items():
-        lines.append(_row(f"protocol {name}", r))
-    if "peak_location" in result:
-        where = result["peak_location"]
-        lines.append("map peak on: " + ", ".join(
-            f"{k} {v['rate']:.3f}" for k, v in where.items() if v["rate"] is not None))
-    if "negatives" in result:
-        lines.append(f"\n{'negative audio':30s} {'confidence':>10s} {'AP':>7s} {'max-F1':>7s} "
-                     f"{'loc. AP':>8s} {'loc. F1':>8s}")
-        report = result["negatives"]
-        for kind, by_confidence in [*report["kinds"].items(), ("all kinds pooled",
-                                                                report["pooled"])]:
-            for confidence, s in by_confidence.items():
-                lines.append(f"{kind:30s} {confidence:>10s} {s['ap']:7.3f} {s['max_f1']:7.3f} "
-                             f"{s['localized_ap']:8.3f} {s['localized_max_f1']:8.3f}")
-    peers = result.get("negatives_by_protocol", {})
-    if "slavc" in peers:
-        lines.append(f"\n{'protocol slavc (cIoU >= 0.5)':30s} {'precision':>10s} {'AP':>7s} "
-                     f"{'max-F1':>7s} {'AUC':>7s}")
-        for kind, stats in peers["slavc"].items():
-            s = stats["all@50"]
-            lines.append(f"{'positives + ' + kind:30s} {s['precision']:10.3f} {s['ap']:7.3f} "
-                         f"{s['max_f1']:7.3f} {s['auc']:7.3f}")
-    if "vssl_eval" in peers:
-        lines.append(f"\n{'protocol vssl_eval':30s} {'pIA':>10s} {'AOC':>7s}")
-        for kind, s in peers["vssl_eval"].items():
-            lines.append(f"{kind:30s} {s['pia']:10.3f} {s['aoc']:7.3f}")
-    return "\n".join(lines)
-
-
-def _records_dataset(config, pattern: str):
-    """The records as an evaluation dataset, their class groups and class names (or None)."""
-    from soundloc_tf.dataloaders import records
-    from soundloc_tf.eval.evaluation import group_ids
-
-    extra = records.resolve(pattern).manifest.get("extra", {})
-    classes = extra.get("classes") or []
-    groups = group_ids(classes, extra.get("groups"))
-    names = {str(i): name for i, name in enumerate(classes)} or None
-    return records.read_records(config, pattern, training=False), groups, names
-
-
-def _read_list_ids(path: str) -> list[str]:
-    """A test list's ids: the "file" names of a vggss.json, else one id per line / first column."""
-    if path.endswith(".json"):
-        from soundloc_tf.dataloaders.importers import parse_vggss
-
-        return [str(entry["file"]) for entry in parse_vggss(path)]
-    from soundloc_tf.dataloaders.importers import read_id_list
-
-    return read_id_list(path)
-
-
-def _select_test_list(scenes, name: str, ids_path: str | None):
-    """The records of the named list (kept in order) and the list's count report."""
-    import tensorflow as tf
-
-    from soundloc_tf import protocols
-
-    ids = [i.decode() for i in scenes.map(lambda e: e["id"]).as_numpy_iterator()]
-    keep, report = protocols.select_test_list(
-        name, ids, _read_list_ids(ids_path) if ids_path else None)
-    if not keep.any():
-        raise ValueError(f"no record belongs to the test list {name}. Received: {len(ids)} "
-                         f"records, list {ids_path or '(record ids)'}")
-    wanted = tf.constant(sorted({i for i, k in zip(ids, keep) if k}))
-    return scenes.filter(lambda e: tf.reduce_any(tf.equal(e["id"], wanted))), report
-
-
-def _write_overlay_grid(model, dataset, count: int, path: str) -> None:
-    from PIL import Image
-
-    from soundloc_tf.eval.evaluation import predict_maps
-    from soundloc_tf.visualize import draw_boxes, overlay
-
-    batch = next(iter(dataset.batch(count)))
-    maps = predict_maps(model, [batch])
-    tiles = draw_boxes(overlay(batch["image"], maps["attention"]), batch["boxes"][:, 0]).numpy()
-    columns = int(np.ceil(np.sqrt(len(tiles))))
-    rows = int(np.ceil(len(tiles) / columns))
-    pad = np.ones([rows * columns - len(tiles), *tiles.shape[1:]], tiles.dtype)
-    grid = np.concatenate([tiles, pad]).reshape(rows, columns, *tiles.shape[1:])
-    grid = grid.transpose(0, 2, 1, 3, 4).reshape(rows * tiles.shape[1],
-                                                 columns * tiles.shape[2], 3)
-    Image.fromarray((grid * 255).round().astype(np.uint8)).save(path)
+SETTINGS = ("rule", "protocol", "annotation", "records", "test_list", "test_list_ids",
+            "num_samples", "num_overlays", "output_dir", "negatives", "plots", "random_seed",
+            "noise_seed", "num_cases")
 
 
 def main(argv: list[str]) -> None:
-    from soundloc_tf.dataloaders import data
-    from soundloc_tf.eval import plots
-    from soundloc_tf.eval.evaluation import evaluate_detailed
-    from soundloc_tf.train.run_dir import restore_model
+    from soundloc_tf.tasks import evaluation  # after flag parsing: slow
 
-    config, model, step = restore_model(FLAGS.workdir)
-    output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir, "eval")
-    os.makedirs(output_dir, exist_ok=True)
-    groups = class_names = test_list = None
-    annotation = FLAGS.annotation or "flickr"
-    if FLAGS.test_list and not FLAGS.records:
-        raise ValueError("--test_list selects records by id, so it needs --records. Received: "
-                         f"--test_list={FLAGS.test_list}")
-    if FLAGS.records:
-        scenes, groups, class_names = _records_dataset(config, FLAGS.records)
-        if FLAGS.annotation is None:
-            from soundloc_tf.dataloaders import records
+    settings = evaluation.EvaluationSettings(**{name: FLAGS[name].value for name in SETTINGS})
 
-            if records.resolve(FLAGS.records).manifest.get("source") == "vggss":
-                annotation = "vggss"
-        if FLAGS.test_list:
-            scenes, test_list = _select_test_list(scenes, FLAGS.test_list, FLAGS.test_list_ids)
-        if FLAGS.num_samples:
-            scenes = scenes.take(FLAGS.num_samples)
-        source = f"TFRecords {FLAGS.records}"
-    else:
-        count = FLAGS.num_samples or config.num_eval_samples
-        scenes = data.synthetic_dataset(config, config.eval_seed, count=count, with_extras=True)
-        source = f"held-out synthetic scenes (seed {config.eval_seed})"
-    total = FLAGS.num_samples or (None if FLAGS.records else config.num_eval_samples)
-
-    def progress(done: int) -> None:
+    def progress(done: int, total: int | None) -> None:
         print(f"\rscored {done}/{total or '?'}", end="", file=sys.stderr, flush=True)
 
-    result, details = evaluate_detailed(model, config, scenes, FLAGS.rule, progress,
-                                        all_rules=True, with_negatives=FLAGS.negatives,
-                                        random_seed=FLAGS.random_seed,
-                                        noise_seed=FLAGS.noise_seed, class_groups=groups,
-                                        protocol=FLAGS.protocol, annotation=annotation)
+    result, paths = evaluation.evaluate_run(FLAGS.workdir, settings, progress)
     print(file=sys.stderr)
-    result.update(step=step, workdir=os.path.abspath(FLAGS.workdir), source=source,
-                  eval_seed=None if FLAGS.records else config.eval_seed,
-                  records=FLAGS.records, test_list=test_list)
-    metrics_path = os.path.join(output_dir, "metrics.json")
-    with open(metrics_path + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(metrics_path + ".tmp", metrics_path)
-
-    paths = [metrics_path]
-    if FLAGS.num_overlays:
-        overlay_path = os.path.join(output_dir, "overlays.png")
-        _write_overlay_grid(model, scenes, FLAGS.num_overlays, overlay_path)
-        paths.append(overlay_path)
-    if FLAGS.plots:
-        written = plots.write_evaluation_plots(
-            result, details, scenes, output_dir, FLAGS.num_cases,
-            tensorboard_dir=os.path.join(output_dir, "tensorboard"), step=step,
-            class_names=class_names)
-        paths += list(written.values())
-
-    rule = FLAGS.rule if FLAGS.rule != "fixed" else f"fixed threshold {config.ciou_threshold}"
-    if FLAGS.protocol != "fixed":
-        rule = f"protocol {FLAGS.protocol} ({result['protocol']['source']})"
-    print(f"{source}: {result['n']} pairs, step {step}, protocol {FLAGS.protocol}, binarising "
-          f"rule: {rule}, frame {result['eval_size']}x{result['eval_size']}, annotation "
-          f"{annotation}")
-    if test_list:
-        print(f"Test list {test_list['name']}: {test_list['found']} of {test_list['expected']} "
-              "ids found" + (f" (missing e.g. {', '.join(test_list['missing'][:5])})"
-                             if test_list["missing"] else ""))
-    if result["skipped_without_boxes"]:
-        print(f"Skipped {result['skipped_without_boxes']} pairs without an annotated box "
-              "(nothing to score them against)")
-    print(_table(result))
+    print("\n".join(evaluation.report_lines(result, settings)))
     print("Wrote " + ", ".join(paths))
 
 

@@ -84,126 +84,26 @@ flags.DEFINE_integer("cache_samples", 10_000, "tower_mode=cached on synthetic sc
 common.define_config_flags()
 FLAGS = flags.FLAGS
 
-TOWER_MODES = {"fine_tuned": False, "frozen": True, "cached": True}  # -> freeze both towers
-# The flags outside Config: the run's config.json records them under "run_flags".
-RUN_FLAGS = ("preset", "records", "records_weights", "annotations", "validation_records",
-             "tower_mode", "feature_cache", "cache_dtype", "cache_image_tower",
-             "cache_in_memory", "cache_samples")
 
+def main(argv: list[str]) -> None:
+    from soundloc_tf.tasks import localization  # after flag parsing: slow
+    from soundloc_tf.train.training import make_strategy
 
-def _config():
-    config = common.config_from_flags()
-    if FLAGS.tower_mode is None and config.cache_features:
-        FLAGS.tower_mode = "cached"  # the config's default: frozen towers, cached features
-    if FLAGS.tower_mode != "cached":  # cache flags would be silently ignored
-        for name in ("feature_cache", "cache_dtype", "cache_image_tower", "cache_in_memory",
-                     "cache_samples"):
+    data_config = localization.DataConfig(**{name: FLAGS[name].value for name in (
+        "records", "records_weights", "annotations", "validation_records", "tower_mode",
+        *localization.CACHE_SETTINGS)})
+    task = localization.LocalizationTask(common.config_from_flags(), data_config,
+                                         explicit=common.overridden_fields())
+    if task.tower_mode != "cached":  # the cache flags would be silently ignored
+        for name in localization.CACHE_SETTINGS:
             if FLAGS[name].present:
                 raise ValueError(f"--{name} needs --tower_mode=cached. Received: "
                                  f"--{name}={FLAGS[name].value!r}")
-    if FLAGS.tower_mode is None:
-        return config
-    if FLAGS.tower_mode != "cached" and config.cache_features:  # the preset's default mode
-        config = config.replace(cache_features=False)
-    freeze = TOWER_MODES[FLAGS.tower_mode]
-    for name in ("freeze_image_tower", "freeze_audio_tower"):
-        if FLAGS[name].present and FLAGS[name].value != freeze:
-            raise ValueError(f"--tower_mode={FLAGS.tower_mode} contradicts --{name}. "
-                             f"Received: --{name}={FLAGS[name].value}")
-    if FLAGS.tower_mode == "cached" and os.environ.get("TF_CONFIG"):
-        raise ValueError("--tower_mode=cached trains on one worker (the cache is one "
-                         "directory); unset TF_CONFIG or use --tower_mode=frozen. Received: "
-                         "TF_CONFIG is set")
-    return config.replace(freeze_image_tower=freeze, freeze_audio_tower=freeze)
-
-
-def main(argv: list[str]) -> None:
-    config = _config()
-    if FLAGS.annotations and not FLAGS.records:
-        raise ValueError(f"--annotations labels imported pairs; it needs --records. Received: "
-                         f"--annotations={FLAGS.annotations!r}")
-    if FLAGS.records_weights and not FLAGS.records:
-        raise ValueError(f"--records_weights weighs the sets of --records; it needs them. "
-                         f"Received: --records_weights={FLAGS.records_weights!r}")
-    if FLAGS.annotations and not (config.label_fraction > 0 and config.supervised_weight > 0):
-        raise ValueError(f"--annotations needs the semi-supervised term on (label_fraction > 0 "
-                         f"and supervised_weight > 0). Received: label_fraction="
-                         f"{config.label_fraction}, supervised_weight={config.supervised_weight}")
     workdir = FLAGS.workdir or os.path.join("runs", FLAGS.preset)
-    from soundloc_tf.dataloaders import records
-    from soundloc_tf.train.training import Trainer, make_strategy  # after flag parsing: slow
-
-    # Only manifests are read here, so a bad list fails in one line before the slow set-up.
-    train_sets = (records.parse_record_sets(FLAGS.records, FLAGS.records_weights,
-                                            FLAGS.annotations) if FLAGS.records else None)
-    validation_sets = (records.parse_record_sets(FLAGS.validation_records)
-                       if FLAGS.validation_records else None)
     # First, before any op: MultiWorkerMirroredStrategy (TF_CONFIG set) configures the
     # collectives at program start-up and refuses once an op has run (reading records does).
     strategy = make_strategy()
-    dataset_fn, validation = None, None
-    if train_sets:
-        for line in records.describe_record_sets(train_sets, training=True):
-            print(line, flush=True)
-        records.read_record_sets(config, train_sets, training=True)  # fail early, verified
-        dataset_fn = lambda start: records.read_record_sets(  # noqa: E731
-            config, train_sets, training=True, seed=config.train_seed, start=start,
-            verify=False)
-        layered = [s for s in train_sets if s.annotations]
-        if layered:
-            print(f"Semi-supervised on {sum(s.labeled for s in layered)} labelled pairs of "
-                  f"{sum(s.count for s in layered)} (annotation layer "
-                  f"{', '.join(s.annotations for s in layered)})", flush=True)
-    if validation_sets:
-        from soundloc_tf.train.training import VALIDATION_SAMPLES_DURING_TRAINING
-
-        for line in records.describe_record_sets(validation_sets, training=False):
-            print(line, flush=True)
-        total = sum(s.count for s in validation_sets)
-        if len(validation_sets) > 1:  # the first set may fill the whole validation sample
-            print(f"Validating on the first {min(total, VALIDATION_SAMPLES_DURING_TRAINING)} "
-                  f"of their {total} pairs, concatenated in order", flush=True)
-        validation = records.read_record_sets(config, validation_sets, training=False).take(
-            VALIDATION_SAMPLES_DURING_TRAINING)
-    trainer = Trainer(config, workdir, strategy, dataset_fn=dataset_fn, validation=validation,
-                      run_flags={name: FLAGS[name].value for name in RUN_FLAGS})
-    if FLAGS.tower_mode == "cached":
-        from soundloc_tf.dataloaders import data
-        from soundloc_tf.train import feature_cache
-
-        cache_dir = FLAGS.feature_cache or os.path.join(workdir, "feature_cache")
-        if train_sets and len(train_sets) > 1:  # one cache per set, mixed as the sets are
-            sources = {os.path.join(cache_dir, s.key): records.read_record_sets(
-                config, [s], training=False, verify=False) for s in train_sets}
-        elif train_sets:
-            sources = {cache_dir: records.read_record_sets(config, train_sets, training=False,
-                                                           verify=False)}
-        else:
-            sources = {cache_dir: data.synthetic_dataset(config, config.train_seed,
-                                                         count=FLAGS.cache_samples)}
-        manifests = [feature_cache.ensure_cache(trainer.model, config, source, directory,
-                                                dtype=FLAGS.cache_dtype,
-                                                image_tower=FLAGS.cache_image_tower)
-                     for directory, source in sources.items()]
-        if FLAGS.cache_in_memory == "auto":
-            in_memory = feature_cache.fits_in_memory(manifests)
-        else:
-            in_memory = FLAGS.cache_in_memory == "true"
-        held = sum(feature_cache.in_memory_bytes(m) for m in manifests) / 1e9
-        where = (f"held in memory ({held:.2f} GB" if in_memory
-                 else f"streamed from disk ({held:.2f} GB if held in memory")
-        print(f"Feature cache {where}; --cache_in_memory={FLAGS.cache_in_memory})", flush=True)
-        if len(sources) == 1:
-            cached = feature_cache.cache_dataset_fn(config, cache_dir, in_memory)
-        else:
-            cached = feature_cache.cache_dataset_fn(config, list(sources), in_memory,
-                                                    weights=[s.weight for s in train_sets])
-        trainer.use_feature_cache(cached)
-    print(f"Training {config.train_steps} steps, batch {config.batch_size}, on "
-          f"{trainer.strategy.num_replicas_in_sync} replica(s)"
-          f"{', update compiled with XLA' if trainer.xla_update else ''}; logs in {workdir}",
-          flush=True)
-    trainer.train()
+    task.train(workdir, strategy, run_flags={"preset": FLAGS.preset})
     print(f"Checkpoints: {os.path.join(workdir, 'checkpoints')}\n"
           f"TensorBoard: tensorboard --logdir {os.path.join(workdir, 'tensorboard')}")
 

@@ -52,20 +52,54 @@ def restore_newest_readable(checkpoint: tf.train.Checkpoint, paths: list[str],
     return None
 
 
+def build_run_model(config: Config, pretrained: bool = True) -> keras.Model:
+    """`build_model(config)`, with or without reading the towers' pretrained weights.
+
+    Args:
+      config: the run's config.
+      pretrained: read the weights files `image_weights` and `audio_weights` name. False
+        builds the same network with initial weights, for a checkpoint to supply every
+        one (restoring checks that it does): a trained run then evaluates and exports on
+        a machine without those files.
+    """
+    if not pretrained:
+        config = config.replace(image_weights="none", audio_weights="none")
+    return build_model(config)
+
+
+def checkpoint_paths(workdir: str) -> list[str]:
+    """The run's checkpoints, oldest first, as the `checkpoint` state file lists them.
+
+    Read from the state file itself: `CheckpointManager.checkpoints` drops entries without
+    timestamps (a state file rolled back or written by other tools).
+    """
+    state = tf.train.get_checkpoint_state(os.path.join(workdir, "checkpoints"))
+    return list(state.all_model_checkpoint_paths) if state else []
+
+
+def has_checkpoint(workdir: str) -> bool:
+    """Whether `workdir` holds a checkpoint to resume or restore from."""
+    return bool(checkpoint_paths(workdir))
+
+
 def restore_model(workdir: str, log: Callable[[str], None] = print_line
                   ) -> tuple[Config, keras.Model, int]:
-    """The config, model weights and step of the newest readable checkpoint in `workdir`."""
+    """The config, model weights and step of the newest readable checkpoint in `workdir`.
+
+    The towers' pretrained weights files are not read (`build_run_model(pretrained=False)`):
+    the checkpoint holds every weight, frozen towers included.
+    """
     config = load_saved_config(workdir)
     if config is None:
         raise ValueError(f"no training run found (config.json is missing). Received: "
                          f"workdir={workdir!r}")
-    state = tf.train.get_checkpoint_state(os.path.join(workdir, "checkpoints"))
-    if state is None or not state.all_model_checkpoint_paths:
+    paths = checkpoint_paths(workdir)
+    if not paths:
         raise ValueError(f"the run has no checkpoint yet. Received: workdir={workdir!r}")
-    model = build_model(config)
+    model = build_run_model(config, pretrained=False)
     step = tf.Variable(0, dtype=tf.int64)
-    restore_newest_readable(tf.train.Checkpoint(model=model, step=step),
-                            list(state.all_model_checkpoint_paths), log, partial=True)
+    restore_newest_readable(tf.train.Checkpoint(model=model, step=step), paths, log,
+                            partial=True)
     return config, model, int(step.numpy())
 
 

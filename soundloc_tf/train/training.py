@@ -28,7 +28,8 @@ from soundloc_tf.dataloaders import data
 from soundloc_tf.config import Config
 from soundloc_tf.eval.evaluation import evaluate, is_annotated, predict_maps
 from soundloc_tf.modeling.models import build_model, inverse_norms
-from soundloc_tf.train.run_dir import load_saved_config, print_line, restore_newest_readable
+from soundloc_tf.train.run_dir import (checkpoint_paths, load_saved_config, print_line,
+                                      restore_newest_readable)
 from soundloc_tf.visualize import draw_boxes, overlay
 
 # Fields that may change between a run and its resumption.
@@ -227,7 +228,8 @@ class Trainer:
                  dataset_fn: DatasetFn | None = None,
                  validation: tf.data.Dataset | None = None,
                  log: Callable[[str], None] = print_line,
-                 run_flags: dict[str, Any] | None = None):
+                 run_flags: dict[str, Any] | None = None,
+                 model_fn: Callable[[], keras.Model] | None = None):
         """Args:
           config: the model and training settings, saved as the run's config.json.
           workdir: the run directory (config, checkpoints, TensorBoard logs).
@@ -238,6 +240,9 @@ class Trainer:
           run_flags: the settings outside `Config` that shaped the run (the command
             line's data and cache flags), saved in config.json under "run_flags" so
             that the file records the whole run.
+          model_fn: builds the model, inside the strategy's scope (default:
+            `build_model(config)`; `LocalizationTask.build_model` skips the pretrained
+            weights files when a checkpoint will replace them).
         """
         self.config = config
         self.run_flags = dict(run_flags or {})
@@ -262,7 +267,7 @@ class Trainer:
         with self.strategy.scope():
             # Seeded initial weights: the same command gives the same run.
             keras.utils.set_random_seed(config.train_seed)
-            self.model = build_model(config)
+            self.model = model_fn() if model_fn else build_model(config)
             self.optimizer = make_optimizer(config)
             # Built eagerly inside the scope: a lazily built optimiser fails under Mirrored.
             self.optimizer.build(self.model.trainable_variables)
@@ -301,9 +306,8 @@ class Trainer:
     def _restore(self) -> None:
         # The `checkpoint` state file, as restore_model reads it: CheckpointManager.checkpoints
         # drops entries without timestamps (a state file rolled back or written by other tools).
-        state = tf.train.get_checkpoint_state(os.path.join(self.workdir, "checkpoints"))
-        paths = list(state.all_model_checkpoint_paths) if state else []
-        path = restore_newest_readable(self.checkpoint, paths, self.log, partial=False)
+        path = restore_newest_readable(self.checkpoint, checkpoint_paths(self.workdir), self.log,
+                                       partial=False)
         if path is not None:
             self.log(f"Resumed from {path} at step {int(self.step.numpy())}.")
 
@@ -359,14 +363,20 @@ class Trainer:
         return {k: tf.where(finite, v, float("nan")) for k, v in terms.items()}
 
     @tf.function
-    def _distributed_step(self, iterator) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-        """The summed loss terms, and the batch's ids (per replica) for a NaN report."""
+    def train_step(self, iterator) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+        """One step on the next global batch of `iterator` (over `train_dataset()`,
+        distributed): the summed loss terms, and the batch's ids (per replica) for a NaN
+        report. `train` calls it; the benchmarks time it."""
         batch = next(iterator)
         terms = self.strategy.run(self._replica_step, args=(batch,))
         self.step.assign_add(1)
         reduced = {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                    for k, v in terms.items()}
         return reduced, batch["id"]
+
+    # The step's earlier, private name: tests/test_training.py (another owner's file) still
+    # calls it; remove once it calls train_step.
+    _distributed_step = train_step
 
     def _write_nan_report(self, step: int, ids, terms: dict[str, float]) -> str:
         """<workdir>/nan_report.json: the step, this worker's batch ids, the loss terms."""
@@ -402,7 +412,7 @@ class Trainer:
         last: dict[str, float] = {}
         window_start, window_steps = time.perf_counter(), 0
         while int(self.step.numpy()) < target:
-            terms, ids = self._distributed_step(iterator)
+            terms, ids = self.train_step(iterator)
             step = int(self.step.numpy())
             window_steps += 1
             last = {k: float(v) for k, v in terms.items()}
