@@ -72,13 +72,14 @@ EXCLUDED_SOURCES = ("usr/share/tuxpaint/stamps/animals/birds/duck.ogg",)
 CATEGORIES: dict[str, str] = {
     **{name: "animals" for name in (
         "bear", "bison", "blackbird", "cat", "cow", "crow", "cuckoo", "dog", "duck", "fox",
-        "frog", "goat", "goose", "gorilla", "hen", "horse", "lark", "lion", "monkey", "pig",
-        "rooster", "sheep", "tiger", "turkey", "whale")},
+        "frog", "goat", "goose", "gorilla", "hen", "horse", "lark", "lion", "monkey", "owl",
+        "pig", "rooster", "sheep", "tiger", "turkey", "whale")},
     **{name: "music" for name in (
         "cello", "cymbal", "didgeridoo", "drum_kit", "floor_tom", "folk_band", "hand_drum",
         "mariachi", "orchestra", "rock_band", "taiko", "violin")},
     **{name: "vehicles" for name in (
         "airplane", "bus", "car", "helicopter", "motorcycle", "train", "truck")},
+    "people": "people",
     **{name: "other" for name in ("hand_saw", "toilet")},
 }
 FINAL_RUN = "recommended"
