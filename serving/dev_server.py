@@ -296,7 +296,7 @@ class ModelStore:
             raise ValueError(f"model_base_path is not a directory. Received: {model_base_path!r}")
         self.model_name = model_name or os.path.basename(os.path.normpath(model_base_path))
         found = sorted(int(d) for d in os.listdir(model_base_path)
-                       if d.isdigit() and os.path.isfile(
+                       if d.isascii() and d.isdigit() and os.path.isfile(
                            os.path.join(model_base_path, d, "saved_model.pb")))
         if not found:
             raise ValueError("no version directories (<model_base_path>/<integer>/saved_model.pb) "

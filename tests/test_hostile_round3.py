@@ -66,3 +66,27 @@ def test_N2_a_large_json_parse_hands_the_gil_to_other_threads(exported):
         worker.join()
     assert answer[0][0] == 400 and "input waveform: expected shape" in answer[0][1]["error"]
     assert len(stalls) > 100 and max(stalls) < 0.3, sorted(stalls)[-5:]
+
+
+# N12 and N13: version directories and numbers ------------------------------------------
+
+
+def test_N12_a_superscript_digit_directory_beside_the_versions_is_ignored(tmp_path):
+    from soundloc_tf.inference import export
+
+    (tmp_path / "1").mkdir()
+    (tmp_path / "\u00b2").mkdir()  # '²'.isdigit() is True; before: "invalid literal for int()"
+    assert export.next_version(str(tmp_path)) == 2
+
+
+def test_N13_an_export_version_beyond_int64_is_refused(tmp_path):
+    from soundloc_tf.config import get_config
+    from soundloc_tf.inference import export
+
+    with pytest.raises(ValueError, match=r"version must be an integer in \[1, "
+                                         r"9223372036854775807\].*Received: "
+                                         r"version=100000000000000000000"):
+        export.export_model(None, get_config("tiny"), str(tmp_path), version=10 ** 20)
+    result = run_module("soundloc_tf.tools.export", f"--workdir={tmp_path}",
+                        "--version=100000000000000000000")  # before: exit 0
+    assert_one_line_error(result, "--version", "9223372036854775807")

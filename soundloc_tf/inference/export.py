@@ -637,12 +637,17 @@ def serving_functions(model: keras.Model, config: Config,
 # Writing the SavedModel.
 
 
+# The largest version TF Serving can address (int64).
+MAX_VERSION = 2 ** 63 - 1
+
+
 def next_version(model_dir: str) -> int:
     """1 + the largest integer version directory in `model_dir` (1 when none)."""
     if not os.path.isdir(model_dir):
         return 1
     versions = [int(d) for d in os.listdir(model_dir)
-                if d.isdigit() and os.path.isdir(os.path.join(model_dir, d))]
+                # isascii: '²'.isdigit() is True but int('²') fails (N12).
+                if d.isascii() and d.isdigit() and os.path.isdir(os.path.join(model_dir, d))]
     return max(versions, default=0) + 1
 
 
@@ -658,8 +663,11 @@ def export_model(model: keras.Model, config: Config, export_base: str,
         raise ValueError("model_name must be letters, digits, '_', '.' or '-', not starting "
                          f"with '.' or '-'. Received: model_name={model_name!r}")
     if version is not None and (isinstance(version, bool) or not isinstance(version, int)
-                                or version < 1):
-        raise ValueError(f"version must be a positive integer. Received: version={version!r}")
+                                or not 1 <= version <= MAX_VERSION):
+        # TF Serving addresses versions as int64 (gRPC's Int64Value): a larger one is
+        # written but can never be asked for.
+        raise ValueError(f"version must be an integer in [1, {MAX_VERSION}] (int64, as TF "
+                         f"Serving addresses versions). Received: version={version!r}")
     heatmap_size = heatmap_size or config.eval_size
     if not 8 <= heatmap_size <= 1024:
         raise ValueError(f"heatmap_size must lie in [8, 1024]. Received: "
