@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from soundloc_tf.config import Config
 from soundloc_tf.dataloaders import data, records
+from soundloc_tf.modeling import models
 from soundloc_tf.train import feature_cache, run_dir
 from soundloc_tf.train.training import (VALIDATION_SAMPLES_DURING_TRAINING, DatasetFn, Trainer,
                                         make_strategy)
@@ -147,6 +148,8 @@ class LocalizationTask:
     def __init__(self, config: Config, data_config: DataConfig = DataConfig(), *,
                  explicit: Collection[str] = (),
                  validation_samples: int = VALIDATION_SAMPLES_DURING_TRAINING,
+                 shared_cache: str | None = None,
+                 relabel: Callable[[DatasetFn], DatasetFn] | None = None,
                  log: Callable[[str], None] = run_dir.print_line):
         """Args:
           config: the model and training settings.
@@ -154,13 +157,20 @@ class LocalizationTask:
           explicit: the config fields given explicitly (see `resolve_tower_mode`).
           validation_samples: the pairs validated on during training (the first of the
             validation records, or as many held-out synthetic scenes).
+          shared_cache: a folder of feature caches that several runs share (an
+            experiment's): the cached mode's cache is then <shared_cache>/<the towers'
+            fingerprint>, so runs on the same towers build it once.
           log: where progress lines go.
         """
         self.config, self.tower_mode = resolve_tower_mode(config, data_config.tower_mode,
                                                           explicit)
         self.data_config = data_config
         self.validation_samples = validation_samples
+        self.shared_cache = shared_cache
+        self.relabel = relabel or (lambda dataset_fn: dataset_fn)
         self.log = log
+        # Directory -> manifest of the feature caches the last `build_feature_cache` used.
+        self.feature_caches: dict[str, dict] = {}
         if data_config.annotations and not (self.config.label_fraction > 0
                                             and self.config.supervised_weight > 0):
             raise ValueError(f"--annotations needs the semi-supervised term on (label_fraction "
@@ -241,10 +251,14 @@ class LocalizationTask:
         Args:
           model: the run's model (its towers fill the cache).
           workdir: the run directory (the default cache lives in it).
-          directory: the cache directory; default the data config's, else
-            <workdir>/feature_cache.
+          directory: the cache directory; default the data config's, else the shared
+            cache's folder for `model`'s towers, else <workdir>/feature_cache.
         """
         config, settings = self.config, self.data_config
+        if directory is None and settings.feature_cache is None and self.shared_cache:
+            towers = models.split_model(model)
+            directory = os.path.join(self.shared_cache,
+                                     feature_cache.fingerprint(towers.image, towers.audio)[:16])
         directory = directory or settings.feature_cache or os.path.join(workdir,
                                                                         "feature_cache")
         if self.train_sets and len(self.train_sets) > 1:
@@ -260,6 +274,7 @@ class LocalizationTask:
                                                 dtype=settings.cache_dtype,
                                                 image_tower=settings.cache_image_tower)
                      for path, source in sources.items()]
+        self.feature_caches = dict(zip(sources, manifests))
         in_memory = (feature_cache.fits_in_memory(manifests)
                      if settings.cache_in_memory == "auto"
                      else settings.cache_in_memory == "true")
@@ -291,13 +306,15 @@ class LocalizationTask:
         strategy = strategy or make_strategy()
         # A resumed run's checkpoint holds the towers: their weights files are not read.
         resuming = run_dir.has_checkpoint(workdir)
-        trainer = Trainer(self.config, workdir, strategy, dataset_fn=self.build_inputs(),
+        trainer = Trainer(self.config, workdir, strategy,
+                          dataset_fn=self.relabel(self.build_inputs()),
                           validation=(self.build_validation() if validation is None
                                       else validation),
                           log=self.log, run_flags={**(run_flags or {}), **self.run_flags},
                           model_fn=lambda: self.build_model(pretrained=not resuming))
         if self.tower_mode == "cached":
-            trainer.use_feature_cache(self.build_feature_cache(trainer.model, workdir))
+            trainer.use_feature_cache(self.relabel(self.build_feature_cache(trainer.model,
+                                                                            workdir)))
         return trainer
 
     def train(self, workdir: str, strategy: tf.distribute.Strategy | None = None,
