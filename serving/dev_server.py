@@ -757,6 +757,12 @@ class RestApp:
         started = time.perf_counter()
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
         try:
+            # PEP 3333 hands the path over as latin-1 characters of its bytes; URLs carry
+            # UTF-8, so a model named 'sóundloc' (served over gRPC) must match here too (N14).
+            try:
+                path = path.encode("latin-1").decode("utf-8")
+            except UnicodeError:
+                raise _bad(f"the URL path is not UTF-8: {_echo(path)}") from None
             body = self._read_body(environ) if method == "POST" else b""
             status, pieces = 200, self._dispatch(method, path, body)
         except RequestError as error:

@@ -90,3 +90,18 @@ def test_N13_an_export_version_beyond_int64_is_refused(tmp_path):
     result = run_module("soundloc_tf.tools.export", f"--workdir={tmp_path}",
                         "--version=100000000000000000000")  # before: exit 0
     assert_one_line_error(result, "--version", "9223372036854775807")
+
+
+# N14: a UTF-8 model name over REST ------------------------------------------------------
+
+
+def test_N14_a_utf8_model_name_is_served_over_rest(exported):
+    from urllib.parse import quote
+
+    with DevServer(str(exported.model_dir), model_name="s\u00f3undloc", port=0,
+                   quiet=True) as server:
+        status, answer = _request(server.url + "/v1/models/" + quote("s\u00f3undloc"))
+        assert status == 200, answer  # before: 404 (the latin-1 path never matched)
+        assert answer["model_version_status"][0]["state"] == "AVAILABLE"
+        status, answer = _request(server.url + "/v1/models/%FF")
+        assert status == 400 and answer["error"].startswith("the URL path is not UTF-8")
