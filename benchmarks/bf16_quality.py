@@ -25,16 +25,17 @@ def train_and_evaluate(dtype: str, train_steps: int, workdir: str,
                        num_eval_samples: int = 500) -> dict:
     import keras
 
-    from soundloc_tf.dataloaders import data
     from soundloc_tf.config import get_config
+    from soundloc_tf.dataloaders import data
     from soundloc_tf.eval.evaluation import evaluate
-    from soundloc_tf.train.training import Trainer
+    from soundloc_tf.tasks import localization
 
     config = get_config("tiny", train_steps=train_steps, num_summary_images=0,
                         eval_every=train_steps, num_eval_samples=num_eval_samples,
                         image_tower_precision={"fp32": "float32", "bf16": "bfloat16"}[dtype])
     keras.backend.clear_session()
-    trainer = Trainer(config, os.path.join(workdir, dtype), log=lambda _: None)
+    trainer = localization.LocalizationTask(config, log=lambda _: None).build_trainer(
+        os.path.join(workdir, dtype))
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started

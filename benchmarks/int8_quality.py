@@ -26,11 +26,10 @@ def train_and_evaluate(image_tower: str, train_steps: int, cache_samples: int, w
     import keras
     import tensorflow as tf
 
-    from soundloc_tf.dataloaders import data
-    from soundloc_tf.train import feature_cache
     from soundloc_tf.config import get_config
+    from soundloc_tf.dataloaders import data
     from soundloc_tf.eval.evaluation import evaluate
-    from soundloc_tf.train.training import Trainer
+    from soundloc_tf.tasks import localization
 
     config = get_config("tiny", train_steps=train_steps, num_summary_images=0,
                         eval_every=train_steps, num_eval_samples=num_eval_samples,
@@ -38,14 +37,14 @@ def train_and_evaluate(image_tower: str, train_steps: int, cache_samples: int, w
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.train_seed)
     strategy = tf.distribute.OneDeviceStrategy(tf.config.list_logical_devices("CPU")[0].name)
-    trainer = Trainer(config, os.path.join(workdir, image_tower), strategy, log=lambda _: None)
     directory = os.path.join(workdir, f"cache_{image_tower}")
-    manifest = feature_cache.ensure_cache(
-        trainer.model, config, data.synthetic_dataset(config, config.train_seed,
-                                                      count=cache_samples),
-        directory, log=lambda _: None, image_tower=image_tower)
-    trainer.use_feature_cache(feature_cache.cache_dataset_fn(config, directory, in_memory=True))
+    # The cache as `soundloc-train --tower_mode=cached --cache_image_tower=...` builds it.
+    task = localization.LocalizationTask(config, localization.DataConfig(
+        tower_mode="cached", feature_cache=directory, cache_image_tower=image_tower,
+        cache_in_memory="true", cache_samples=cache_samples), log=lambda _: None)
+    trainer = task.build_trainer(os.path.join(workdir, image_tower), strategy)
     trainer.train()
+    manifest = task.feature_caches[directory]
     scenes = data.synthetic_dataset(config, config.eval_seed, count=config.num_eval_samples)
     result = evaluate(trainer.model, config, scenes)
     return {"ciou_at_0_5": result["ciou_at_0_5"], "mean_ciou": result["mean_ciou"],

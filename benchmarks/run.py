@@ -453,7 +453,7 @@ def _trainer_rate(st: Stage, trainer, steps: int, dataset=None) -> float:
 
     def run():
         for _ in range(steps):
-            terms, _ = trainer._distributed_step(iterator)
+            terms, _ = trainer.train_step(iterator)
         float(terms["total"])
 
     return median_rate(run, steps * trainer.global_batch, st.scale.repeats, st.scale.warmup)
@@ -528,7 +528,7 @@ def stage_train_cache(st: Stage) -> None:
                     _torch_comparison(st, trainer, fixed)
             st.attempt(key, run)
     st.notes["train_cache_batch"] = batch_size
-    st.notes["train_cache_method"] = ("Trainer._distributed_step after use_feature_cache, on "
+    st.notes["train_cache_method"] = ("Trainer.train_step after use_feature_cache, on "
                                       "one batch from the float16 cache held in memory; "
                                       "_xla: xla_heads=True (the update compiled with XLA); "
                                       "_streamed: the same Trainer reading the cache files; "
@@ -571,7 +571,7 @@ def _time_against_torch(st: Stage, trainer, fixed, python: str) -> None:
     def soundloc() -> float:
         started = time.perf_counter()
         for _ in range(steps):
-            terms, _ = trainer._distributed_step(iterator)
+            terms, _ = trainer.train_step(iterator)
         terms_holder.append(float(terms["total"]))
         return time.perf_counter() - started
 
