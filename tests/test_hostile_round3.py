@@ -12,6 +12,7 @@ and annotations.validate_boxes' OverflowError on a huge integer.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import urllib.error
@@ -87,7 +88,7 @@ def test_N13_an_export_version_beyond_int64_is_refused(tmp_path):
                                          r"9223372036854775807\].*Received: "
                                          r"version=100000000000000000000"):
         export.export_model(None, get_config("tiny"), str(tmp_path), version=10 ** 20)
-    result = run_module("soundloc_tf.tools.export", f"--workdir={tmp_path}",
+    result = run_module("tools.export", f"--workdir={tmp_path}",
                         "--version=100000000000000000000")  # before: exit 0
     assert_one_line_error(result, "--version", "9223372036854775807")
 
@@ -105,3 +106,37 @@ def test_N14_a_utf8_model_name_is_served_over_rest(exported):
         assert answer["model_version_status"][0]["state"] == "AVAILABLE"
         status, answer = _request(server.url + "/v1/models/%FF")
         assert status == 400 and answer["error"].startswith("the URL path is not UTF-8")
+
+
+# N15: SIGTERM takes Ctrl-C's path --------------------------------------------------------
+
+
+def test_N15_sigterm_while_export_traces_leaves_no_hidden_partial_version(exported, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from serving_fixtures import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    base = tmp_path / "exports"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tools.export", f"--workdir={exported.workdir}",
+         f"--export_base={base}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        staging = list((base / "soundloc").glob(".*.tmp-*")) if (base / "soundloc").is_dir() \
+            else []
+        if staging:
+            break
+        time.sleep(0.05)
+    assert staging, "export never began writing its staging directory"
+    process.send_signal(signal.SIGTERM)  # before: the staging directory stayed behind
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: interrupted; nothing was left half-written"), stderr
+    assert "Traceback" not in stderr
+    assert list((base / "soundloc").iterdir()) == []

@@ -11,6 +11,7 @@ TensorFlow's C++ log lines off the terminal; `--verbose` brings them back.
 from __future__ import annotations
 
 import dataclasses
+import signal
 import sys
 import typing
 from typing import Callable
@@ -85,10 +86,27 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(f"{message}; see --helpshort")
 
 
-def run_tool(main: Callable[[list[str]], None]) -> None:
-    """app.run with expected failures turned into one line on stderr and exit code 2."""
+# What an interrupted tool says: only training keeps checkpoints to resume from.
+INTERRUPTED = "interrupted; nothing was left half-written, and a rerun starts again"
+INTERRUPTED_RESUMABLE = "interrupted; the last checkpoint is kept and a rerun resumes from it"
+
+
+def _terminate(signum: int, frame) -> None:
+    """SIGTERM (a scheduler's or `kill`'s stop) takes the path Ctrl-C takes, so every
+    cleanup that removes partial outputs on KeyboardInterrupt runs for it too."""
+    raise KeyboardInterrupt
+
+
+def run_tool(main: Callable[[list[str]], None], interrupted: str = INTERRUPTED) -> None:
+    """app.run with expected failures turned into one line on stderr and exit code 2.
+
+    Args:
+      main: the tool's main(argv).
+      interrupted: the line printed on Ctrl-C or SIGTERM (what survives and how to go on).
+    """
 
     def guarded(argv: list[str]) -> None:
+        signal.signal(signal.SIGTERM, _terminate)
         if len(argv) > 1:
             fail(f"unexpected positional arguments {argv[1:]}; all options are --flags")
         if not FLAGS.verbose:  # TensorFlow's Python-side INFO lines ("Sharding callback ...")
@@ -106,6 +124,6 @@ def run_tool(main: Callable[[list[str]], None]) -> None:
                  f"{first[:300]}); restart every worker with the same command: they resume "
                  f"from the last checkpoint")
         except KeyboardInterrupt:
-            fail("interrupted; the last checkpoint is kept and a rerun resumes from it")
+            fail(interrupted)
 
     app.run(guarded, flags_parser=parse_flags)

@@ -101,7 +101,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    common.run_tool(main)
+    common.run_tool(main, interrupted=common.INTERRUPTED_RESUMABLE)
 
 
 if __name__ == "__main__":
