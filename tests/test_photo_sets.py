@@ -171,7 +171,7 @@ def test_the_real_photo_experiment_labels_composed_scenes_and_no_whole_photo(pho
                                                                              tmp_path):
     import tensorflow as tf
 
-    from soundloc_tf.tools import real_photos
+    from soundloc_tf.experiments.photo_eval import composed_labels
 
     _make_stamps(tmp_path / "stamps")
     report = importers.ImportReport("test")
@@ -182,7 +182,7 @@ def test_the_real_photo_experiment_labels_composed_scenes_and_no_whole_photo(pho
                                            image_size=64, label_fraction=0.0)
     ids = [s["id"] for s in samples]
     dataset = tf.data.Dataset.from_tensor_slices({"id": ids, "labeled": [False] * len(ids)})
-    labeled = [bool(x["labeled"]) for x in real_photos.composed_labels(
+    labeled = [bool(x["labeled"]) for x in composed_labels(
         lambda start: dataset)(0)]
     assert labeled == [True] * 4 + [False] * 2, ids
 

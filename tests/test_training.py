@@ -45,7 +45,7 @@ def _mirrored_and_single_step(objective: str, workdir: str) -> dict:
     def one_step(trainer):
         iterator = iter(trainer.strategy.experimental_distribute_dataset(
             trainer.train_dataset()))
-        terms, _ = trainer._distributed_step(iterator)
+        terms, _ = trainer.train_step(iterator)
         return {k: float(v) for k, v in terms.items()}
 
     a, b = one_step(single), one_step(mirrored)

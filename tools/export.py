@@ -27,8 +27,9 @@ flags.DEFINE_string("export_base", "exports", "Base directory; the model goes to
 flags.DEFINE_string("model_name", "soundloc", "Model name: the directory under --export_base "
                     "and the name in TF Serving URLs.")
 flags.DEFINE_integer("version", None, "Version number (default: one more than the largest "
-                     "existing version, or 1); at most 2**63 - 1, the int64 TF Serving addresses versions "
-                     "with (gRPC's Int64Value).", lower_bound=1, upper_bound=2 ** 63 - 1)
+                     "existing version, or 1); at most 2**63 - 1, the int64 TF Serving "
+                     "addresses versions with (gRPC's Int64Value).", lower_bound=1,
+                     upper_bound=2 ** 63 - 1)
 flags.DEFINE_integer("heatmap_size", None, "Side of the returned heat map (default: the run's "
                      "eval_size).", lower_bound=8, upper_bound=1024)
 FLAGS = flags.FLAGS

@@ -282,7 +282,8 @@ def resolve_saved_model(path: str) -> str:
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return path
     versions = sorted((int(d) for d in (os.listdir(path) if os.path.isdir(path) else [])
-                       if d.isascii() and d.isdigit() and os.path.isfile(os.path.join(path, d, "saved_model.pb"))),
+                       if d.isascii() and d.isdigit()
+                       and os.path.isfile(os.path.join(path, d, "saved_model.pb"))),
                       reverse=True)
     if not versions:
         raise ValueError("neither a run directory (config.json) nor an export (saved_model.pb, "

@@ -374,10 +374,6 @@ class Trainer:
                    for k, v in terms.items()}
         return reduced, batch["id"]
 
-    # The step's earlier, private name: tests/test_training.py (another owner's file) still
-    # calls it; remove once it calls train_step.
-    _distributed_step = train_step
-
     def _write_nan_report(self, step: int, ids, terms: dict[str, float]) -> str:
         """<workdir>/nan_report.json: the step, this worker's batch ids, the loss terms."""
         local_ids = [i.decode("utf-8", "replace")
