@@ -457,7 +457,8 @@ def test_export_refuses_bad_arguments_and_existing_versions(exported, keras_refe
         export.export_model(model, config, str(exported.export_base), version=1)
     with pytest.raises(ValueError, match="model_name must be"):
         export.export_model(model, config, str(tmp_path), model_name="../x")
-    with pytest.raises(ValueError, match="version must be a positive integer"):
+    with pytest.raises(ValueError, match=r"version must be an integer in "
+                                         r"\[1, 9223372036854775807\].*Received: version=0"):
         export.export_model(model, config, str(tmp_path), version=0)
     with pytest.raises(ValueError, match="heatmap_size must lie in"):
         export.export_model(model, config, str(tmp_path), heatmap_size=4)
