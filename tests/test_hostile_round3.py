@@ -140,3 +140,19 @@ def test_N15_sigterm_while_export_traces_leaves_no_hidden_partial_version(export
     assert lines[-1].startswith("error: interrupted; nothing was left half-written"), stderr
     assert "Traceback" not in stderr
     assert list((base / "soundloc").iterdir()) == []
+
+
+# N12: import's clip length named, whatever the number ------------------------------------
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "inf", "1e308", "0"])
+def test_N12_an_impossible_clip_length_is_refused_naming_clip_seconds(tmp_path, value):
+    # before: "cannot convert float NaN to integer", or -1 blamed num_samples, or inf and
+    # 1e308 ended in a traceback
+    source = tmp_path / "clips"
+    source.mkdir()
+    result = run_module("tools.import_data", "--format=videos", f"--input={source}",
+                        f"--output={tmp_path / 'out'}", f"--clip_seconds={value}")
+    assert_one_line_error(result, "clip_seconds must be a finite number in (0, 600]",
+                          f"clip_seconds={float(value)}")
+    assert not (tmp_path / "out").exists()

@@ -52,6 +52,10 @@ AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg", ".m4a")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 FLICKR_FRAME = 256.0  # Flickr-SoundNet XML boxes are in a 256x256 frame
+# Bounds on what one stored sample holds: the literature's clips are 3-20 s, and ten minutes
+# at 192 kHz is already 115 M samples per record, past any use as one training pair.
+MAX_CLIP_SECONDS = 600.0
+MAX_SAMPLE_RATE = 192_000
 # Composites: candidate positions per pasted object; photos: candidate crops per photo.
 PLACEMENT_TRIES = 8
 # Blended pastes (`blend_cutout`): the share of the way an object's mean colour moves toward
@@ -1147,6 +1151,12 @@ def run_import(fmt: str, source: str, output: str, *, sample_rate: int, clip_sec
         raise ValueError(f"format must be one of {FORMATS}. Received: format={fmt!r}")
     if not os.path.exists(source):
         raise ValueError(f"the input does not exist. Received: {source!r}")
+    if not 0 < sample_rate <= MAX_SAMPLE_RATE:
+        raise ValueError(f"sample_rate must lie in (0, {MAX_SAMPLE_RATE}] Hz. Received: "
+                         f"sample_rate={sample_rate}")
+    if not (math.isfinite(clip_seconds) and 0 < clip_seconds <= MAX_CLIP_SECONDS):
+        raise ValueError(f"clip_seconds must be a finite number in (0, {MAX_CLIP_SECONDS:g}] "
+                         f"seconds. Received: clip_seconds={clip_seconds}")
     num_samples = int(round(sample_rate * clip_seconds))
     _check_fold_options(fmt, options)
     report = report if report is not None else ImportReport(fmt)
