@@ -156,3 +156,64 @@ def test_N12_an_impossible_clip_length_is_refused_naming_clip_seconds(tmp_path, 
     assert_one_line_error(result, "clip_seconds must be a finite number in (0, 600]",
                           f"clip_seconds={float(value)}")
     assert not (tmp_path / "out").exists()
+
+
+# N5: damaged records end in one line, in the reader or in the tool -----------------------
+
+
+def _tiny_records(directory) -> None:
+    import numpy as np
+
+    from soundloc_tf.dataloaders import records
+
+    rng = np.random.default_rng(0)
+    samples = [{"image": records.encode_image(rng.integers(0, 255, [96, 96, 3], np.uint8),
+                                              "jpeg"),
+                "waveform": rng.uniform(-0.5, 0.5, 8000).astype(np.float32),
+                "sample_rate": 8000, "boxes": [[[0.1, 0.1, 0.5, 0.5]]], "labeled": True,
+                "class_id": 0, "id": f"n5/{i}"} for i in range(8)]
+    records.write_records(iter(samples), str(directory), sample_rate=8000, clip_seconds=1.0,
+                          source="test")
+
+
+def _resign(directory, edit) -> None:
+    import hashlib
+
+    manifest_path = directory / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    edit(manifest)
+    for shard in manifest["shards"]:
+        path = directory / shard["file"]
+        if path.is_file():
+            shard["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+            shard["bytes"] = path.stat().st_size
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def test_N5_a_manifest_naming_a_shard_elsewhere_is_refused(tmp_path):
+    from soundloc_tf.dataloaders import records
+
+    _tiny_records(tmp_path / "set")
+
+    def elsewhere(manifest):
+        manifest["shards"][0]["file"] = "../other/" + manifest["shards"][0]["file"]
+
+    _resign(tmp_path / "set", elsewhere)
+    with pytest.raises(ValueError, match=r"names a shard that is not a file beside it"):
+        records.load_manifest(str(tmp_path / "set"))  # before: KeyError in verify_shards
+    result = run_module("tools.train", "--preset=tiny", f"--records={tmp_path / 'set'}",
+                        f"--workdir={tmp_path / 'run'}", "--train_steps=1")
+    assert_one_line_error(result, "names a shard that is not a file beside it", "../other/")
+
+
+def test_N5_a_corrupt_shard_under_a_resigned_manifest_is_one_line(tmp_path):
+    _tiny_records(tmp_path / "set")
+    shard = next((tmp_path / "set").glob("*.tfrecord*"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 64] = b"\xff" * 64  # breaks a record's CRC
+    shard.write_bytes(bytes(data))
+    _resign(tmp_path / "set", lambda manifest: None)  # the checksums vouch for the damage
+    result = run_module("tools.train", "--preset=tiny", f"--records={tmp_path / 'set'}",
+                        f"--workdir={tmp_path / 'run'}", "--train_steps=2", "--batch_size=2",
+                        "--eval_every=1000", "--num_summary_images=0")
+    assert_one_line_error(result, "damaged records")  # before: a DataLossError traceback

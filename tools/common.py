@@ -115,11 +115,14 @@ def run_tool(main: Callable[[list[str]], None], interrupted: str = INTERRUPTED) 
             main(argv)
         except (ValueError, FloatingPointError, OSError) as error:
             fail(str(error))
-        except Exception as error:  # noqa: BLE001 (only TensorFlow's cluster errors)
+        except Exception as error:  # noqa: BLE001 (only TensorFlow's data and cluster errors)
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            if type(error).__name__ == "DataLossError":
+                # Records whose bytes match a (re-signed) manifest but do not parse.
+                fail(f"damaged records ({first[:300]}); re-import them or restore the shards")
             if type(error).__name__ not in ("UnavailableError", "DeadlineExceededError",
                                             "AbortedError", "CancelledError"):
                 raise
-            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
             fail(f"lost contact with another worker of the job ({type(error).__name__}: "
                  f"{first[:300]}); restart every worker with the same command: they resume "
                  f"from the last checkpoint")

@@ -349,6 +349,17 @@ def load_manifest(directory: str) -> dict:
         raise ValueError(f"not a {FORMAT_NAME} v{FORMAT_VERSION} manifest. Received: {path!r} "
                          f"(format={manifest.get('format')!r}, "
                          f"version={manifest.get('version')!r})")
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        raise ValueError(f"{MANIFEST} lists no shards. Received: {path!r}")
+    for entry in shards:
+        name = entry.get("file") if isinstance(entry, dict) else None
+        # A shard is a file beside its manifest: a path elsewhere (`../other/x`) would read
+        # records the manifest's checksums do not vouch for.
+        if (not isinstance(name, str) or name in ("", ".", "..") or os.path.basename(name) != name
+                or "\\" in name or not isinstance(entry.get("sha256"), str)):
+            raise ValueError(f"{MANIFEST} names a shard that is not a file beside it, or without "
+                             f"its sha256. Received: {str(entry)[:200]} in {path!r}")
     return manifest
 
 
