@@ -217,3 +217,13 @@ def test_N5_a_corrupt_shard_under_a_resigned_manifest_is_one_line(tmp_path):
                         f"--workdir={tmp_path / 'run'}", "--train_steps=2", "--batch_size=2",
                         "--eval_every=1000", "--num_summary_images=0")
     assert_one_line_error(result, "damaged records")  # before: a DataLossError traceback
+
+
+def test_N10_a_box_holding_a_400_digit_integer_is_refused_naming_the_box():
+    from soundloc_tf.dataloaders import annotations
+
+    huge = 10 ** 400
+    with pytest.raises(ValueError, match=r"a box is 4 finite numbers x1, y1, x2, y2. Received: "
+                                         r"box=\[0, 0, 1000000000.*\.\.\.$"):
+        annotations.validate_boxes([[0, 0, huge, 1]], False)  # before: OverflowError
+    assert annotations.validate_boxes([[0, 0, 1, 1]], False) == [[0.0, 0.0, 1.0, 1.0]]

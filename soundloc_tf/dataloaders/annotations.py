@@ -88,6 +88,25 @@ def is_labelled(label: Mapping[str, Any] | None) -> bool:
     return bool(label) and (bool(label["boxes"]) or bool(label["no_source"]))
 
 
+def _finite_number(value: Any) -> bool:
+    """A number a box may hold: an int too large for a float (JSON allows any) is not."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _clipped(value: Any, limit: int = 200) -> str:
+    """repr for an error line, cut short: a box may hold a number of thousands of digits."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's digit limit for str()
+        return "<a number too long to print>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def validate_boxes(boxes: Any, no_source: Any) -> list[list[float]]:
     """Checks one label's content; returns the boxes as lists of 4 floats.
 
@@ -109,9 +128,9 @@ def validate_boxes(boxes: Any, no_source: Any) -> list[list[float]]:
     out = []
     for box in boxes:
         if (not isinstance(box, (list, tuple)) or len(box) != 4
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                           and math.isfinite(v) for v in box)):
-            raise ValueError(f"a box is 4 finite numbers x1, y1, x2, y2. Received: box={box!r}")
+                or not all(_finite_number(v) for v in box)):
+            raise ValueError(f"a box is 4 finite numbers x1, y1, x2, y2. Received: "
+                             f"box={_clipped(box)}")
         x1, y1, x2, y2 = (float(v) for v in box)
         if not (0.0 <= x1 < x2 <= 1.0 and 0.0 <= y1 < y2 <= 1.0):
             raise ValueError(f"box coordinates must be normalised to [0, 1] with x1 < x2 and "
