@@ -42,9 +42,6 @@ MAX_BODY_BYTES = 256 * 1024 * 1024
 _PAIR_PATH = re.compile(r"/api/pairs/(\d+)/(image|sound\.wav)")
 # A pair number longer than this is refused before int() (which raises past 4300 digits).
 MAX_PAIR_DIGITS = 18
-# annotations.validate_boxes calls math.isfinite, which raises OverflowError (not ValueError)
-# for an integer too large for a float, such as 400 digits.
-_TOO_LARGE = "a box value is an integer too large for a float"
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type",
             500: "Internal Server Error", 502: "Bad Gateway"}
@@ -144,10 +141,6 @@ class StudioApp:
             return annotations.load(self.annotations_path), None
         except annotations.CorruptAnnotationsError as error:
             return {"labels": {}}, str(error)
-        except OverflowError:  # the page still loads, showing the problem as for a corrupt file
-            return {"labels": {}}, (f"corrupt annotation file: {_TOO_LARGE}; it is kept as it "
-                                    "is and no label is saved until it is repaired or moved "
-                                    f"away. Received: {self.annotations_path!r}")
 
     def state(self, _: dict) -> dict:
         layer, problem = self._layer()
@@ -164,12 +157,6 @@ class StudioApp:
         sample_id = request.get("id")
         if sample_id not in self.pairs.index:
             raise _Fail(400, f"no pair with this id in the records. Received: id={sample_id!r}")
-        try:  # the request's boxes first: an OverflowError later is the file's
-            annotations.validate_boxes(request.get("boxes", []), request.get("no_source", False))
-        except OverflowError:
-            raise _Fail(400, f"{_TOO_LARGE}; a box is 4 numbers in [0, 1]") from None
-        except (ValueError, TypeError):
-            pass  # save_label reports these, as before
         try:
             label = annotations.save_label(
                 self.annotations_path, sample_id, request.get("boxes", []),
@@ -179,8 +166,6 @@ class StudioApp:
             raise _Fail(409, str(conflict), kind="revision", current=conflict.current) from None
         except annotations.CorruptAnnotationsError as error:
             raise _Fail(409, str(error), kind="corrupt") from None
-        except OverflowError:
-            raise _Fail(409, self._layer()[1], kind="corrupt") from None
         except ValueError as error:
             raise _Fail(400, str(error)) from None
         except OSError as error:
