@@ -158,6 +158,38 @@ def test_N12_an_impossible_clip_length_is_refused_naming_clip_seconds(tmp_path, 
     assert not (tmp_path / "out").exists()
 
 
+def test_N12_too_many_pairs_per_clip_is_refused_up_front_naming_pairs_per_clip(tmp_path):
+    # before: 100000 ran 111 s and 2 GB, then blamed a "duplicate sample id"
+    source = tmp_path / "clips"
+    source.mkdir()
+    result = run_module("tools.import_data", "--format=videos", f"--input={source}",
+                        f"--output={tmp_path / 'out'}", "--pairs_per_clip=100000")
+    assert_one_line_error(result, "pairs_per_clip must lie in [1, 1000]",
+                          "pairs_per_clip=100000")
+    assert not (tmp_path / "out").exists()
+
+
+def test_N12_pairs_closer_than_an_id_can_tell_skip_the_clip_naming_the_most_it_holds(tmp_path):
+    pytest.importorskip("av")
+    import io
+
+    from soundloc_tf.dataloaders import importers
+    from test_importers import RATE, _moving_square, _write_video
+
+    root = tmp_path / "videos"
+    root.mkdir()
+    _write_video(root / "short.mp4", 1.0, frame_fn=_moving_square)
+    _write_video(root / "long.mp4", 3.0, frame_fn=_moving_square)
+    report, summary = importers.run_import("videos", str(root), str(tmp_path / "out"),
+                                           sample_rate=RATE, clip_seconds=0.5,
+                                           pairs_per_clip=150, progress=io.StringIO())
+    # 150 pairs lie 20 ms apart in the 3 s clip: every id distinct; the 1 s clip holds 99.
+    assert (report.imported, summary.count) == (150, 150)
+    (path, reason), = report.skipped
+    assert os.path.basename(path) == "short.mp4"
+    assert reason == ("150 pairs do not fit a 1.00 s clip (pairs lie more than 10 ms apart, "
+                      "at most 99 here)")
+
 # N5: damaged records end in one line, in the reader or in the tool -----------------------
 
 

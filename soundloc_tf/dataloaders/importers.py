@@ -56,6 +56,10 @@ FLICKR_FRAME = 256.0  # Flickr-SoundNet XML boxes are in a 256x256 frame
 # at 192 kHz is already 115 M samples per record, past any use as one training pair.
 MAX_CLIP_SECONDS = 600.0
 MAX_SAMPLE_RATE = 192_000
+# Pairs of one video are decoded together; beyond this the frames alone pass 10 GB.
+MAX_PAIRS_PER_CLIP = 1000
+# A video pair's id holds its time to 10 ms (`stem@12.34`), so pairs must lie this far apart.
+PAIR_ID_RESOLUTION_S = 0.01
 # Composites: candidate positions per pasted object; photos: candidate crops per photo.
 PLACEMENT_TRIES = 8
 # Blended pastes (`blend_cutout`): the share of the way an object's mean colour moves toward
@@ -365,6 +369,10 @@ def clip_pairs(path: str, sample_rate: int, num_samples: int, pairs: int) -> lis
         raise SkipItem(str(error)) from None
     except Exception as error:  # FFmpeg raises many error types
         raise SkipItem(f"unreadable video: {type(error).__name__}: {error}") from None
+    if duration / pairs <= PAIR_ID_RESOLUTION_S:
+        raise SkipItem(f"{pairs} pairs do not fit a {duration:.2f} s clip (pairs lie more than "
+                       f"{PAIR_ID_RESOLUTION_S * 1000:g} ms apart, at most "
+                       f"{math.ceil(duration / PAIR_ID_RESOLUTION_S) - 1} here)")
     times = [(i + 0.5) * duration / pairs for i in range(pairs)]
     try:
         frames = frames_at(path, times)
@@ -1157,6 +1165,11 @@ def run_import(fmt: str, source: str, output: str, *, sample_rate: int, clip_sec
     if not (math.isfinite(clip_seconds) and 0 < clip_seconds <= MAX_CLIP_SECONDS):
         raise ValueError(f"clip_seconds must be a finite number in (0, {MAX_CLIP_SECONDS:g}] "
                          f"seconds. Received: clip_seconds={clip_seconds}")
+    pairs_per_clip = options.get("pairs_per_clip", 1)
+    if not 1 <= pairs_per_clip <= MAX_PAIRS_PER_CLIP:
+        raise ValueError(f"pairs_per_clip must lie in [1, {MAX_PAIRS_PER_CLIP}] (the pairs of "
+                         f"a video are decoded together). Received: "
+                         f"pairs_per_clip={pairs_per_clip}")
     num_samples = int(round(sample_rate * clip_seconds))
     _check_fold_options(fmt, options)
     report = report if report is not None else ImportReport(fmt)
@@ -1172,8 +1185,8 @@ def run_import(fmt: str, source: str, output: str, *, sample_rate: int, clip_sec
     elif fmt == "avsbench_s4":
         samples = avsbench_samples(source, sample_rate, num_samples, report, progress)
     elif fmt == "videos":
-        samples = video_samples(source, sample_rate, num_samples, report,
-                                options.get("pairs_per_clip", 1), progress)
+        samples = video_samples(source, sample_rate, num_samples, report, pairs_per_clip,
+                                progress)
     elif fmt in ("mosaics", "photos"):
         photo_set = load_photo_set(source, sample_rate, report, progress)
         extra["classes"] = sorted(photo_set.groups)
