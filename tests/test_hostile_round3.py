@@ -259,3 +259,44 @@ def test_N10_a_box_holding_a_400_digit_integer_is_refused_naming_the_box():
                                          r"box=\[0, 0, 1000000000.*\.\.\.$"):
         annotations.validate_boxes([[0, 0, huge, 1]], False)  # before: OverflowError
     assert annotations.validate_boxes([[0, 0, 1, 1]], False) == [[0.0, 0.0, 1.0, 1.0]]
+
+
+# N12: a damaged checkpoint state file is named; a lost one loses no checkpoint -------------
+
+
+def _saved_checkpoints(workdir, saves: int) -> list[str]:
+    import tensorflow as tf
+
+    step = tf.Variable(0)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(step=step),
+                                         str(workdir / "checkpoints"), max_to_keep=None)
+    paths = []
+    for i in range(saves):
+        step.assign(i)
+        paths.append(manager.save())
+    return paths
+
+
+def test_N12_a_binary_checkpoint_state_file_is_refused_naming_it(tmp_path):
+    # before: "'utf-8' codec can't decode byte 0x80" from train, evaluate and export
+    from soundloc_tf.train import run_dir
+
+    _saved_checkpoints(tmp_path, 2)
+    state = tmp_path / "checkpoints" / "checkpoint"
+    state.write_bytes(bytes(range(128, 256)))
+    with pytest.raises(ValueError, match=r"^the checkpoint state file is damaged \(it is not "
+                       r"the text TensorFlow writes\); delete it and the checkpoints beside "
+                       rf"it are read instead\. Received: {state} \("):
+        run_dir.checkpoint_paths(str(tmp_path))
+
+
+@pytest.mark.parametrize("damage", ["deleted", "text TensorFlow ignores"])
+def test_N12_without_a_state_file_the_checkpoints_beside_it_are_listed_oldest_first(tmp_path,
+                                                                                   damage):
+    from soundloc_tf.train import run_dir
+
+    saved = _saved_checkpoints(tmp_path, 11)  # ckpt-10 after ckpt-9, not after ckpt-1
+    state = tmp_path / "checkpoints" / "checkpoint"
+    state.unlink() if damage == "deleted" else state.write_text("model_checkpoint_path: {{{")
+    assert run_dir.checkpoint_paths(str(tmp_path)) == saved
+    assert run_dir.checkpoint_paths(str(tmp_path / "elsewhere")) == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Callable
 
 import keras
@@ -22,6 +23,8 @@ def print_line(message: str) -> None:
     print(message, flush=True)
 
 
+# `CheckpointManager` names its checkpoints ckpt-<save count>; the .index file is written last.
+_CHECKPOINT_INDEX = re.compile(r"ckpt-([0-9]{1,18})\.index")
 _UNREADABLE = (tf.errors.OpError, ValueError, AssertionError, IndexError, KeyError)
 
 
@@ -71,10 +74,29 @@ def checkpoint_paths(workdir: str) -> list[str]:
     """The run's checkpoints, oldest first, as the `checkpoint` state file lists them.
 
     Read from the state file itself: `CheckpointManager.checkpoints` drops entries without
-    timestamps (a state file rolled back or written by other tools).
+    timestamps (a state file rolled back or written by other tools). Without a state file,
+    the `ckpt-<n>` checkpoints in the directory, so a lost state file loses no checkpoint.
+
+    Raises:
+      ValueError: the state file is damaged (not the text TensorFlow writes).
     """
-    state = tf.train.get_checkpoint_state(os.path.join(workdir, "checkpoints"))
-    return list(state.all_model_checkpoint_paths) if state else []
+    directory = os.path.join(workdir, "checkpoints")
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+    except (UnicodeDecodeError, tf.errors.OpError) as error:  # text TF cannot parse, it ignores
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise ValueError(f"the checkpoint state file is damaged (it is not the text TensorFlow "
+                         f"writes); delete it and the checkpoints beside it are read instead. "
+                         f"Received: {os.path.join(directory, 'checkpoint')} "
+                         f"({type(error).__name__}: {first_line})") from None
+    if state:
+        return list(state.all_model_checkpoint_paths)
+    numbered = []
+    for name in os.listdir(directory) if os.path.isdir(directory) else []:
+        match = _CHECKPOINT_INDEX.fullmatch(name)
+        if match:
+            numbered.append((int(match.group(1)), os.path.join(directory, name[:-6])))
+    return [path for _, path in sorted(numbered)]
 
 
 def has_checkpoint(workdir: str) -> bool:

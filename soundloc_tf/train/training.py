@@ -290,6 +290,7 @@ class Trainer:
         except OSError as error:
             raise ValueError(f"cannot create the work directory. Received: workdir="
                              f"{self.workdir!r} ({error.strerror})") from None
+        checkpoint_paths(self.workdir)  # a damaged state file: one line, before the manager's
         saved = load_saved_config(self.workdir)
         if saved is not None:
             changed = sorted(f.name for f in dataclasses.fields(Config)
