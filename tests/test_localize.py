@@ -11,7 +11,7 @@ import tensorflow as tf
 from serving_fixtures import (assert_one_line_error, exported, jpeg_bytes,  # noqa: F401
                               png_bytes, run_module, scenes, soundfile_wav, to_uint8, wav_bytes,
                               write_video)
-from soundloc_tf.inference import localize as loc
+from soundloc_tf.inference import localize as loc, video as vid  # "video" is a fixture
 
 HEATMAP_TOLERANCE = 1e-5
 
@@ -141,11 +141,11 @@ def test_predict_validates_shapes(from_workdir):
 def test_audio_window_slides_inside_the_track(exported):
     config = exported.config  # 1 s clips at 8 kHz
     audio = np.arange(3 * 8000, dtype=np.float32)
-    np.testing.assert_array_equal(loc.audio_window(audio, 1.5, config), audio[8000:16000])
-    np.testing.assert_array_equal(loc.audio_window(audio, 0.1, config), audio[:8000])
-    np.testing.assert_array_equal(loc.audio_window(audio, 9.0, config), audio[-8000:])
+    np.testing.assert_array_equal(vid.audio_window(audio, 1.5, config), audio[8000:16000])
+    np.testing.assert_array_equal(vid.audio_window(audio, 0.1, config), audio[:8000])
+    np.testing.assert_array_equal(vid.audio_window(audio, 9.0, config), audio[-8000:])
     short = np.arange(3000, dtype=np.float32)
-    np.testing.assert_array_equal(loc.audio_window(short, 0.0, config),
+    np.testing.assert_array_equal(vid.audio_window(short, 0.0, config),
                                   np.concatenate([short, short, short[:2000]]))
 
 
@@ -208,16 +208,16 @@ def test_localize_tool_follows_the_sound_through_a_video(exported, video, from_e
     np.testing.assert_allclose([e["time"] for e in entries], np.arange(12) / 4.0, atol=1e-3)
     # The same frames, each with the second of sound centred on it, give the same numbers
     # in memory ...
-    audio, start = loc.read_video_audio(path, 8000)
+    audio, start = vid.read_video_audio(path, 8000)
     assert abs(len(audio) - 24000) < 2048 and abs(start) < 0.2
-    decoded = list(loc.iter_video_frames(path))
+    decoded = list(vid.iter_video_frames(path))
     frames, times = [f for _, f in decoded], [t for t, _ in decoded]
-    memory = loc.localize_frames(from_export, frames, times, audio, start)
+    memory = vid.localize_frames(from_export, frames, times, audio, start)
     np.testing.assert_allclose([e["box"] for e in entries], memory["box"], atol=1e-6)
     np.testing.assert_allclose([e["score"] for e in entries], memory["score"], atol=1e-5)
     # ... while one fixed window (the first second, scene 0's sound) does not: the last
     # frames hear scene 1.
-    fixed = loc.localize_frames(from_export, frames, [times[0]] * 12, audio, start)
+    fixed = vid.localize_frames(from_export, frames, [times[0]] * 12, audio, start)
     np.testing.assert_allclose(fixed["score"][:3], memory["score"][:3], atol=1e-6)
     assert np.abs(fixed["score"][-2:] - memory["score"][-2:]).min() > 1e-4
     with av.open(str(out / "overlay.mp4")) as container:

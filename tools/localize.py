@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import sys
 
 import numpy as np
 from absl import flags
@@ -55,22 +53,6 @@ def _check_flags() -> None:
         raise ValueError("give --image together with --sound, or --video")
     if FLAGS.saved_model is not None and FLAGS.heatmap_size is not None:
         raise ValueError("--heatmap_size is fixed at export time; it applies to --workdir only")
-
-
-def _probe_video(path: str) -> None:
-    """Fails fast, before the model loads, on a file without video or sound."""
-    import av
-
-    try:
-        with av.open(path) as container:
-            has_video, has_audio = bool(container.streams.video), bool(container.streams.audio)
-    except (av.error.FFmpegError, OSError) as error:
-        raise ValueError(f"cannot open the video ({error}). Received: {path!r}") from None
-    if not has_video:
-        raise ValueError(f"the file has no video stream. Received: {path!r}")
-    if not has_audio:
-        raise ValueError(f"the video has no audio track; the model needs the sound. "
-                         f"Received: {path!r}")
 
 
 def _display_image(path: str) -> np.ndarray:
@@ -108,132 +90,18 @@ def _localize_image(localizer) -> None:
     print(json.dumps(summary, indent=1))
 
 
-class _VideoWriter:
-    """Overlay frames -> MP4 (H.264 + AAC) or PNG frames, under a temporary name."""
-
-    def __init__(self, output_dir: str, kind: str, fps: float, sample_rate: int,
-                 with_audio: bool):
-        self.kind = kind
-        self.with_audio = with_audio
-        self.final = os.path.join(output_dir, "overlay.mp4" if kind == "mp4" else "frames")
-        self.staging = os.path.join(output_dir, f".{os.path.basename(self.final)}.tmp-"
-                                    f"{os.getpid()}")
-        self.fps, self.sample_rate = fps, sample_rate
-        self.count = 0
-        self._container = self._video = self._audio = None
-        if kind == "png":
-            os.makedirs(self.staging)
-
-    def add(self, frame: np.ndarray) -> None:
-        if self.kind == "png":
-            from PIL import Image
-
-            Image.fromarray(frame).save(os.path.join(self.staging, f"overlay_{self.count:05d}.png"))
-        else:
-            import av
-
-            # H.264 in yuv420p needs even sides: drop an odd last row/column.
-            frame = frame[: frame.shape[0] // 2 * 2, : frame.shape[1] // 2 * 2]
-            if self._container is None:
-                from fractions import Fraction
-
-                self._container = av.open(self.staging, "w", format="mp4")
-                self._video = self._container.add_stream(
-                    "libx264", rate=Fraction(self.fps).limit_denominator(1001))
-                self._video.width, self._video.height = frame.shape[1], frame.shape[0]
-                self._video.pix_fmt = "yuv420p"
-                if self.with_audio:  # every stream must exist before the first packet
-                    self._audio = self._container.add_stream("aac", rate=self.sample_rate,
-                                                             layout="mono")
-            for packet in self._video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                self._container.mux(packet)
-        self.count += 1
-
-    def finish(self, audio: np.ndarray | None) -> None:
-        if self.kind == "mp4":
-            import av
-
-            for packet in self._video.encode(None):
-                self._container.mux(packet)
-            if self._audio is not None and audio is not None and len(audio):
-                frame = av.AudioFrame.from_ndarray(audio[None].astype(np.float32), format="flt",
-                                                   layout="mono")
-                frame.sample_rate, frame.pts = self.sample_rate, 0
-                for packet in list(self._audio.encode(frame)) + list(self._audio.encode(None)):
-                    self._container.mux(packet)
-            self._container.close()
-            self._container = None
-
-    def commit(self) -> str:
-        """Renames the finished staging file or directory to its final name."""
-        if os.path.isdir(self.final):
-            shutil.rmtree(self.final)
-        os.replace(self.staging, self.final)
-        return self.final
-
-    def abort(self) -> None:
-        if self._container is not None:
-            try:
-                self._container.close()
-            except Exception:  # the file is removed below either way
-                pass
-        if os.path.isdir(self.staging):
-            shutil.rmtree(self.staging, ignore_errors=True)
-        elif os.path.exists(self.staging):
-            os.remove(self.staging)
-
-
 def _localize_video(localizer) -> None:
-    from soundloc_tf.inference import localize as loc
+    from soundloc_tf.inference import video
 
-    config = localizer.config
-    audio, audio_start = loc.read_video_audio(FLAGS.video, config.sample_rate)
-    writer = _VideoWriter(FLAGS.output_dir, FLAGS.video_format, loc.video_frame_rate(FLAGS.video),
-                          config.sample_rate, with_audio=True)
-    entries: list[dict] = []
-    frames: list[np.ndarray] = []
-    times: list[float] = []
-
-    def flush() -> None:
-        out = loc.localize_frames(localizer, frames, times, audio, audio_start)
-        pictures = loc.render_overlays(np.stack(frames), out["heatmap"], out["box"])
-        for picture, t, box, score in zip(pictures, times, out["box"], out["score"]):
-            writer.add(picture)
-            entries.append({"frame": len(entries), "time": round(t, 4),
-                            "box": [round(float(v), 6) for v in box],
-                            "score": round(float(score), 6)})
-        print(f"\rlocalised {len(entries)} frames", end="", file=sys.stderr, flush=True)
-        frames.clear()
-        times.clear()
-
-    try:
-        for t, frame in loc.iter_video_frames(FLAGS.video, FLAGS.max_frames):
-            frames.append(frame)
-            times.append(t)
-            if len(frames) == FLAGS.batch_size:
-                flush()
-        if frames:
-            flush()
-        print(file=sys.stderr)
-        if not entries:
-            raise ValueError(f"the video has no frames. Received: {FLAGS.video!r}")
-        # The sound the frames span, for the MP4's audio track.
-        first = max(int(round((entries[0]["time"] - audio_start) * config.sample_rate)), 0)
-        span = int(round(len(entries) / writer.fps * config.sample_rate))
-        writer.finish(audio[first:first + span])
-        summary = {"video": os.path.abspath(FLAGS.video), "frames": len(entries),
-                   "fps": writer.fps, "clip_seconds": config.clip_seconds,
-                   "heatmap_size": localizer.heatmap_size,
-                   "overlay": os.path.abspath(writer.final), "boxes": entries}
+    with video.OverlayVideo(FLAGS.output_dir, FLAGS.video_format,
+                            video.video_frame_rate(FLAGS.video),
+                            localizer.config.sample_rate) as overlay:
+        summary = video.localize_video(localizer, FLAGS.video, overlay, FLAGS.batch_size,
+                                       FLAGS.max_frames)
         # boxes.json first: a full disk then leaves neither file new.
         write_files({os.path.join(FLAGS.output_dir, "boxes.json"): _json_bytes(summary)})
-        path = writer.commit()
-    except BaseException as error:
-        writer.abort()
-        if type(error).__module__.split(".")[0] == "av":  # PyAV's FFmpeg errors
-            raise ValueError(f"cannot write the overlay video ({error})") from None
-        raise
-    print(f"Localised {len(entries)} frames; wrote {path} and "
+        path = overlay.commit()
+    print(f"Localised {summary['frames']} frames; wrote {path} and "
           f"{os.path.join(FLAGS.output_dir, 'boxes.json')}")
 
 
@@ -243,7 +111,9 @@ def main(argv: list[str]) -> None:
         if path is not None and not os.path.isfile(path):
             raise ValueError(f"no such file. Received: {path!r}")
     if FLAGS.video is not None:
-        _probe_video(FLAGS.video)
+        from soundloc_tf.inference.video import probe_video
+
+        probe_video(FLAGS.video)
     from soundloc_tf.inference.localize import Localizer  # after the checks: TF start-up is slow
 
     if FLAGS.workdir is not None:

@@ -14,9 +14,7 @@ formats through Pillow), PIL images or arrays (uint8, uint16 or float in
 [0, 1]; gray, RGB or RGBA).  Sounds may be WAV files or bytes (the serving
 decoder), other formats soundfile reads, or `(samples, sample_rate)`.
 
-Videos: `read_video_audio` decodes the sound track with PyAV, and
-`audio_window` gives the clip the model hears at each frame, centred on the
-frame's time, so the heat map follows the sound over time.
+Videos are in `soundloc_tf.inference.video`.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ import io
 import math
 import os
 import re
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
@@ -399,95 +397,3 @@ def _read_with_soundfile(data: bytes) -> tuple[np.ndarray, int]:
     if len(samples) == 0:
         raise ValueError("the sound file holds no samples")
     return samples, int(rate)
-
-
-# ---------------------------------------------------------------------------
-# Video.
-
-
-def _open_video(path: PathLike):
-    """An open PyAV container, or one ValueError line naming the file."""
-    import av
-
-    try:
-        return av.open(os.fspath(path))
-    except (av.error.FFmpegError, OSError) as error:
-        raise ValueError(f"cannot open the video ({error}). Received: {os.fspath(path)!r}") \
-            from None
-
-
-def read_video_audio(path: PathLike, sample_rate: int) -> tuple[np.ndarray, float]:
-    """The first audio track as mono float32 at `sample_rate`, and its start time (s)."""
-    import av
-
-    with _open_video(path) as container:
-        if not container.streams.audio:
-            raise ValueError(f"the video has no audio track. Received: {os.fspath(path)!r}")
-        stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        chunks: list[np.ndarray] = []
-        start = None
-        try:
-            for frame in container.decode(stream):
-                if start is None and frame.time is not None:
-                    start = float(frame.time)
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
-        except av.error.FFmpegError as error:
-            raise ValueError(f"cannot decode the audio track ({error})") from None
-    audio = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros([0], np.float32)
-    if len(audio) == 0:
-        raise ValueError(f"the video's audio track is empty. Received: {os.fspath(path)!r}")
-    return audio, start or 0.0
-
-
-def audio_window(audio: np.ndarray, centre_seconds: float, config: Config) -> np.ndarray:
-    """The clip heard at one video frame: clip_seconds centred on `centre_seconds`.
-
-    Near either end the window slides to stay inside the track; a track
-    shorter than a clip is repeated (as the serving signature does).
-    """
-    t = config.num_samples
-    if len(audio) <= t:
-        return np.resize(audio, t).astype(np.float32)
-    start = int(round(centre_seconds * config.sample_rate)) - t // 2
-    start = min(max(start, 0), len(audio) - t)
-    return audio[start:start + t]
-
-
-def iter_video_frames(path: PathLike, max_frames: int = 0) -> Iterator[tuple[float, np.ndarray]]:
-    """(time in seconds, uint8 RGB [H, W, 3]) for each frame of the first video stream."""
-    import av
-
-    with _open_video(path) as container:
-        if not container.streams.video:
-            raise ValueError(f"the file has no video stream. Received: {os.fspath(path)!r}")
-        stream = container.streams.video[0]
-        count = 0
-        try:
-            for frame in container.decode(stream):
-                yield float(frame.time or 0.0), frame.to_ndarray(format="rgb24")
-                count += 1
-                if max_frames and count >= max_frames:
-                    return
-        except av.error.FFmpegError as error:
-            raise ValueError(f"cannot decode the video stream ({error})") from None
-
-
-def video_frame_rate(path: PathLike) -> float:
-    """Average frames per second of the first video stream (25 when unknown)."""
-    import av
-
-    with av.open(os.fspath(path)) as container:
-        rate = container.streams.video[0].average_rate if container.streams.video else None
-    return float(rate) if rate else 25.0
-
-
-def localize_frames(localizer: Localizer, frames: Sequence[np.ndarray], times: Sequence[float],
-                    audio: np.ndarray, audio_start: float) -> dict[str, np.ndarray]:
-    """Frames (uint8 [H, W, 3]) at `times` with the sound around each -> stacked outputs."""
-    images = np.stack([localizer.prepare_image(f) for f in frames])
-    waveforms = np.stack([audio_window(audio, t - audio_start, localizer.config) for t in times])
-    return localizer.predict(images, waveforms)
