@@ -251,6 +251,29 @@ def test_N5_a_corrupt_shard_under_a_resigned_manifest_is_one_line(tmp_path):
     assert_one_line_error(result, "damaged records")  # before: a DataLossError traceback
 
 
+@pytest.mark.parametrize("damage", ["length", "payload"])
+def test_N5_the_studio_refuses_a_corrupt_shard_under_a_resigned_manifest(tmp_path, damage):
+    # before: a length of 2^60 was read as is (MemoryError); a garbled payload a DecodeError
+    import struct
+
+    from soundloc_tf.serving.studio.pairs import RecordPairs
+
+    _tiny_records(tmp_path / "set")
+    shard = next((tmp_path / "set").glob("*.tfrecord*"))
+    data = bytearray(shard.read_bytes())
+    if damage == "length":
+        data[:8] = struct.pack("<Q", 2 ** 60)
+    else:
+        data[12:76] = b"\xff" * 64
+    shard.write_bytes(bytes(data))
+    _resign(tmp_path / "set", lambda manifest: None)
+    expected = (rf"the record at byte 0 claims {2 ** 60} bytes, past the end of the "
+                rf"{len(data)}-byte file" if damage == "length" else
+                r"the record at byte 0 is not a soundloc example with an id \(DecodeError\)")
+    with pytest.raises(ValueError, match=rf"^corrupt TFRecord: {expected}\. Received: "):
+        RecordPairs(str(tmp_path / "set"))
+
+
 def test_N10_a_box_holding_a_400_digit_integer_is_refused_naming_the_box():
     from soundloc_tf.dataloaders import annotations
 

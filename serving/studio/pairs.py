@@ -31,7 +31,8 @@ def _scan(path: str) -> list[tuple[int, int]]:
 
     Framing: uint64 length, uint32 masked CRC of the length, the payload, uint32
     masked CRC of the payload.  The shard's sha256 was checked against the manifest
-    before this runs, so the CRCs are not recomputed.
+    before this runs, so the CRCs are not recomputed; a length past the end of the file
+    (a damaged shard under a re-signed manifest) is refused before anything is read.
     """
     out = []
     size = os.path.getsize(path)
@@ -43,6 +44,10 @@ def _scan(path: str) -> list[tuple[int, int]]:
                 raise ValueError(f"truncated TFRecord header at byte {position}. Received: "
                                  f"{path!r}")
             (length,) = struct.unpack("<Q", header[:8])
+            if position + 12 + length + 4 > size:
+                raise ValueError(f"corrupt TFRecord: the record at byte {position} claims "
+                                 f"{length} bytes, past the end of the {size}-byte file. "
+                                 f"Received: {path!r}")
             out.append((position + 12, length))
             position += 12 + length + 4
             f.seek(position)
@@ -92,11 +97,21 @@ class RecordPairs:
             with open(path, "rb") as f:
                 for offset, length in _scan(path):
                     f.seek(offset)
-                    example = self._example.FromString(f.read(length))
-                    sample_id = example.features.feature["id"].bytes_list.value[0].decode()
-                    self.entries.append(_Entry(sample_id, path, offset, length))
+                    self.entries.append(_Entry(self._sample_id(f.read(length), path, offset),
+                                               path, offset, length))
         self.ids = [e.sample_id for e in self.entries]
         self.index = {sample_id: i for i, sample_id in enumerate(self.ids)}
+
+    def _sample_id(self, payload: bytes, path: str, offset: int) -> str:
+        from google.protobuf.message import DecodeError
+
+        try:
+            return self._example.FromString(payload).features.feature["id"].bytes_list \
+                .value[0].decode()
+        except (DecodeError, IndexError, UnicodeDecodeError) as error:
+            raise ValueError(f"corrupt TFRecord: the record at byte {offset - 12} is not a "
+                             f"soundloc example with an id ({type(error).__name__}). "
+                             f"Received: {path!r}") from None
 
     def __len__(self) -> int:
         return len(self.entries)
