@@ -138,6 +138,11 @@ class Config:
     hard_way_positive_threshold: float = 0.65
     hard_way_negative_threshold: float = 0.4
     hard_way_mask_temperature: float = 0.03
+    # Whether InfoNCE counts another pair of the same sounding class (`class_id`, when the
+    # records know it) as a negative. True is LVS's and EZ-VSL's batch; False leaves such
+    # pairs out of the softmax, so a dog's bark is not pushed away from another dog's photo
+    # (semantically similar pairs, Senocak et al., ICASSP 2022).
+    infonce_same_class_negatives: bool = True
     supervised_weight: float = 1.0
     # The supervised term's softmax temperature over the cosine map; 0 means the attention's
     # own (attention_temperature). At T = 1 softmax over 400 cells of cosines in [-1, 1]
@@ -383,6 +388,9 @@ def _validate(c: Config) -> None:
              attention_temperature=c.attention_temperature)
     _require(c.infonce_temperature > 0, "infonce_temperature must be positive",
              infonce_temperature=c.infonce_temperature)
+    _require(c.infonce_same_class_negatives or c.unsupervised_loss == "infonce",
+             "infonce_same_class_negatives=False changes InfoNCE's batch; it needs "
+             "unsupervised_loss='infonce'", unsupervised_loss=c.unsupervised_loss)
     _require(-1 < c.hard_way_negative_threshold < c.hard_way_positive_threshold < 1,
              "the hard-way thresholds need -1 < negative < positive < 1",
              hard_way_negative_threshold=c.hard_way_negative_threshold,

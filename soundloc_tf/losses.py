@@ -47,16 +47,33 @@ def max_pooled_similarity(visual_unit: tf.Tensor, sound_unit: tf.Tensor) -> tf.T
 
 
 def infonce_loss(image_to_sound: tf.Tensor, sound_to_image: tf.Tensor, labels: tf.Tensor,
-                 temperature: float) -> tf.Tensor:
+                 temperature: float, excluded: tf.Tensor | None = None) -> tf.Tensor:
     """Symmetric InfoNCE over the batch (LVS / EZ-VSL style), per example.
 
     `image_to_sound[i]` holds image i's similarity to every sound in the
     (global) batch, `sound_to_image[i]` sound i's similarity to every image;
-    `labels[i]` is the index of i's own partner.
+    `labels[i]` is the index of i's own partner. `excluded` [N, M] bool marks the
+    pairs that are neither positive nor negative (`same_class_pairs`); they leave
+    both softmaxes.
     """
-    a = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, image_to_sound / temperature)
-    b = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, sound_to_image / temperature)
+    image_to_sound, sound_to_image = image_to_sound / temperature, sound_to_image / temperature
+    if excluded is not None:
+        # A large finite logit, not -inf: -inf times a zero gradient is NaN.
+        far = tf.cast(-1e9, image_to_sound.dtype)
+        image_to_sound = tf.where(excluded, far, image_to_sound)
+        sound_to_image = tf.where(excluded, far, sound_to_image)
+    a = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, image_to_sound)
+    b = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, sound_to_image)
     return 0.5 * (a + b)
+
+
+def same_class_pairs(class_ids: tf.Tensor, all_class_ids: tf.Tensor,
+                     labels: tf.Tensor) -> tf.Tensor:
+    """[N] local and [M] global class ids (-1: unknown) -> [N, M] bool: pair (i, j) shares a
+    known class and is not i's own partner `labels[i]`."""
+    same = (class_ids[:, None] == all_class_ids[None, :]) & (class_ids[:, None] >= 0)
+    own = tf.one_hot(labels, tf.shape(all_class_ids)[0], on_value=True, off_value=False)
+    return same & ~own
 
 
 def hard_way_loss(cosines: tf.Tensor, labels: tf.Tensor, temperature: float,

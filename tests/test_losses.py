@@ -28,6 +28,30 @@ def test_infonce_is_log_batch_for_uninformative_and_small_for_diagonal():
     assert losses.infonce_loss(diagonal, diagonal, labels, 0.07).numpy().max() < 1e-5
 
 
+def test_infonce_without_same_class_negatives_is_infonce_over_the_other_classes():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=[4, 4]).astype(np.float32)
+    labels = tf.range(4)
+    classes = tf.constant([0, 0, 1, -1])  # -1: unknown, never excluded
+    excluded = losses.same_class_pairs(classes, classes, labels)
+    np.testing.assert_array_equal(excluded.numpy(), [[0, 1, 0, 0], [1, 0, 0, 0],
+                                                     [0, 0, 0, 0], [0, 0, 0, 0]])
+    got = losses.infonce_loss(logits, logits.T, labels, 0.5, excluded).numpy()
+
+    def nce(row: np.ndarray, own: int, keep: list[int]) -> float:
+        z = row[keep] / 0.5
+        return float(np.log(np.exp(z).sum()) - row[own] / 0.5)
+
+    # Pair 0 without column/row 1, pair 1 without 0; pairs 2 and 3 as plain InfoNCE.
+    keeps = [[0, 2, 3], [1, 2, 3], [0, 1, 2, 3], [0, 1, 2, 3]]
+    expected = [0.5 * (nce(logits[i], i, k) + nce(logits[:, i], i, k))
+                for i, k in enumerate(keeps)]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    plain = losses.infonce_loss(logits, logits.T, labels, 0.5).numpy()
+    np.testing.assert_allclose(got[2:], plain[2:], rtol=1e-6)
+    assert np.all(got[:2] < plain[:2])  # fewer negatives, smaller loss
+
+
 def test_max_pooled_similarity_takes_best_location():
     visual = np.zeros([1, 2, 2, 2], np.float32)
     visual[0, 0, 0] = [1, 0]

@@ -35,7 +35,11 @@ def _mirrored_and_single_step(objective: str, workdir: str) -> dict:
 
     # SGD: the weight change is proportional to the gradient (Adam's first step
     # is ~lr * sign(g), which amplifies float round-off of near-zero gradients).
-    config = _config(unsupervised_loss=objective, optimizer="sgd", learning_rate=0.1)
+    # "infonce_same_class": InfoNCE without same-class negatives, gathered across replicas.
+    loss = {"infonce_same_class": {"unsupervised_loss": "infonce",
+                                   "infonce_same_class_negatives": False}}.get(
+        objective, {"unsupervised_loss": objective})
+    config = _config(**loss, optimizer="sgd", learning_rate=0.1)
     mirrored_strategy = make_strategy()
     single_strategy = tf.distribute.OneDeviceStrategy(tf.config.list_logical_devices("CPU")[0].name)
     single = Trainer(config, f"{workdir}/one", single_strategy, log=_silent)
@@ -56,7 +60,7 @@ def _mirrored_and_single_step(objective: str, workdir: str) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", ["triplet", "infonce", "hard_way"])
+@pytest.mark.parametrize("objective", ["triplet", "infonce", "infonce_same_class", "hard_way"])
 def test_mirrored_step_on_two_cpus_equals_single_device_step(tmp_path, objective):
     # In a fresh interpreter: in the suite's process this step runs collectives after
     # hundreds of other tests, and a TensorFlow abort there (once, in CI) took the whole

@@ -125,6 +125,9 @@ def runs() -> list[Run]:
              "audio_feature_dim": YAMNET_NUM_CLASSES}),
         Run("unsupervised", "InfoNCE, softmax(cos/1.0), no labels",
             {**_CHOSEN, "attention_temperature": 1.0, "label_fraction": 0.0}),
+        Run("no_same_class_negatives", "the recommended recipe, InfoNCE not counting another "
+            "pair of the sounding class as a negative",
+            {**_CHOSEN, "attention_temperature": 1.0, "infonce_same_class_negatives": False}),
         Run("within_scenes", "the recommended recipe on training scenes of one category each "
             "(mosaics' tiles, composites' cut-outs)",
             {**_CHOSEN, "attention_temperature": 1.0}, scenes="within"),

@@ -170,8 +170,12 @@ def compute_losses(config: Config, outputs: dict, batch: dict, global_batch: int
             all_visual = ctx.all_gather(outputs["visual_unit"], axis=0)
             sound_to_image = tf.transpose(
                 losses.max_pooled_similarity(all_visual, outputs["sound_embedding"]))
+        excluded = None
+        if not config.infonce_same_class_negatives:
+            excluded = losses.same_class_pairs(batch["class_id"],
+                                               _gather(ctx, batch["class_id"]), positions)
         per_example = losses.infonce_loss(image_to_sound, sound_to_image, positions,
-                                          config.infonce_temperature)
+                                          config.infonce_temperature, excluded)
     elif config.unsupervised_loss == "hard_way":
         # Image to sound only, as LVS has it: the regions are the image's.
         all_sound = _gather(ctx, outputs["sound_embedding"])
