@@ -21,7 +21,7 @@ FLOORS = {
     0: ("config", "losses", "metrics", "protocols", "visualize", "tf_logs"),
     1: ("dataloaders", "realset"),
     2: ("modeling",),
-    3: ("train", "eval", "inference", "tasks", "experiments"),
+    3: ("train", "eval", "inference", "tasks", "experiments", "pipelines"),
 }
 TOP = 4  # tools/ and serving/: installed as soundloc_tf.tools and soundloc_tf.serving
 FLOOR_OF = {part: floor for floor, parts in FLOORS.items() for part in parts}
@@ -127,7 +127,8 @@ def test_installed_names_live_inside_the_library_namespace(tmp_path):
 
 # Inside floor 3 the roles are ordered too: the task runs train/, eval/ and inference/, and
 # the experiments run tasks; neither of the lower two reaches up into what runs it.
-FLOOR_3_ORDER = {"train": 0, "eval": 0, "inference": 0, "tasks": 1, "experiments": 2}
+FLOOR_3_ORDER = {"train": 0, "eval": 0, "inference": 0, "tasks": 1, "experiments": 2,
+                 "pipelines": 1}
 
 
 def test_inside_floor_3_the_task_sits_above_training_and_below_the_experiments():

@@ -13,6 +13,13 @@ Audio is stored at --sample_rate for --clip_seconds (defaults: the paper's
 22,050 Hz and 20 s; the reader resamples and crops for other presets).  A
 progress bar goes to stderr; the summary (imported, skipped by reason, and
 every skipped path) is printed and stored in the manifest.  See docs/DATA.md.
+
+With --runner the import runs as an Apache Beam pipeline (videos, composites, mosaics,
+photos; `pip install -e .[beam]`), and every --flag=value this tool does not define goes to
+Beam's pipeline options (docs/BEAM.md):
+
+  python -m tools.import_data --format=videos --input=~/my_videos --output=records/mine \
+      --runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing
 """
 
 from __future__ import annotations
@@ -59,6 +66,9 @@ flags.DEFINE_enum("split", "train", ["train", "validation"], "mosaics, photos: t
 flags.DEFINE_string("holdout_photos", None, "composites: a photos folder whose --fold's "
                     "validation recordings must not appear in these scenes.")
 flags.DEFINE_string("report", None, "Also write the import report as JSON here.")
+flags.DEFINE_string("runner", None, "Run as an Apache Beam pipeline on this runner "
+                    "(DirectRunner here; DataflowRunner, FlinkRunner, SparkRunner elsewhere); "
+                    "unset: one process, as always.")
 flags.mark_flags_as_required(["format", "input", "output"])
 FLAGS = flags.FLAGS
 
@@ -83,10 +93,19 @@ def main(argv: list[str]) -> None:
     source = os.path.expanduser(FLAGS.input)
     report = importers.ImportReport(FLAGS.format)
     try:
-        report, summary = importers.run_import(
-            FLAGS.format, source, FLAGS.output, sample_rate=FLAGS.sample_rate,
-            clip_seconds=FLAGS.clip_seconds, samples_per_shard=FLAGS.samples_per_shard,
-            report=report, **options)
+        if FLAGS.runner:
+            from soundloc_tf.pipelines import beam_import, elements
+
+            settings = elements.ImportSettings(FLAGS.format, source, FLAGS.sample_rate,
+                                               FLAGS.clip_seconds, options)
+            report, summary = beam_import.run_beam_import(
+                settings, FLAGS.output, [f"--runner={FLAGS.runner}", *BEAM_ARGS],
+                samples_per_shard=FLAGS.samples_per_shard)
+        else:
+            report, summary = importers.run_import(
+                FLAGS.format, source, FLAGS.output, sample_rate=FLAGS.sample_rate,
+                clip_seconds=FLAGS.clip_seconds, samples_per_shard=FLAGS.samples_per_shard,
+                report=report, **options)
     except ValueError:
         if report.imported or report.skipped:
             print(report.summary(), file=sys.stderr)
@@ -100,7 +119,25 @@ def main(argv: list[str]) -> None:
             json.dump(report.as_dict(), f, indent=1)
 
 
+# Beam's own options (--direct_num_workers=2, --project=...), taken off the command line
+# before absl parses it.
+BEAM_ARGS: list[str] = []
+
+
+def _split_beam_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """With --runner, the --name=value arguments this tool does not define go to Beam."""
+    if not any(arg.startswith("--runner") for arg in argv):
+        return argv, []
+    ours, beam = argv[:1], []
+    for arg in argv[1:]:
+        name = arg[2:].split("=", 1)[0] if arg.startswith("--") else None
+        known = name is not None and (name in FLAGS or name.removeprefix("no") in FLAGS)
+        (beam if name and not known and "=" in arg else ours).append(arg)
+    return ours, beam
+
+
 def run() -> None:
+    sys.argv, BEAM_ARGS[:] = _split_beam_args(sys.argv)
     common.run_tool(main)
 
 
