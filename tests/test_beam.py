@@ -174,3 +174,49 @@ def test_a_killed_import_leaves_no_manifest_and_the_rerun_completes(tmp_path):
                          sample_rate=8000, clip_seconds=4, count=60, image_size=128,
                          samples_per_shard=2, progress=io.StringIO())
     _assert_same_import(tmp_path / "one", out, same_shards=True)
+
+
+# ---------------------------------------------------------------------------
+# The feature cache.
+
+
+def test_the_beam_cache_equals_write_cache_within_float16_rounding(tmp_path):
+    from soundloc_tf.config import get_config
+    from soundloc_tf.dataloaders import data
+    from soundloc_tf.modeling.models import build_model
+    from soundloc_tf.pipelines import beam_cache
+    from soundloc_tf.train import feature_cache
+
+    config = get_config("tiny", freeze_image_tower=True, freeze_audio_tower=True)
+    samples = [{k: v.numpy() for k, v in e.items()} | {"sample_rate": config.sample_rate}
+               for e in data.synthetic_dataset(config, 0, count=22)]
+    records.write_records(samples, str(tmp_path / "records"), sample_rate=config.sample_rate,
+                          clip_seconds=config.num_samples / config.sample_rate,
+                          source="synthetic", samples_per_shard=5)
+    tf.keras.utils.set_random_seed(4)
+    model = build_model(config)
+    single = feature_cache.write_cache(
+        model, config, records.read_records(config, str(tmp_path / "records"), training=False),
+        str(tmp_path / "single"), batch_size=8, samples_per_shard=8)
+    beam = beam_cache.run_beam_cache(model, config, str(tmp_path / "records"),
+                                     str(tmp_path / "beam"), TWO_WORKERS, batch_size=4,
+                                     samples_per_shard=8)
+    timing = ("seconds", "shards")
+    assert {k: v for k, v in beam.items() if k not in timing} == \
+        {k: v for k, v in single.items() if k not in timing}
+    assert [(s["file"], s["count"]) for s in beam["shards"]] == \
+        [(s["file"], s["count"]) for s in single["shards"]] == \
+        [("features-00000-of-00003.tfrecord", 8), ("features-00001-of-00003.tfrecord", 8),
+         ("features-00002-of-00003.tfrecord", 6)]
+    # Nothing else is left: no part, no copy of the weights.
+    assert sorted(os.listdir(tmp_path / "beam")) == sorted(os.listdir(tmp_path / "single"))
+    read = [list(feature_cache.read_cache(config, str(tmp_path / d), training=False,
+                                          model=model)) for d in ("single", "beam")]
+    assert [e["id"].numpy() for e in read[0]] == [e["id"].numpy() for e in read[1]]
+    for a, b in zip(*read):
+        for name in ("boxes", "labeled", "class_id"):
+            np.testing.assert_array_equal(a[name].numpy(), b[name].numpy())
+        for name in ("visual_map", "audio_feature"):
+            x, y = (t.numpy().astype(np.float32) for t in (a[name], b[name]))
+            # float16 keeps 11 significant bits: one rounding step is 2^-10 of the value.
+            np.testing.assert_allclose(y, x, rtol=2.0 ** -10, atol=1e-6)
