@@ -671,7 +671,7 @@ def stage_serving(st: Stage) -> None:
     from soundloc_tf.serving.client import localize_request
     from soundloc_tf.serving.dev_server import DevServer
     from soundloc_tf.dataloaders import data, records
-    from soundloc_tf.inference import export
+    from soundloc_tf.inference import export, signatures
     from soundloc_tf.config import get_config
     from soundloc_tf.modeling.models import build_model
 
@@ -682,8 +682,8 @@ def stage_serving(st: Stage) -> None:
     shutil.rmtree(base, ignore_errors=True)
     version_dir = export.export_model(model, config, base, version=1)
     loaded = tf.saved_model.load(version_dir)
-    signature = loaded.signatures[export.BYTES_SIGNATURE]
-    tensors_signature = loaded.signatures[export.TENSORS_SIGNATURE]
+    signature = loaded.signatures[signatures.BYTES_SIGNATURE]
+    tensors_signature = loaded.signatures[signatures.TENSORS_SIGNATURE]
 
     scenes = list(data.synthetic_dataset(config, config.eval_seed, count=4))
     image_files = [records.encode_image(s["image"].numpy()) for s in scenes]
@@ -754,7 +754,7 @@ def _serving_paper(st: Stage, base: str) -> None:
     import tensorflow as tf
 
     from soundloc_tf.dataloaders import data
-    from soundloc_tf.inference import export
+    from soundloc_tf.inference import export, signatures
     from soundloc_tf.config import get_config
     from soundloc_tf.modeling.models import build_model
 
@@ -763,7 +763,7 @@ def _serving_paper(st: Stage, base: str) -> None:
     model = build_model(config)
     version_dir = export.export_model(model, config, base, model_name="soundloc_paper",
                                       version=1)
-    signature = tf.saved_model.load(version_dir).signatures[export.TENSORS_SIGNATURE]
+    signature = tf.saved_model.load(version_dir).signatures[signatures.TENSORS_SIGNATURE]
     scene = next(iter(data.synthetic_dataset(config, config.eval_seed, count=1).batch(1)))
     image, waveform = scene["image"], scene["waveform"]
     bare = tf.function(lambda i, w: model({"image": i, "waveform": w}, training=False))

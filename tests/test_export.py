@@ -13,7 +13,9 @@ from scipy import ndimage
 from serving_fixtures import (SMALL_HEATMAP, assert_one_line_error, exported,  # noqa: F401
                               jpeg_bytes, png_bytes, run_module, saved_model_cli, scenes,
                               soundfile_wav, to_uint8, wav_bytes)
-from soundloc_tf.inference import export
+from soundloc_tf.inference import export, heatmap_boxes, image_decode, wav_decode
+from soundloc_tf.inference.signatures import (OUTPUT_KEYS, decode_batch, localize_fn,
+                                              signature_summary)
 from soundloc_tf.train.run_dir import restore_model
 
 # Largest |difference| allowed between the SavedModel's heat map and the Keras model's.
@@ -30,11 +32,11 @@ def signatures(exported):
 def keras_reference(exported):
     """The in-memory model with the same decoding and post-processing, run eagerly-traced."""
     config, model, _ = restore_model(str(exported.workdir))
-    run = export.localize_fn(model, config)
+    run = localize_fn(model, config)
 
     @tf.function(autograph=False)
     def from_bytes(image_bytes, wav_bytes):
-        return run(*export.decode_batch(image_bytes, wav_bytes, config))
+        return run(*decode_batch(image_bytes, wav_bytes, config))
 
     @tf.function(autograph=False)
     def from_tensors(images, waveforms):
@@ -72,9 +74,9 @@ def test_versioned_layout_without_leftovers(exported):
     for part in ("saved_model.pb", "variables/variables.index", export.EXPORT_INFO_PATH):
         assert (version / part).exists(), part
     info = export.read_export_info(str(version))
-    assert info["signatures"] == export.signature_summary(exported.config)
+    assert info["signatures"] == signature_summary(exported.config)
     assert info["heatmap_size"] == exported.config.eval_size == 224
-    assert info["step"] == 2 and info["limits"]["max_image_side"] == export.MAX_IMAGE_SIDE
+    assert info["step"] == 2 and info["limits"]["max_image_side"] == image_decode.MAX_IMAGE_SIDE
     assert export.read_export_info(str(exported.version(2)))["heatmap_size"] == SMALL_HEATMAP
     assert export.next_version(str(exported.model_dir)) == 3
     assert exported.export_seconds < 60
@@ -125,7 +127,7 @@ def test_saved_model_cli_run_on_real_jpeg_png_and_wav_bytes(exported, keras_refe
         "serving_default", "--inputs", f"image_bytes={image_file}",
         "--input_exprs", f"wav_bytes={sounds!r}", "--outdir", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr[-3000:]
-    got = {k: np.load(tmp_path / "out" / f"{k}.npy") for k in export.OUTPUT_KEYS}
+    got = {k: np.load(tmp_path / "out" / f"{k}.npy") for k in OUTPUT_KEYS}
     want = _outputs(keras_reference[2](tf.constant(images[:2]), tf.constant(sounds)))
     assert got["heatmap"].shape == (2, 224, 224)
     assert np.abs(got["heatmap"] - want["heatmap"]).max() <= HEATMAP_TOLERANCE
@@ -205,10 +207,10 @@ def test_box_edges_survive_box_masks_exactly(size):
     from soundloc_tf.metrics import box_masks
 
     edges = tf.range(size + 1)
-    unit = export.edges_to_unit(edges, size)
+    unit = heatmap_boxes.edges_to_unit(edges, size)
     np.testing.assert_array_equal(tf.floor(unit * size).numpy(), edges.numpy())
     assert np.abs(unit.numpy() - np.arange(size + 1) / size).max() < 1e-6
-    box = export.edges_to_unit(tf.constant([[3, 29, size - 1, size]]), size)
+    box = heatmap_boxes.edges_to_unit(tf.constant([[3, 29, size - 1, size]]), size)
     mask = box_masks(box, size).numpy()[0]
     assert mask.sum() == (size - 4) * (size - 29) and mask[29, 3] == 1 and mask[28, 3] == 0
 
@@ -218,12 +220,12 @@ def test_box_follows_the_peak_blob_not_the_larger_one():
     attention = np.full([1, 12, 12], 0.1, np.float32)
     attention[0, 1:7, 1:7] = 0.8
     attention[0, 9:11, 8:11] = 1.0
-    heatmap, box = export.heatmaps_and_boxes(tf.constant(attention), 24, 0.5)
+    heatmap, box = heatmap_boxes.heatmaps_and_boxes(tf.constant(attention), 24, 0.5)
     np.testing.assert_allclose(box.numpy()[0], _reference_box(heatmap.numpy()[0], 0.5), atol=1e-6)
     x1, y1, x2, y2 = box.numpy()[0]
     assert 8 / 12 - 0.1 < x1 < 8 / 12 + 0.05 and 9 / 12 - 0.1 < y1 < 9 / 12 + 0.05
     # A flat map has no peak: the box is the whole image.
-    _, flat_box = export.heatmaps_and_boxes(tf.fill([1, 12, 12], 1 / 144), 24, 0.5)
+    _, flat_box = heatmap_boxes.heatmaps_and_boxes(tf.fill([1, 12, 12], 1 / 144), 24, 0.5)
     np.testing.assert_array_equal(flat_box.numpy()[0], [0, 0, 1, 1])
 
 
@@ -242,39 +244,40 @@ def test_wav_decoder_matches_soundfile(subtype, fmt):
     samples = np.random.default_rng(1).uniform(-0.9, 0.9, (777, 3))
     data = soundfile_wav(samples, 22050, subtype, fmt)
     reference, rate = soundfile.read(io.BytesIO(data), dtype="float64")
-    decoded, decoded_rate = export.decode_wav(tf.constant(data), 60.0)
+    decoded, decoded_rate = wav_decode.decode_wav(tf.constant(data), 60.0)
     assert int(decoded_rate) == rate == 22050
     assert np.abs(decoded.numpy() - reference.mean(axis=1)).max() < 1e-6
 
 
 def test_decode_wav_keeps_only_the_middle_clip():
     samples = np.linspace(-0.5, 0.5, 3 * 8000)
-    decoded, _ = export.decode_wav(tf.constant(soundfile_wav(samples, 8000, "FLOAT")), 1.0)
+    decoded, _ = wav_decode.decode_wav(tf.constant(soundfile_wav(samples, 8000, "FLOAT")), 1.0)
     np.testing.assert_allclose(decoded.numpy(), samples[8000:16000], atol=1e-7)
 
 
 def test_resampling_keeps_the_band_and_removes_aliases():
     t = np.arange(48000) / 48000.0
     middle = slice(200, -200)
-    kept = export.resample(np.sin(2 * np.pi * 1000 * t).astype(np.float32), 48000, 8000).numpy()
+    kept = wav_decode.resample(np.sin(2 * np.pi * 1000 * t).astype(np.float32), 48000, 8000).numpy()
     assert kept.shape == (8000,)
     ideal = np.sin(2 * np.pi * 1000 * np.arange(8000) / 8000.0)
     assert np.abs(kept[middle] - ideal[middle]).max() < 1e-3
     # 6 kHz is above the 4 kHz Nyquist frequency of 8 kHz: without the low-pass it
     # would fold to 2 kHz at full amplitude (RMS 0.707).
-    folded = export.resample(np.sin(2 * np.pi * 6000 * t).astype(np.float32), 48000, 8000).numpy()
+    folded = wav_decode.resample(np.sin(2 * np.pi * 6000 * t).astype(np.float32), 48000,
+                                 8000).numpy()
     assert np.sqrt(np.mean(folded[middle] ** 2)) < 1e-3
-    up = export.resample(np.sin(2 * np.pi * 440 * np.arange(4000) / 4000.0).astype(np.float32),
-                         4000, 8000).numpy()
+    up = wav_decode.resample(np.sin(2 * np.pi * 440 * np.arange(4000) / 4000.0).astype(np.float32),
+                             4000, 8000).numpy()
     assert up.shape == (8000,)
     assert np.abs(up[100:-100] - np.sin(2 * np.pi * 440 * np.arange(8000) / 8000.0)[100:-100]
                   ).max() < 0.07  # linear interpolation between 4 kHz samples
 
 
 def test_short_sounds_repeat_and_long_ones_are_centred():
-    np.testing.assert_array_equal(export.fit_clip(np.arange(3, dtype=np.float32), 8).numpy(),
+    np.testing.assert_array_equal(wav_decode.fit_clip(np.arange(3, dtype=np.float32), 8).numpy(),
                                   [0, 1, 2, 0, 1, 2, 0, 1])
-    np.testing.assert_array_equal(export.fit_clip(np.arange(10, dtype=np.float32), 4).numpy(),
+    np.testing.assert_array_equal(wav_decode.fit_clip(np.arange(10, dtype=np.float32), 4).numpy(),
                                   [3, 4, 5, 6])
 
 
@@ -519,7 +522,7 @@ def test_region_growing_matches_connected_components_on_noise_and_a_spiral(densi
         seed_at = tuple(np.argwhere(allowed)[len(np.argwhere(allowed)) // 2])
         seed = np.zeros_like(allowed)
         seed[seed_at] = True
-        grown = export._grow(tf.constant(seed[None]), tf.constant(allowed[None]), size)
+        grown = heatmap_boxes._grow(tf.constant(seed[None]), tf.constant(allowed[None]), size)
         expected = labels == labels[seed_at]
         assert expected.sum() > 1
         np.testing.assert_array_equal(grown.numpy()[0], expected)

@@ -317,16 +317,16 @@ def test_8_the_graph_turns_images_as_their_exif_says(fmt):
     import tensorflow as tf
     from PIL import Image, ImageOps
 
-    from soundloc_tf.inference import export
+    from soundloc_tf.inference import image_decode
 
     blocks = np.random.default_rng(0).integers(0, 255, (6, 4, 3), dtype=np.uint8)
     pixels = np.kron(blocks, np.ones((8, 8, 1), np.uint8))  # 32 wide, 48 high
-    decode = tf.function(lambda c: export.decode_image(c, 40), autograph=False,
+    decode = tf.function(lambda c: image_decode.decode_image(c, 40), autograph=False,
                          input_signature=[tf.TensorSpec([], tf.string)])
     for orientation in range(1, 9):
         data = _with_orientation(pixels, orientation, fmt)
         shown = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
-        want = export.resize_image(tf.constant(np.asarray(shown, np.float32) / 255.0), 40)
+        want = image_decode.resize_image(tf.constant(np.asarray(shown, np.float32) / 255.0), 40)
         error = float(np.abs(decode(tf.constant(data)).numpy() - want.numpy()).max())
         # JPEG: libjpeg (TF) and Pillow's decoder differ by up to 0.06; a wrong turn: > 0.5.
         assert error <= (0.06 if fmt == "JPEG" else 1e-6), (orientation, error)

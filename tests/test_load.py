@@ -120,7 +120,7 @@ def test_the_body_size_limit_is_a_413(server):
 
 
 def test_an_image_side_over_the_limit_is_a_400(server):
-    from soundloc_tf.inference.export import MAX_IMAGE_SIDE
+    from soundloc_tf.inference.image_decode import MAX_IMAGE_SIDE
 
     wide = _image(MAX_IMAGE_SIDE + 1, 2)  # a small file: the header's size is checked
     status, answer = _predict(server, [(wide, _tone(1.0))])
@@ -133,7 +133,7 @@ def test_an_image_side_over_the_limit_is_a_400(server):
 
 @pytest.mark.parametrize("rate", [3999, 192001])
 def test_a_sample_rate_outside_the_range_is_a_400(server, rate):
-    from soundloc_tf.inference.export import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+    from soundloc_tf.inference.wav_decode import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 
     status, answer = _predict(server, [(_image(), _with_rate(_tone(0.5), rate))])
     assert status == 400
@@ -142,7 +142,7 @@ def test_a_sample_rate_outside_the_range_is_a_400(server, rate):
 
 
 def test_a_wav_with_too_many_chunks_is_a_400(server):
-    from soundloc_tf.inference.export import MAX_WAV_CHUNKS
+    from soundloc_tf.inference.wav_decode import MAX_WAV_CHUNKS
 
     status, _ = _predict(server, [(_image(), _many_chunks(_tone(0.5), 10))])
     assert status == 200

@@ -63,10 +63,10 @@ def decoded(images: list[bytes], matched: list[bytes], mismatched: list[bytes],
     import tensorflow as tf
 
     from soundloc_tf.dataloaders import audio_io
-    from soundloc_tf.inference import export
+    from soundloc_tf.inference import image_decode
 
     size, n = config.image_size, config.num_samples
-    decode = tf.function(lambda contents: export.decode_image(contents, size))
+    decode = tf.function(lambda contents: image_decode.decode_image(contents, size))
     pixels = np.stack([decode(tf.constant(b)).numpy() for b in images])
 
     def waves(items: list[bytes]) -> np.ndarray:

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from soundloc_tf.tf_logs import silenced_stderr
-from soundloc_tf.inference import export
+from soundloc_tf.inference import export, image_decode, signatures, wav_decode
 from soundloc_tf.config import Config
 from soundloc_tf.visualize import draw_boxes, overlay
 
@@ -111,7 +111,7 @@ class Localizer:
     """A model plus the serving signatures' decoding and post-processing.
 
     `run(images [N, S, S, 3], waveforms [N, T]) -> {"heatmap", "box", "score"}`
-    is either the Keras model wrapped by `export.localize_fn` or the
+    is either the Keras model wrapped by `signatures.localize_fn` or the
     SavedModel's `serving_tensors` signature.
     """
 
@@ -123,17 +123,17 @@ class Localizer:
         self._owner = owner  # keeps what `run` needs alive (a loaded SavedModel)
         s, sr, t = config.image_size, config.sample_rate, config.num_samples
         self._decode_image = tf.function(
-            lambda contents: export.decode_image(contents, s),
+            lambda contents: image_decode.decode_image(contents, s),
             input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
         self._decode_sound = tf.function(
-            lambda contents: export.decode_sound(contents, config),
+            lambda contents: wav_decode.decode_sound(contents, config),
             input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
         self._fit_sound = tf.function(
-            lambda samples, rate: export.fit_clip(export.resample(samples, rate, sr), t),
+            lambda samples, rate: wav_decode.fit_clip(wav_decode.resample(samples, rate, sr), t),
             input_signature=[tf.TensorSpec([None], tf.float32), tf.TensorSpec([], tf.int64)],
             autograph=False)
         self._resize = tf.function(
-            lambda image: export.resize_image(image, s),
+            lambda image: image_decode.resize_image(image, s),
             input_signature=[tf.TensorSpec([None, None, 3], tf.float32)], autograph=False)
 
     # -- construction ----------------------------------------------------------
@@ -143,7 +143,7 @@ class Localizer:
         """An in-memory Keras model built by `models.build_model(config)`."""
         size = heatmap_size or config.eval_size
         s, t = config.image_size, config.num_samples
-        run = tf.function(export.localize_fn(model, config, size), autograph=False,
+        run = tf.function(signatures.localize_fn(model, config, size), autograph=False,
                           input_signature=[tf.TensorSpec([None, s, s, 3], tf.float32),
                                            tf.TensorSpec([None, t], tf.float32)])
         return cls(config, run, size)
@@ -163,7 +163,7 @@ class Localizer:
         info = export.read_export_info(path)
         config = config_from_dict(info["config"])
         loaded = load_saved_model(path)
-        signature = loaded.signatures[export.TENSORS_SIGNATURE]
+        signature = loaded.signatures[signatures.TENSORS_SIGNATURE]
 
         def run(images, waveforms):
             return signature(image=images, waveform=waveforms)
@@ -240,14 +240,14 @@ class Localizer:
                              f"N >= 1. Received: {images.shape} and {waveforms.shape}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in export.OUTPUT_KEYS}
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in signatures.OUTPUT_KEYS}
         for start in range(0, len(images), batch_size):
             try:
                 out = self._run(tf.constant(images[start:start + batch_size]),
                                 tf.constant(waveforms[start:start + batch_size]))
             except tf.errors.OpError as error:
                 raise ValueError(_error_message(error)) from None
-            for key in export.OUTPUT_KEYS:
+            for key in signatures.OUTPUT_KEYS:
                 parts[key].append(out[key].numpy())
         return {k: np.concatenate(v) for k, v in parts.items()}
 
@@ -297,8 +297,8 @@ def image_to_float(image: np.ndarray) -> np.ndarray:
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) < 1:
         raise ValueError(f"an image array is [H, W] or [H, W, 1|3|4]. Received: shape "
                          f"{image.shape}")
-    if max(image.shape[:2]) > export.MAX_IMAGE_SIDE:
-        raise ValueError(f"each image side must be at most {export.MAX_IMAGE_SIDE} pixels. "
+    if max(image.shape[:2]) > image_decode.MAX_IMAGE_SIDE:
+        raise ValueError(f"each image side must be at most {image_decode.MAX_IMAGE_SIDE} pixels. "
                          f"Received: shape {image.shape}")
     if image.dtype == np.uint8:
         image = image.astype(np.float32) / 255.0
@@ -332,9 +332,9 @@ def mono(samples: np.ndarray) -> np.ndarray:
 
 def _check_rate(rate: Any) -> int:
     if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or \
-            not export.MIN_SAMPLE_RATE <= rate <= export.MAX_SAMPLE_RATE:
-        raise ValueError(f"the sample rate must be an integer in [{export.MIN_SAMPLE_RATE}, "
-                         f"{export.MAX_SAMPLE_RATE}] Hz. Received: {rate!r}")
+            not wav_decode.MIN_SAMPLE_RATE <= rate <= wav_decode.MAX_SAMPLE_RATE:
+        raise ValueError(f"the sample rate must be an integer in [{wav_decode.MIN_SAMPLE_RATE}, "
+                         f"{wav_decode.MAX_SAMPLE_RATE}] Hz. Received: {rate!r}")
     return int(rate)
 
 
@@ -348,7 +348,7 @@ def _is_pil_image(value: Any) -> bool:
 
 def open_image(source: Any):
     """A file path or file bytes -> a loaded PIL image, its size checked before its pixels
-    are decoded: each side at most export.MAX_IMAGE_SIDE (a header claiming 30000 x 30000
+    are decoded: each side at most image_decode.MAX_IMAGE_SIDE (a header claiming 30000 x 30000
     is a one-line ValueError, not Pillow's DecompressionBombError).
 
     Args:
@@ -364,15 +364,16 @@ def open_image(source: Any):
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(stream)
-            if max(image.size) > export.MAX_IMAGE_SIDE:
+            if max(image.size) > image_decode.MAX_IMAGE_SIDE:
                 raise ValueError(f"image is {image.size[0]}x{image.size[1]} pixels (width x "
-                                 f"height); each side must lie in [1, {export.MAX_IMAGE_SIDE}]")
+                                 f"height); each side must lie in "
+                                 f"[1, {image_decode.MAX_IMAGE_SIDE}]")
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         # Pillow refuses before the size is known to the caller; its message has the count.
         pixels = re.search(r"\((\d+) pixels\)", str(error))
         raise ValueError(f"image has {pixels.group(1) if pixels else 'too many'} pixels; each "
-                         f"side must lie in [1, {export.MAX_IMAGE_SIDE}]") from None
+                         f"side must lie in [1, {image_decode.MAX_IMAGE_SIDE}]") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as error:  # SyntaxError: bad headers
         raise ValueError(f"not an image file Pillow can read ({described}; "
                          f"{type(error).__name__})") from None
