@@ -28,8 +28,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from soundloc_tf.serving import dev_server, threaded
-from soundloc_tf.serving.dev_server import DevServer, MemoryBudget, RequestError
+from soundloc_tf import warmup
+from soundloc_tf.serving import grpc_service, json_rules, memory_budget, model_store, threaded
+from soundloc_tf.serving.dev_server import DevServer
+from soundloc_tf.serving.memory_budget import MemoryBudget
+from soundloc_tf.serving.request_errors import RequestError
 from serving_fixtures import (assert_one_line_error, exported, jpeg_bytes,  # noqa: F401
                               run_module, scenes, to_uint8, wav_bytes)
 
@@ -98,7 +101,7 @@ def _request(server, method: str, path: str, body: bytes | None = None):
 def predict(server):
     """Sends a PredictRequest built from {input: TensorProto}: (status code name, details)."""
     if server.grpc_target is None:
-        pytest.skip(dev_server.GRPC_INSTALL_HINT)
+        pytest.skip(grpc_service.GRPC_INSTALL_HINT)
     import grpc
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
@@ -267,12 +270,12 @@ def test_N2_the_json_estimate_bounds_the_parse(kind):
               "waveform": Info(types_pb2.DT_FLOAT, [-1, 8000])})
     tracemalloc.start()
     try:
-        dev_server._request_tensors(dev_server._parse_json(body), infos)
+        json_rules.request_tensors(json_rules.parse_json(body), infos)
     except RequestError:
         pass  # most bodies are malformed for the model; the parse has been paid for
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert peak <= dev_server.json_cost(body), (kind, peak, dev_server.json_cost(body))
+    assert peak <= memory_budget.json_cost(body), (kind, peak, memory_budget.json_cost(body))
 
 
 def test_N2_a_body_claiming_more_than_the_budget_is_a_413_before_parsing(exported):
@@ -295,7 +298,7 @@ def test_N2_four_large_bodies_at_once_stay_within_the_budget(exported):
     # Four 8 MB bodies of floats, each claiming about 90 MB: a 128 MiB budget parses one at a
     # time.  Before: four parses at once (a 60 MB body: +1.06 GB for one, +3.98 GB for four).
     body = _tensors_body(26, "0.12345678")
-    claim = dev_server.json_cost(body)
+    claim = memory_budget.json_cost(body)
     budget = 128 * MB
     assert budget // 2 < claim <= budget
     answers = []
@@ -424,7 +427,7 @@ def test_N3_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(serve
 
 def test_N4_a_second_server_on_a_grpc_port_in_use_is_refused(server, exported):
     if server.grpc_target is None:
-        pytest.skip(dev_server.GRPC_INSTALL_HINT)
+        pytest.skip(grpc_service.GRPC_INSTALL_HINT)
     with pytest.raises(OSError, match=f"cannot listen for gRPC on 127.0.0.1:{server.grpc_port} "
                                       r"\(is the port in use\?\)"):
         DevServer(str(exported.model_dir), port=0, grpc_port=server.grpc_port, quiet=True)
@@ -470,7 +473,7 @@ def _damaged(exported, tmp_path: Path, damage: str) -> Path:
         os.truncate(data, 1000)
     else:  # a framed warm-up record whose payload is not a PredictionLog
         payload = b"\x32\x05\x0a\x03\xff\xff\xff"  # field 6 -> field 1 -> bytes: no proto
-        (model / "1" / dev_server.WARMUP_PATH).write_bytes(
+        (model / "1" / warmup.WARMUP_PATH).write_bytes(
             struct.pack("<Q", len(payload)) + b"\0" * 4 + payload + b"\0" * 4)
     return model
 
@@ -484,7 +487,7 @@ def _damaged(exported, tmp_path: Path, damage: str) -> Path:
 def test_N5_a_damaged_export_is_one_value_error(exported, tmp_path, damage, fragment):
     model = _damaged(exported, tmp_path, damage)
     with pytest.raises(ValueError) as error:
-        dev_server.ModelStore(str(model))
+        model_store.ModelStore(str(model))
     assert fragment in str(error.value) and "\n" not in str(error.value)
 
 
@@ -650,9 +653,10 @@ def _jpeg_with_exif_after(pixels: np.ndarray, orientation: int, comments: int) -
 def _graph_orientation(data: bytes) -> int:
     import tensorflow as tf
 
-    from soundloc_tf.inference import export
+    from soundloc_tf.inference import image_decode
 
-    read = export._png_orientation if data.startswith(b"\x89PNG") else export._jpeg_orientation
+    read = image_decode._png_orientation if data.startswith(b"\x89PNG") \
+        else image_decode._jpeg_orientation
     contents = tf.constant(data)
     return int(read(contents, tf.strings.length(contents)).numpy())
 

@@ -20,7 +20,7 @@ import urllib.request
 
 import pytest
 
-from soundloc_tf.serving import dev_server
+from soundloc_tf.serving import memory_budget
 from soundloc_tf.serving.dev_server import DevServer
 from serving_fixtures import assert_one_line_error, exported, run_module  # noqa: F401
 
@@ -53,7 +53,7 @@ def test_N2_a_large_json_parse_hands_the_gil_to_other_threads(exported):
     about 0.75 s (json's C scanner holds the GIL for the whole parse, and full collections of
     its lists add more); after: tens of milliseconds."""
     body = _floats_body(30_000_000)
-    assert dev_server.json_cost(body) >= dev_server._PAUSE_GC_FROM_BYTES
+    assert memory_budget.json_cost(body) >= memory_budget.PAUSE_GC_FROM_BYTES
     with DevServer(str(exported.model_dir), port=0, quiet=True) as server:
         answer: list = []
         worker = threading.Thread(target=lambda: answer.append(_request(
