@@ -244,7 +244,7 @@ def test_the_warmup_path_and_error_line_are_defined_once():
 # way; an entry that stops fails, so the list only shrinks.
 WAV_ENCODER = "soundloc_tf/wav_encode.py"
 WAV_ENCODERS_PENDING = {"soundloc_tf/experiments/photo_eval.py",
-                        "soundloc_tf/realset/builder.py", "serving/studio/pairs.py"}
+                        "soundloc_tf/realset/builder.py"}
 
 
 def _encodes_wav(path: Path) -> bool:

@@ -8,13 +8,12 @@ directory costs an index, not its images in memory.
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import struct
-import wave
 
 import numpy as np
 
+from soundloc_tf import wav_encode
 from soundloc_tf.dataloaders import records
 
 
@@ -57,15 +56,8 @@ def _scan(path: str) -> list[tuple[int, int]]:
 def wav_bytes(waveform: np.ndarray, sample_rate: int) -> bytes:
     """Mono float samples -> 16-bit PCM WAV (what browsers play and the model reads)."""
     peak = float(np.max(np.abs(waveform), initial=0.0))
-    scaled = waveform / peak if peak > 1.0 else waveform  # keep the level unless it clips
-    pcm = np.round(np.clip(scaled, -1.0, 1.0) * 32767.0).astype("<i2")
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(int(sample_rate))
-        w.writeframes(pcm.tobytes())
-    return out.getvalue()
+    # Keep the level unless it clips.
+    return wav_encode.wav_bytes(waveform / peak if peak > 1.0 else waveform, sample_rate)
 
 
 class RecordPairs:
