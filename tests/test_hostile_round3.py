@@ -328,39 +328,18 @@ def test_N12_without_a_state_file_the_checkpoints_beside_it_are_listed_oldest_fi
 # N8: a video too small to show a source is refused before the model loads ----------------
 
 
-def _tiny_video(path, width: int, height: int) -> None:
-    import av
-    import numpy as np
-
-    with av.open(str(path), "w") as container:  # MPEG-4 Part 2: libx264 refuses odd sides
-        picture = container.add_stream("mpeg4", rate=10)
-        picture.width, picture.height, picture.pix_fmt = width, height, "yuv420p"
-        sound = container.add_stream("aac", rate=16000, layout="mono")
-        for _ in range(10):
-            frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 128, np.uint8),
-                                               format="rgb24")
-            for packet in picture.encode(frame):
-                container.mux(packet)
-        for packet in picture.encode():
-            container.mux(packet)
-        tone = (0.3 * np.sin(np.arange(16000) * 2 * np.pi * 440 / 16000)).astype(np.float32)
-        for i in range(0, len(tone), 1024):
-            chunk = av.AudioFrame.from_ndarray(tone[None, i:i + 1024], format="fltp",
-                                               layout="mono")
-            chunk.rate = 16000
-            for packet in sound.encode(chunk):
-                container.mux(packet)
-        for packet in sound.encode():
-            container.mux(packet)
-
-
 @pytest.mark.parametrize("width,height", [(1, 1), (64, 8)])
 def test_N8_a_video_smaller_than_16_pixels_a_side_is_refused_naming_its_size(
         tmp_path, exported, width, height):
     # before: 1x1 ended in an IndexError traceback from PyAV while writing the overlay
     pytest.importorskip("av")
+    import numpy as np
+
+    from test_importers import _write_video  # MPEG-4 Part 2: libx264 refuses odd sides
+
     path = tmp_path / "tiny.mp4"
-    _tiny_video(path, width, height)
+    _write_video(path, 1.0, size=(width, height),
+                 frame_fn=lambda t: np.full((height, width, 3), 128, np.uint8))
     result = run_module("soundloc_tf.tools.localize", f"--saved_model={exported.model_dir}",
                         f"--video={path}", f"--output_dir={tmp_path / 'out'}")
     assert_one_line_error(result, f"the video is {width}x{height} pixels (width x height); "

@@ -128,21 +128,10 @@ def commit_cache(parts: list[dict[str, Any]], *, directory: str, fields: dict[st
 def _check(config: Config, dtype: str, image_tower: str, batch_size: int,
            samples_per_shard: int, directory: str) -> None:
     """`write_cache`'s checks, made before any work."""
-    if dtype not in feature_cache.DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(feature_cache.DTYPES)}. Received: "
-                         f"dtype={dtype!r}")
-    if image_tower not in feature_cache.CACHE_IMAGE_TOWERS:
-        raise ValueError(f"image_tower must be one of {feature_cache.CACHE_IMAGE_TOWERS}. "
-                         f"Received: image_tower={image_tower!r}")
-    if not (config.freeze_image_tower and config.freeze_audio_tower):
-        raise ValueError("a feature cache is only valid for frozen towers. Received: "
-                         f"freeze_image_tower={config.freeze_image_tower}, "
-                         f"freeze_audio_tower={config.freeze_audio_tower}")
+    feature_cache.check_cache_settings(config, dtype, image_tower)
     if batch_size < 1 or samples_per_shard < 1:
         raise ValueError(f"batch_size and samples_per_shard must be >= 1. Received: "
                          f"batch_size={batch_size}, samples_per_shard={samples_per_shard}")
-    if image_tower == "int8":
-        int8_tower.check_supported()
     if os.path.exists(os.path.join(directory, records.MANIFEST)):
         raise ValueError(f"the directory already holds a cache. Received: {directory!r}")
 

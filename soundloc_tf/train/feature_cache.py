@@ -77,6 +77,22 @@ def fingerprint(*models: keras.Model) -> str:
     return digest.hexdigest()
 
 
+def check_cache_settings(config: Config, dtype: str, image_tower: str) -> None:
+    """The checks every cache build makes before any work: a storage type and image tower
+    it knows, frozen towers, and int8 instructions where the int8 tower is asked for."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}. Received: dtype={dtype!r}")
+    if image_tower not in CACHE_IMAGE_TOWERS:
+        raise ValueError(f"image_tower must be one of {CACHE_IMAGE_TOWERS}. Received: "
+                         f"image_tower={image_tower!r}")
+    if not (config.freeze_image_tower and config.freeze_audio_tower):
+        raise ValueError("a feature cache is only valid for frozen towers. Received: "
+                         f"freeze_image_tower={config.freeze_image_tower}, "
+                         f"freeze_audio_tower={config.freeze_audio_tower}")
+    if image_tower == "int8":
+        int8_tower.check_supported()
+
+
 def write_cache(model: keras.Model, config: Config, dataset: tf.data.Dataset, directory: str,
                 batch_size: int = 16, dtype: str = "float16",
                 samples_per_shard: int = 2000,
@@ -88,17 +104,7 @@ def write_cache(model: keras.Model, config: Config, dataset: tf.data.Dataset, di
     calibrates the int8 tower on the dataset's first `int8_tower.CALIBRATION_IMAGES`
     images and records its ranges in the manifest.
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}. Received: dtype={dtype!r}")
-    if image_tower not in CACHE_IMAGE_TOWERS:
-        raise ValueError(f"image_tower must be one of {CACHE_IMAGE_TOWERS}. Received: "
-                         f"image_tower={image_tower!r}")
-    if not (config.freeze_image_tower and config.freeze_audio_tower):
-        raise ValueError("a feature cache is only valid for frozen towers. Received: "
-                         f"freeze_image_tower={config.freeze_image_tower}, "
-                         f"freeze_audio_tower={config.freeze_audio_tower}")
-    if image_tower == "int8":
-        int8_tower.check_supported()  # before anything is written
+    check_cache_settings(config, dtype, image_tower)  # before anything is written
     os.makedirs(directory, exist_ok=True)
     if os.path.exists(os.path.join(directory, records.MANIFEST)):
         raise ValueError(f"the directory already holds a cache. Received: {directory!r}")
