@@ -1,10 +1,22 @@
-"""One configuration object for every tool, with the paper's defaults.
+"""One configuration object for every tool: the fields, their derived geometry, validation.
 
-`Config()` is the paper's setup (Senocak et al., CVPR 2018, see
-`docs/` and the method notes): VGG16 at 320x320 giving a 20x20 map, a
-1000-d audio feature, Adam at 1e-4, batch 30.  Named presets change a few
-fields (`tiny` trains in minutes on 2 CPU cores); command-line flags change
-any field.  Every other module reads its numbers from here.
+Where a configuration starts (one rule for the library and the command lines):
+
+* `Config()`'s field defaults are the paper's method as published (VGG16 at 320x320 giving
+  a 20x20 map, triplet loss, softmax(ReLU(cos)), Adam at 1e-4, batch 30), with the
+  in-graph log-mel audio tower, which needs no converted weights, in SoundNet-8's place.
+  They are the base every preset is written against, and what a field missing from an
+  old run's config.json means; they are not a run's starting point on their own.
+* A run starts from a named preset (soundloc_tf/presets.py), and from
+  `DEFAULT_PRESET` ("tiny", minutes on 2 CPU cores) when none is named: `get_config()`
+  and every command line's `--preset` alike. `get_config("paper")` is the paper's towers
+  with their pretrained weights (README.md, "The paper preset").
+* Keyword overrides (`get_config(preset, **overrides)`), or the command lines' flags, one
+  per field, change any field of the preset.
+
+The facts about each tower (sample rates, shortest clips, feature widths, weights paths,
+image downsampling) live in the tower table, soundloc_tf/towers.py, which this module and
+soundloc_tf/modeling read. Every other module reads its numbers from a `Config`.
 """
 
 from __future__ import annotations
@@ -13,50 +25,20 @@ import dataclasses
 import math
 from typing import Any
 
-IMAGE_TOWERS = ("vgg16", "tiny_vgg")
-AUDIO_TOWERS = ("logmel", "soundnet8", "yamnet")
-# SoundNet-8's fixed input: 22,050 Hz, and at least one conv8 step (about 9.5 s);
-# soundnet.min_samples() computes it from the layer geometry (a test checks they agree).
-SOUNDNET8_SAMPLE_RATE = 22050
-SOUNDNET8_MIN_SAMPLES = 209374
-SOUNDNET8_FEATURE_DIM = 1000
-# Where tools/fetch_weights.py writes the converted SoundNet-8 weights; the paper preset's
-# audio_weights.
-SOUNDNET8_WEIGHTS = "~/.keras/models/soundnet8.weights.h5"
-# YAMNet's fixed input: 16 kHz, and at least one 0.96-s patch (yamnet.min_samples());
-# its embedding is 1,024-d. tools/fetch_weights.py (--what=yamnet) writes YAMNET_WEIGHTS.
-YAMNET_SAMPLE_RATE = 16000
-YAMNET_MIN_SAMPLES = 15600
-YAMNET_FEATURE_DIM = 1024
-YAMNET_WEIGHTS = "~/.keras/models/yamnet.weights.h5"
-PRETRAINED_AUDIO_TOWERS = {  # tower -> (sample rate, shortest clip, default feature width)
-    "soundnet8": (SOUNDNET8_SAMPLE_RATE, SOUNDNET8_MIN_SAMPLES, SOUNDNET8_FEATURE_DIM),
-    "yamnet": (YAMNET_SAMPLE_RATE, YAMNET_MIN_SAMPLES, YAMNET_FEATURE_DIM),
-}
-# SoundNet-8's conv8 heads: 1,000 ImageNet objects (the paper's feature) and 401 Places
-# scenes. YAMNet's classifier: 521 AudioSet classes.
-SOUNDNET8_SCENE_DIM = 401
-YAMNET_NUM_CLASSES = 521
-# audio_feature: which output of the audio tower is the sound feature. "default" is the
-# tower's own, the first entry of its table (the log-mel tower has only its learned one,
-# whose width audio_feature_dim sets). Widths, which audio_feature_dim must equal:
-#   soundnet8  class_logits / class_probs  the object head over time: mean of the logits,
-#                                          or of the softmax of every conv8 step (each step
-#                                          was trained by KL to a softmax teacher)
-#              scene_logits / scene_probs  the same for the Places scene head
-#   yamnet     embedding                   the patches' mean 1,024-d embedding
-#              class_logits / class_probs  the 521 AudioSet logits averaged over the
-#                                          patches, or the mean of each patch's sigmoid
-#                                          scores (YAMNet is multi-label; its own demo
-#                                          averages the scores, not the logits)
-DEFAULT_AUDIO_FEATURE = "default"
+from soundloc_tf import presets, towers
+
+# Names other modules and tests import from here; each fact's home is soundloc_tf/towers.py
+# or soundloc_tf/presets.py.
+from soundloc_tf.presets import DEFAULT_PRESET, PRESETS  # noqa: F401 (re-exported)
+from soundloc_tf.towers import (  # noqa: F401 (re-exported)
+    DEFAULT_AUDIO_FEATURE, SOUNDNET8_MIN_SAMPLES, SOUNDNET8_WEIGHTS, YAMNET_MIN_SAMPLES,
+    YAMNET_NUM_CLASSES, YAMNET_WEIGHTS)
+
+IMAGE_TOWERS = tuple(towers.IMAGE)
+AUDIO_TOWERS = tuple(towers.AUDIO)
+# audio tower -> {feature: width}, `Config.audio_feature`'s choices (towers.AudioTower).
 AUDIO_FEATURES: dict[str, dict[str, int | None]] = {
-    "logmel": {"learned": None},
-    "soundnet8": {"class_logits": SOUNDNET8_FEATURE_DIM, "class_probs": SOUNDNET8_FEATURE_DIM,
-                  "scene_logits": SOUNDNET8_SCENE_DIM, "scene_probs": SOUNDNET8_SCENE_DIM},
-    "yamnet": {"embedding": YAMNET_FEATURE_DIM, "class_logits": YAMNET_NUM_CLASSES,
-               "class_probs": YAMNET_NUM_CLASSES},
-}
+    name: dict(tower.features) for name, tower in towers.AUDIO.items()}
 UNSUPERVISED_LOSSES = ("triplet", "infonce", "hard_way", "none")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
@@ -67,11 +49,10 @@ TOWER_PRECISIONS = ("float32", "bfloat16")
 class Config:
     """All hyper-parameters of data, model, losses, training and evaluation.
 
-    The field defaults are the paper's method as published (VGG16 at 320, triplet loss,
-    softmax(ReLU(cos))), with the in-graph log-mel audio tower, which needs no converted
-    weights, in place of SoundNet-8; `get_config` starts from the `paper` preset, which departs from
-    them where docs/FINDINGS.md shows why, and the command lines start from `tiny`
-    (`--preset=tiny`), which trains in minutes on a CPU.
+    The field defaults are the paper's method as published, the base of every preset
+    (the module docstring states how `Config()`, `get_config()` and the command lines
+    relate). Construction validates every field and raises ValueError naming the values
+    received.
     """
 
     # --- image stream -----------------------------------------------------
@@ -103,8 +84,8 @@ class Config:
     # Width of the audio feature the visual branch must reconstruct
     # (SoundNet-8 conv8's 1000 object classes in the paper).
     audio_feature_dim: int = 1000
-    # Which output of a pretrained audio tower is the sound feature (AUDIO_FEATURES above):
-    # "default" is the tower's own (SoundNet-8's object logits, YAMNet's embedding).
+    # Which output of a pretrained audio tower is the sound feature (towers.AudioTower's
+    # features): "default" is the tower's own (SoundNet-8's object logits, YAMNet's embedding).
     audio_feature: str = DEFAULT_AUDIO_FEATURE
     # audio_tower="soundnet8" or "yamnet": "none" (random init) or a .weights.h5 written
     # by tools/fetch_weights.py.
@@ -210,7 +191,7 @@ class Config:
     def resolved_audio_feature(self) -> str:
         """audio_feature with "default" replaced by the tower's own feature."""
         if self.audio_feature == DEFAULT_AUDIO_FEATURE:
-            return next(iter(AUDIO_FEATURES[self.audio_tower]))
+            return towers.AUDIO[self.audio_tower].default_feature
         return self.audio_feature
 
     @property
@@ -224,94 +205,41 @@ class Config:
 
     @property
     def image_downsampling(self) -> int:
-        if self.image_tower == "vgg16":
-            return 16  # four pools before block5_conv3
-        return 2 ** (len(self.tiny_image_widths) - 1)
+        """Image side / visual map side (the tower table's `ImageTower.downsampling`)."""
+        return towers.IMAGE[self.image_tower].downsampling(self.tiny_image_widths)
 
     @property
     def map_size(self) -> int:
+        """Side of the visual map, and so of the attention and cosine maps."""
         return self.image_size // self.image_downsampling
 
     @property
     def visual_dim(self) -> int:
         """Channels of the visual map, and so of the sound embedding."""
-        if self.image_tower == "vgg16":
-            return 512
-        return self.tiny_image_widths[-1]
+        return towers.IMAGE[self.image_tower].channels(self.tiny_image_widths)
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
 
 
-# The paper's towers: ImageNet VGG16 at 320x320 and SoundNet-8 with its converted
-# weights (`soundloc-fetch-weights --what=all`), both frozen as in the authors'
-# re-implementation, trained from the feature cache. InfoNCE and the softmax over raw
-# cosines (no ReLU) were chosen on real photographs (docs/FINDINGS.md, "Deviations").
-_PAPER: dict[str, Any] = {
-    "image_weights": "imagenet",
-    "audio_tower": "soundnet8",
-    "audio_weights": SOUNDNET8_WEIGHTS,
-    "freeze_image_tower": True,
-    "freeze_audio_tower": True,
-    "cache_features": True,
-    "unsupervised_loss": "infonce",
-    "attention_temperature": 1.0,
-    "attention_relu": False,
-}
+def get_config(preset: str = DEFAULT_PRESET, **overrides: Any) -> Config:
+    """The named preset with `overrides` applied, validated.
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": _PAPER,
-    # The paper preset with YAMNet (AudioSet, 16 kHz, 1,024-d embedding) in SoundNet-8's
-    # place: a log-mel conv tower, as later work uses, that groups real recordings by
-    # what sounds (docs/FINDINGS.md). `soundloc-fetch-weights --what=yamnet`.
-    "paper_yamnet": {**_PAPER, "audio_tower": "yamnet", "audio_weights": YAMNET_WEIGHTS,
-                     "sample_rate": YAMNET_SAMPLE_RATE,
-                     "audio_feature_dim": YAMNET_FEATURE_DIM},
-    # A narrow VGG-style tower at 96x96 (12x12 map) and 1 s of 8 kHz audio:
-    # semi-supervised training with 10% labels in a few minutes on 2 cores.
-    "tiny": {
-        "image_size": 96,
-        "image_tower": "tiny_vgg",
-        "tiny_image_widths": (8, 16, 32, 64),
-        "image_weights": "none",
-        "freeze_image_tower": False,
-        "sample_rate": 8000,
-        "clip_seconds": 1.0,
-        "n_fft": 256,
-        "hop_length": 128,
-        "n_mels": 32,
-        "audio_widths": (16, 32, 64),
-        "audio_feature_dim": 128,
-        "sound_hidden_dim": 128,
-        "visual_hidden_dim": 64,
-        "attention_temperature": 0.2,
-        "attention_relu": False,
-        "unsupervised_loss": "infonce",
-        "label_fraction": 0.1,
-        "learning_rate": 1e-3,
-        "lr_schedule": "cosine",
-        "batch_size": 32,
-        "train_steps": 800,
-        "num_classes": 6,
-        "min_object_size": 0.25,
-        "max_object_size": 0.4,
-        "eval_every": 400,
-        "checkpoint_every": 200,
-        "log_every": 25,
-    },
-}
+    Args:
+      preset: a key of `PRESETS`; `DEFAULT_PRESET` (the command lines' default too) when
+        not given.
+      **overrides: `Config` fields that replace the preset's values.
 
-
-def get_config(preset: str = "paper", **overrides: Any) -> Config:
-    """Returns the named preset with `overrides` applied (and validated)."""
-    if preset not in PRESETS:
-        raise ValueError(
-            f"Unknown preset; expected one of {sorted(PRESETS)}. Received: preset={preset!r}"
-        )
+    Raises:
+      ValueError: an unknown preset or field, or a value `Config` refuses.
+    """
+    if preset not in presets.PRESETS:
+        raise ValueError(f"Unknown preset; expected one of {sorted(presets.PRESETS)}. "
+                         f"Received: preset={preset!r}")
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(Config)})
     if unknown:
         raise ValueError(f"Unknown config field(s). Received: {unknown}")
-    return Config(**{**PRESETS[preset], **overrides})
+    return Config(**{**presets.PRESETS[preset], **overrides})
 
 
 def _require(condition: bool, message: str, **received: Any) -> None:
@@ -345,21 +273,30 @@ def _validate_numbers(c: Config) -> None:
 
 
 def _validate(c: Config) -> None:
-    _validate_numbers(c)
-    _require(c.image_tower in IMAGE_TOWERS, f"image_tower must be one of {IMAGE_TOWERS}",
-             image_tower=c.image_tower)
-    _require(c.image_tower_precision in TOWER_PRECISIONS,
-             f"image_tower_precision must be one of {TOWER_PRECISIONS}",
-             image_tower_precision=c.image_tower_precision)
-    _require(c.audio_tower in AUDIO_TOWERS, f"audio_tower must be one of {AUDIO_TOWERS}",
-             audio_tower=c.audio_tower)
-    _require(c.unsupervised_loss in UNSUPERVISED_LOSSES,
-             f"unsupervised_loss must be one of {UNSUPERVISED_LOSSES}",
-             unsupervised_loss=c.unsupervised_loss)
-    _require(c.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}",
-             optimizer=c.optimizer)
-    _require(c.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}",
-             lr_schedule=c.lr_schedule)
+    """Every check of a `Config`, in order; the first that fails raises ValueError."""
+    for check in (_validate_numbers, _validate_choices, _validate_image, _validate_audio,
+                  _validate_localizer, _validate_losses, _validate_optimization,
+                  _validate_scenes, _validate_bookkeeping, _validate_towers):
+        check(c)
+
+
+def _validate_choices(c: Config) -> None:
+    """The fields that name one of a fixed set of choices."""
+    for name, choices in (("image_tower", IMAGE_TOWERS),
+                          ("image_tower_precision", TOWER_PRECISIONS),
+                          ("audio_tower", AUDIO_TOWERS),
+                          ("unsupervised_loss", UNSUPERVISED_LOSSES),
+                          ("optimizer", OPTIMIZERS), ("lr_schedule", LR_SCHEDULES)):
+        _require(getattr(c, name) in choices, f"{name} must be one of {choices}",
+                 **{name: getattr(c, name)})
+
+
+# The largest image side: VGG16's activations at 1024x1024 already take gigabytes per batch.
+MAX_IMAGE_SIZE = 1024
+
+
+def _validate_image(c: Config) -> None:
+    """The conv widths (both towers') and the image side against the tower's downsampling."""
     _require(len(c.tiny_image_widths) >= 1 and all(w > 0 for w in c.tiny_image_widths),
              "tiny_image_widths must be positive", tiny_image_widths=c.tiny_image_widths)
     _require(len(c.audio_widths) >= 1 and all(w > 0 for w in c.audio_widths),
@@ -367,13 +304,26 @@ def _validate(c: Config) -> None:
     _require(c.image_size >= c.image_downsampling and c.image_size % c.image_downsampling == 0,
              f"image_size must be a positive multiple of {c.image_downsampling} for this tower",
              image_size=c.image_size)
-    _require(c.image_size <= 1024, "image_size must be at most 1024", image_size=c.image_size)
-    _require(8000 <= c.sample_rate <= 96000, "sample_rate must lie in [8000, 96000] Hz",
+    _require(c.image_size <= MAX_IMAGE_SIZE, f"image_size must be at most {MAX_IMAGE_SIZE}",
+             image_size=c.image_size)
+
+
+# The bounds of the audio settings: the sample rates and clip lengths a run may use, and
+# the shortest FFT window.
+SAMPLE_RATE_RANGE = (8000, 96000)
+MAX_CLIP_SECONDS = 60
+MIN_N_FFT = 16
+
+
+def _validate_audio(c: Config) -> None:
+    """The waveform and the log-mel front end."""
+    low, high = SAMPLE_RATE_RANGE
+    _require(low <= c.sample_rate <= high, f"sample_rate must lie in [{low}, {high}] Hz",
              sample_rate=c.sample_rate)
-    _require(0 < c.clip_seconds <= 60, "clip_seconds must lie in (0, 60]",
-             clip_seconds=c.clip_seconds)
-    _require(c.n_fft >= 16 and c.n_fft & (c.n_fft - 1) == 0, "n_fft must be a power of two >= 16",
-             n_fft=c.n_fft)
+    _require(0 < c.clip_seconds <= MAX_CLIP_SECONDS,
+             f"clip_seconds must lie in (0, {MAX_CLIP_SECONDS}]", clip_seconds=c.clip_seconds)
+    _require(c.n_fft >= MIN_N_FFT and c.n_fft & (c.n_fft - 1) == 0,
+             f"n_fft must be a power of two >= {MIN_N_FFT}", n_fft=c.n_fft)
     _require(0 < c.hop_length <= c.n_fft, "hop_length must lie in (0, n_fft]",
              hop_length=c.hop_length, n_fft=c.n_fft)
     _require(c.num_samples >= c.n_fft, "a clip must hold at least one FFT window",
@@ -381,11 +331,19 @@ def _validate(c: Config) -> None:
     _require(c.n_mels > 0, "n_mels must be positive", n_mels=c.n_mels)
     _require(0 <= c.fmin < c.effective_fmax <= c.sample_rate / 2,
              "need 0 <= fmin < fmax <= sample_rate / 2", fmin=c.fmin, fmax=c.fmax)
+
+
+def _validate_localizer(c: Config) -> None:
+    """The heads' widths and the attention's temperature."""
     for name in ("audio_feature_dim", "sound_hidden_dim", "visual_hidden_dim"):
         _require(getattr(c, name) > 0, f"{name} must be positive", **{name: getattr(c, name)})
     _require(c.attention_temperature > 0 and math.isfinite(c.attention_temperature),
              "attention_temperature must be a positive number",
              attention_temperature=c.attention_temperature)
+
+
+def _validate_losses(c: Config) -> None:
+    """The unsupervised and supervised terms, and that there is something to learn."""
     _require(c.infonce_temperature > 0, "infonce_temperature must be positive",
              infonce_temperature=c.infonce_temperature)
     _require(c.infonce_same_class_negatives or c.unsupervised_loss == "infonce",
@@ -409,15 +367,27 @@ def _validate(c: Config) -> None:
              "label_fraction > 0 and supervised_weight > 0",
              unsupervised_loss=c.unsupervised_loss, label_fraction=c.label_fraction,
              supervised_weight=c.supervised_weight)
+
+
+def _validate_optimization(c: Config) -> None:
+    """The optimiser, the batch and the number of steps."""
     _require(c.learning_rate > 0 and math.isfinite(c.learning_rate),
              "learning_rate must be a positive number", learning_rate=c.learning_rate)
     _require(0 <= c.momentum < 1, "momentum must lie in [0, 1)", momentum=c.momentum)
     _require(c.batch_size >= 2, "batch_size must be >= 2 (negatives come from the batch)",
              batch_size=c.batch_size)
     _require(c.train_steps >= 1, "train_steps must be >= 1", train_steps=c.train_steps)
+
+
+# The most objects one synthetic scene holds, however many classes there are.
+MAX_SCENE_OBJECTS = 8
+
+
+def _validate_scenes(c: Config) -> None:
+    """The built-in synthetic scenes and their seeds."""
     _require(c.num_classes >= 2, "num_classes must be >= 2", num_classes=c.num_classes)
-    _require(1 <= c.min_objects <= c.max_objects <= min(c.num_classes, 8),
-             "need 1 <= min_objects <= max_objects <= min(num_classes, 8)",
+    _require(1 <= c.min_objects <= c.max_objects <= min(c.num_classes, MAX_SCENE_OBJECTS),
+             f"need 1 <= min_objects <= max_objects <= min(num_classes, {MAX_SCENE_OBJECTS})",
              min_objects=c.min_objects, max_objects=c.max_objects, num_classes=c.num_classes)
     _require(0.05 <= c.min_object_size <= c.max_object_size <= 0.9,
              "need 0.05 <= min_object_size <= max_object_size <= 0.9",
@@ -430,6 +400,10 @@ def _validate(c: Config) -> None:
              object_identity=c.object_identity)
     _require(c.train_seed != c.eval_seed, "eval_seed must differ from train_seed",
              train_seed=c.train_seed, eval_seed=c.eval_seed)
+
+
+def _validate_bookkeeping(c: Config) -> None:
+    """Evaluation, logging and checkpoints."""
     _require(c.eval_size >= 8, "eval_size must be >= 8", eval_size=c.eval_size)
     _require(0.0 < c.ciou_threshold < 1.0, "ciou_threshold must lie in (0, 1)",
              ciou_threshold=c.ciou_threshold)
@@ -438,30 +412,44 @@ def _validate(c: Config) -> None:
         _require(getattr(c, name) >= 1, f"{name} must be >= 1", **{name: getattr(c, name)})
     _require(c.num_summary_images >= 0, "num_summary_images must be >= 0",
              num_summary_images=c.num_summary_images)
-    _require(c.audio_weights == "none" or c.audio_tower in PRETRAINED_AUDIO_TOWERS,
-             f"audio_weights apply only to audio_tower in {tuple(PRETRAINED_AUDIO_TOWERS)}",
+
+
+def _validate_towers(c: Config) -> None:
+    """The towers' weights, features and input against the tower table, and the cache."""
+    pretrained_audio = tuple(name for name, t in towers.AUDIO.items() if t.pretrained)
+    _require(c.audio_weights == "none" or c.audio_tower in pretrained_audio,
+             f"audio_weights apply only to audio_tower in {pretrained_audio}",
              audio_weights=c.audio_weights, audio_tower=c.audio_tower)
-    features = (DEFAULT_AUDIO_FEATURE, *AUDIO_FEATURES[c.audio_tower])
-    _require(c.audio_feature in features,
-             f"audio_tower={c.audio_tower!r} gives audio_feature in {features}",
-             audio_feature=c.audio_feature)
-    if c.audio_tower in PRETRAINED_AUDIO_TOWERS:
-        rate, shortest, _ = PRETRAINED_AUDIO_TOWERS[c.audio_tower]
-        width = AUDIO_FEATURES[c.audio_tower][c.resolved_audio_feature]
-        _require(c.sample_rate == rate,
-                 f"audio_tower={c.audio_tower!r} needs sample_rate={rate}",
-                 sample_rate=c.sample_rate)
-        _require(c.num_samples >= shortest,
-                 f"audio_tower={c.audio_tower!r} needs clips of at least {shortest} "
-                 f"samples ({shortest / rate:.2f} s)", clip_seconds=c.clip_seconds)
-        _require(c.audio_feature_dim == width,
-                 f"audio_tower={c.audio_tower!r} gives {width}-d features with "
-                 f"audio_feature={c.resolved_audio_feature!r}",
-                 audio_feature_dim=c.audio_feature_dim, audio_feature=c.audio_feature)
+    _validate_audio_tower_input(c, towers.AUDIO[c.audio_tower])
     _require(not c.cache_features or (c.freeze_image_tower and c.freeze_audio_tower),
              "cache_features needs both towers frozen",
              cache_features=c.cache_features, freeze_image_tower=c.freeze_image_tower,
              freeze_audio_tower=c.freeze_audio_tower)
-    _require(c.image_weights == "none" or c.image_tower == "vgg16",
-             "pretrained image_weights apply only to image_tower='vgg16'",
+    pretrained_image = " or ".join(repr(name) for name, t in towers.IMAGE.items()
+                                   if t.pretrained)
+    _require(c.image_weights == "none" or towers.IMAGE[c.image_tower].pretrained,
+             f"pretrained image_weights apply only to image_tower={pretrained_image}",
              image_weights=c.image_weights, image_tower=c.image_tower)
+
+
+def _validate_audio_tower_input(c: Config, tower: towers.AudioTower) -> None:
+    """The feature the audio tower gives, its width, and the rate and length it takes."""
+    features = (DEFAULT_AUDIO_FEATURE, *tower.features)
+    _require(c.audio_feature in features,
+             f"audio_tower={c.audio_tower!r} gives audio_feature in {features}",
+             audio_feature=c.audio_feature)
+    rate = tower.sample_rate
+    if rate is not None:
+        _require(c.sample_rate == rate, f"audio_tower={c.audio_tower!r} needs sample_rate={rate}",
+                 sample_rate=c.sample_rate)
+    if tower.min_samples is not None:
+        shortest = tower.min_samples
+        _require(c.num_samples >= shortest,
+                 f"audio_tower={c.audio_tower!r} needs clips of at least {shortest} "
+                 f"samples ({shortest / c.sample_rate:.2f} s)", clip_seconds=c.clip_seconds)
+    width = tower.features[c.resolved_audio_feature]
+    if width is not None:
+        _require(c.audio_feature_dim == width,
+                 f"audio_tower={c.audio_tower!r} gives {width}-d features with "
+                 f"audio_feature={c.resolved_audio_feature!r}",
+                 audio_feature_dim=c.audio_feature_dim, audio_feature=c.audio_feature)

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # The floor of each part of the library: its top-level modules, then one folder per role.
 FLOORS = {
     0: ("config", "losses", "metrics", "protocols", "visualize", "tf_logs", "warmup",
-        "wav_encode"),
+        "wav_encode", "towers", "presets"),
     1: ("dataloaders", "realset"),
     2: ("modeling",),
     3: ("train", "eval", "inference", "tasks", "experiments", "pipelines"),
@@ -193,7 +193,7 @@ MAX_FUNCTION_LINES = 80
 # Functions over the bound in other owners' files while issue 32 is under way ("path:name");
 # an entry that is short now (or gone) fails, so the list only shrinks.
 LONG_FUNCTIONS_PENDING = {
-    "soundloc_tf/config.py:_validate", "soundloc_tf/dataloaders/data.py:make_scene",
+    "soundloc_tf/dataloaders/data.py:make_scene",
     "soundloc_tf/eval/evaluation.py:evaluate_detailed",
     "soundloc_tf/experiments/photo_folds.py:run_real_photos",
     "soundloc_tf/experiments/within_category.py:run_within_category",

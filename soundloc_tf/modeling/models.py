@@ -21,15 +21,16 @@ from typing import Iterator, NamedTuple
 import keras
 import tensorflow as tf
 
-from soundloc_tf.dataloaders.audio import LogMel
+from soundloc_tf import towers
 from soundloc_tf.config import Config
+from soundloc_tf.dataloaders.audio import LogMel
 
 # Keras's VGG16 ImageNet weights expect "caffe" input: BGR, 0..255, mean-subtracted.
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 # Torch-style ImageNet statistics for towers trained from scratch here.
 _IMAGENET_RGB_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_RGB_STD = (0.229, 0.224, 0.225)
-VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+VGG16_BLOCKS = towers.VGG16_BLOCKS  # (width, convolutions) per block, up to block5_conv3
 
 
 @keras.saving.register_keras_serializable(package="soundloc")
@@ -338,17 +339,18 @@ def build_image_tower(config: Config) -> keras.Model:
     with _dtype_policy("mixed_bfloat16" if bfloat16 else "float32"):
         images = keras.Input((size, size, 3), name="image")
         # Pixel arithmetic in float32: the first convolution casts to the policy's type.
-        mode = "caffe" if config.image_tower == "vgg16" else "torch"
-        x = ImageNormalization(mode, name="normalize", dtype="float32")(images)
-        blocks = VGG16_BLOCKS if config.image_tower == "vgg16" else tuple(
-            (w, 2) for w in config.tiny_image_widths)
+        tower_facts = towers.IMAGE[config.image_tower]
+        x = ImageNormalization(tower_facts.normalization, name="normalize",
+                               dtype="float32")(images)
+        blocks = tower_facts.block_layout(config.tiny_image_widths)
         for block, (width, convs) in enumerate(blocks, start=1):
             last_block = block == len(blocks)
             for i in range(1, convs + 1):
                 pre_activation = last_block and i == convs
                 x = _conv(width, f"block{block}_conv{i}", None if pre_activation else "relu")(x)
             if not last_block:
-                x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+                x = keras.layers.MaxPooling2D(towers.POOL_STRIDE,
+                                              name=f"block{block}_pool")(x)
         if bfloat16:  # Keras's mixed-precision recipe: a float32 output for what follows
             x = keras.layers.Activation("linear", dtype="float32", name="visual_map_float32")(x)
         tower = keras.Model(images, x, name="image_tower")
@@ -365,7 +367,7 @@ def build_audio_tower(config: Config) -> keras.Model:
     over time and frequency, then a linear layer (the role of SoundNet-8's
     conv8 object branch in the paper). "soundnet8": the paper's tower;
     "yamnet": YAMNet's AudioSet embedding (modeling/yamnet.py). For the pretrained
-    towers `config.audio_feature` picks the output (config.AUDIO_FEATURES).
+    towers `config.audio_feature` picks the output (the tower table, soundloc_tf/towers.py).
     """
     if config.audio_tower == "soundnet8":
         return _build_soundnet8_tower(config)

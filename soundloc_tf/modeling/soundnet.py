@@ -33,7 +33,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-SAMPLE_RATE = 22050
+from soundloc_tf import towers
+
+_TOWER = towers.AUDIO["soundnet8"]
+SAMPLE_RATE = _TOWER.sample_rate
 INPUT_SCALE = 256.0
 BN_EPSILON = 1e-5  # Torch's default, which trained the released weights
 # name, filters, kernel, stride, padding, pool (size = stride) or 0
@@ -46,13 +49,14 @@ LAYERS = (
     ("conv6", 512, 4, 2, 2, 0),
     ("conv7", 1024, 4, 2, 2, 0),
 )
-CONV8 = ("conv8", 1000, 8, 2, 0)
-CONV8_PLACES = ("conv8_2", 401, 8, 2, 0)
-# feature -> (conv8 head, probabilities?): `feature_model`'s outputs, config.AUDIO_FEATURES'
-# soundnet8 entries. The first is build_soundnet8's own output.
+# conv8's two heads (name, classes, kernel, stride, padding): the objects and the scenes.
+CONV8 = ("conv8", towers.SOUNDNET8_OBJECT_CLASSES, 8, 2, 0)
+CONV8_PLACES = ("conv8_2", towers.SOUNDNET8_SCENE_CLASSES, 8, 2, 0)
+# feature -> (conv8 head, probabilities?): `feature_model`'s outputs, the tower table's
+# soundnet8 features in its order. The first is build_soundnet8's own output.
 FEATURES = {"class_logits": (CONV8[0], False), "class_probs": (CONV8[0], True),
             "scene_logits": (CONV8_PLACES[0], False), "scene_probs": (CONV8_PLACES[0], True)}
-DEFAULT_FEATURE = "class_logits"
+DEFAULT_FEATURE = _TOWER.default_feature
 
 
 def conv7_length(num_samples: int) -> int:

@@ -26,7 +26,10 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-SAMPLE_RATE = 16000
+from soundloc_tf import towers
+
+_TOWER = towers.AUDIO["yamnet"]
+SAMPLE_RATE = _TOWER.sample_rate
 STFT_WINDOW = 400  # 25 ms
 STFT_HOP = 160  # 10 ms
 FFT_LENGTH = 512
@@ -36,11 +39,11 @@ MEL_MAX_HZ = 7500.0
 LOG_OFFSET = 0.001
 PATCH_FRAMES = 96  # 0.96 s
 PATCH_HOP = 48
-EMBEDDING_DIM = 1024
-NUM_CLASSES = 521
-# `feature_model`'s outputs (config.AUDIO_FEATURES' yamnet entries); the first is the tower's.
-FEATURES = ("embedding", "class_logits", "class_probs")
-DEFAULT_FEATURE = "embedding"
+EMBEDDING_DIM = towers.YAMNET_EMBEDDING_DIM
+NUM_CLASSES = towers.YAMNET_NUM_CLASSES
+# `feature_model`'s outputs: the tower table's yamnet features; the first is the tower's.
+FEATURES = tuple(_TOWER.features)
+DEFAULT_FEATURE = _TOWER.default_feature
 # (stride, output channels): the first 3x3 convolution, then the 13 depthwise-separable
 # blocks (a 3x3 depthwise and a 1x1 pointwise convolution each).
 FIRST_CONV = (2, 32)
