@@ -10,7 +10,7 @@ Where a configuration starts (one rule for the library and the command lines):
 * A run starts from a named preset (soundloc_tf/presets.py), and from
   `DEFAULT_PRESET` ("tiny", minutes on 2 CPU cores) when none is named: `get_config()`
   and every command line's `--preset` alike. `get_config("paper")` is the paper's towers
-  with their pretrained weights (README.md, "The paper preset").
+  with their pretrained weights (README.md's paragraph on the presets).
 * Keyword overrides (`get_config(preset, **overrides)`), or the command lines' flags, one
   per field, change any field of the preset.
 
