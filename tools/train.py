@@ -33,6 +33,11 @@ boxes are labelled, whatever the records hold, and their number is printed.
 With several sets, give one layer per set, comma-separated, '-' for a set
 that keeps its own labels.  With --tower_mode=cached, each set of a list is
 cached in its own <feature_cache>/<set name>-<checksum> and the caches mixed.
+
+With TF_CONFIG set (several workers, docs/CLUSTER.md), --tower_mode=cached needs a
+--feature_cache every worker can read: the chief builds it (or reuses it), the others wait
+for it, and each worker reads only its --cache_parts' shards.  --dry_run checks the flags
+and TF_CONFIG, prints the settings in one line and exits: no file is read.
 """
 
 from __future__ import annotations
@@ -81,6 +86,13 @@ flags.DEFINE_enum("cache_in_memory", "auto", ["auto", "true", "false"],
                   "memory.")
 flags.DEFINE_integer("cache_samples", 10_000, "tower_mode=cached on synthetic scenes: how "
                      "many training scenes to cache (records are cached whole).", lower_bound=1)
+flags.DEFINE_integer("cache_parts", None, "tower_mode=cached: read the cache in this many "
+                     "parts, each a shuffle of every n-th shard; a global batch takes an "
+                     "equal slice of each, and each worker reads only its parts' shards. One "
+                     "worker with the same number trains on the same batches. Default: the "
+                     "workers TF_CONFIG names (1 without).", lower_bound=1)
+flags.DEFINE_boolean("dry_run", False, "Check the flags and TF_CONFIG, print the settings "
+                     "the run would train with and exit; reads no file.")
 common.define_config_flags()
 FLAGS = flags.FLAGS
 
@@ -92,14 +104,23 @@ def main(argv: list[str]) -> None:
     data_config = localization.DataConfig(**{name: FLAGS[name].value for name in (
         "records", "records_weights", "annotations", "validation_records", "tower_mode",
         *localization.CACHE_SETTINGS)})
-    task = localization.LocalizationTask(common.config_from_flags(), data_config,
-                                         explicit=common.overridden_fields())
-    if task.tower_mode != "cached":  # the cache flags would be silently ignored
+    config, explicit = common.config_from_flags(), common.overridden_fields()
+    tf_config = os.environ.get("TF_CONFIG")
+    resolved, tower_mode, resolved_data = localization.check_settings(
+        config, data_config, explicit, tf_config)
+    if tower_mode != "cached":  # the cache flags would be silently ignored
         for name in localization.CACHE_SETTINGS:
             if FLAGS[name].present:
                 raise ValueError(f"--{name} needs --tower_mode=cached. Received: "
                                  f"--{name}={FLAGS[name].value!r}")
     workdir = FLAGS.workdir or os.path.join("runs", FLAGS.preset)
+    if FLAGS.dry_run:
+        print(f"Dry run: --tower_mode={tower_mode} on {localization.cluster_workers(tf_config)}"
+              f" worker(s), global batch {resolved.batch_size}, --cache_parts="
+              f"{resolved_data.cache_parts}, --feature_cache={resolved_data.feature_cache}, "
+              f"--workdir={workdir}; nothing read or trained")
+        return
+    task = localization.LocalizationTask(config, data_config, explicit=explicit)
     # First, before any op: MultiWorkerMirroredStrategy (TF_CONFIG set) configures the
     # collectives at program start-up and refuses once an op has run (reading records does).
     strategy = make_strategy()

@@ -51,6 +51,8 @@ PROGRESS_SECONDS = 5.0  # between progress lines while caching
 # in_memory="auto" holds a cache in RAM when it takes under this share of the available
 # memory: the shuffle buffer, the model and the batches need the rest.
 IN_MEMORY_FRACTION = 0.5
+# The most samples a cache shard holds: several shards let workers read the cache by file.
+SAMPLES_PER_SHARD = 2000
 
 
 def fingerprint(*models: keras.Model) -> str:
@@ -95,7 +97,7 @@ def check_cache_settings(config: Config, dtype: str, image_tower: str) -> None:
 
 def write_cache(model: keras.Model, config: Config, dataset: tf.data.Dataset, directory: str,
                 batch_size: int = 16, dtype: str = "float16",
-                samples_per_shard: int = 2000,
+                samples_per_shard: int = SAMPLES_PER_SHARD,
                 progress: Callable[[int], None] | None = None,
                 image_tower: str = "model") -> dict:
     """Runs the frozen towers over an unbatched `dataset` once and stores the features.
@@ -165,7 +167,8 @@ def write_cache(model: keras.Model, config: Config, dataset: tf.data.Dataset, di
 
 
 def read_cache(config: Config, directory: str, training: bool, seed: int = 0, start: int = 0,
-               model: keras.Model | None = None, in_memory: bool = False) -> tf.data.Dataset:
+               model: keras.Model | None = None, in_memory: bool = False, part: int = 0,
+               parts: int = 1) -> tf.data.Dataset:
     """Cached features -> {visual_map, audio_feature, boxes, labeled, class_id, id}.
 
     The features come in the cache's storage type (int8 is dequantised to
@@ -178,7 +181,8 @@ def read_cache(config: Config, directory: str, training: bool, seed: int = 0, st
     the same either way.
     Verifies the shard checksums, and with `model` that the cache was made by
     its towers.  Training streams are shuffled (seeded), repeated, and skip
-    `start` samples, as `records.read_records` does.
+    `start` samples, as `records.read_records` does.  With `parts` > 1 only part
+    `part` is read and verified: the shards part, part + parts, ... (`part_files`).
     """
     path = os.path.join(directory, records.MANIFEST)
     try:
@@ -202,7 +206,7 @@ def read_cache(config: Config, directory: str, training: bool, seed: int = 0, st
     if model is not None and fingerprint(*split_model(model)[:2]) != manifest["towers_sha256"]:
         raise ValueError(f"the cache was made with other tower weights; rebuild it. "
                          f"Received: {directory!r}")
-    files = tuple(os.path.join(directory, s["file"]) for s in manifest["shards"])
+    files = part_files(directory, manifest, part, parts)
     records.verify_shards(records.RecordSet(directory, manifest, files))
     quantized = manifest["dtype"] == "int8"
     dtype = DTYPES[manifest["dtype"]]
@@ -248,6 +252,41 @@ def read_cache(config: Config, directory: str, training: bool, seed: int = 0, st
     if in_memory:
         return dataset
     return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def part_files(directory: str, manifest: dict, part: int, parts: int) -> tuple[str, ...]:
+    """The shard files of part `part` when the cache is read in `parts` parts: every
+    `parts`-th shard from shard `part` (the split `tf.data`'s FILE auto-sharding makes).
+
+    Raises:
+      ValueError: `part` is not one of the `parts`, or the cache holds fewer shards than
+        `parts` (a part would be empty).
+    """
+    shards = manifest["shards"]
+    if not 0 <= part < parts or len(shards) < parts:
+        raise ValueError(f"part {part} of {parts}: reading a cache in {parts} parts needs "
+                         f"at least {parts} shards (rebuild it in an empty directory with "
+                         f"these settings). Received: {directory!r} holds {len(shards)}")
+    return tuple(os.path.join(directory, s["file"]) for s in shards[part::parts])
+
+
+def shard_size(count: int, parts: int = 1) -> int:
+    """Samples per shard for a cache of `count` samples read in `parts` parts: at most
+    `SAMPLES_PER_SHARD`, in at least `parts` shards (a multiple of them but for one short
+    shard), so the parts hold near-equal shares (within one shard).
+
+    Args:
+      count: the samples the cache will hold.
+      parts: the parts it will be read in (`part_files`).
+
+    Raises:
+      ValueError: fewer samples than parts (a part would be empty).
+    """
+    if count < parts:
+        raise ValueError(f"a cache read in {parts} parts needs at least one sample per part. "
+                         f"Received: {count} samples")
+    shards = parts * -(-count // (parts * SAMPLES_PER_SHARD))
+    return count // shards
 
 
 def available_memory_bytes() -> int | None:
@@ -334,17 +373,30 @@ def _quantize(x: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
 
 def ensure_cache(model: keras.Model, config: Config, source: tf.data.Dataset, directory: str,
                  log: Callable[[str], None] = print, dtype: str = "float16",
-                 image_tower: str = "model") -> dict:
+                 image_tower: str = "model", samples_per_shard: int = SAMPLES_PER_SHARD,
+                 parts: int = 1, read_parts: Sequence[int] | None = None) -> dict:
     """The manifest of the cache in `directory`, written from `source` first if absent.
 
     An existing cache is reused only if `model`'s towers made it (checked by
     `read_cache`) with the asked-for storage type and image tower, so a rerun or
     a resumed run never recomputes the towers, and never silently trains on
     features other than those asked for.
+
+    Args:
+      model, config, source, directory: the towers, the run's config, the unbatched
+        pairs to cache and where the cache lives.
+      log: where the summary line goes.
+      dtype, image_tower, samples_per_shard: how a new cache is written (`write_cache`).
+      parts: the parts the run reads the cache in (`part_files`): a reused cache must hold
+        at least as many shards.
+      read_parts: the parts this process reads (a worker's share); a reused cache's
+        checksums are verified on their shards only. None: every part.
     """
     path = os.path.join(directory, records.MANIFEST)
     if os.path.exists(path):
-        read_cache(config, directory, training=False, model=model)  # validates, or raises
+        for part in range(parts) if read_parts is None else read_parts:
+            # validates (the towers, the checksums of this part's shards), or raises
+            read_cache(config, directory, training=False, model=model, part=part, parts=parts)
         with open(path) as f:
             manifest = json.load(f)
         built = {"dtype": manifest["dtype"], "image_tower": manifest.get("image_tower", "model")}
@@ -366,7 +418,7 @@ def ensure_cache(model: keras.Model, config: Config, source: tf.data.Dataset, di
                   f"{done / (now - started):.1f}/s", end="", flush=True)
 
     manifest = write_cache(model, config, source, directory, dtype=dtype, progress=progress,
-                           image_tower=image_tower)
+                           image_tower=image_tower, samples_per_shard=samples_per_shard)
     print(flush=True)
     size = sum(s["bytes"] for s in manifest["shards"])
     log(f"Feature cache {directory}: {manifest['count']} samples in {manifest['seconds']:.0f} s "
@@ -376,34 +428,92 @@ def ensure_cache(model: keras.Model, config: Config, source: tf.data.Dataset, di
     return manifest
 
 
+# start (a global sample index: step x global batch), input context -> that input
+# pipeline's share of the training stream, unbatched (as `training.PipelineDatasetFn`).
+PipelineFn = Callable[[int, tf.distribute.InputContext], tf.data.Dataset]
+
+
+def cache_pipeline_fn(config: Config, directory: str | Sequence[str], in_memory: bool = False,
+                      weights: Sequence[float] | None = None, parts: int = 1) -> PipelineFn:
+    """A `Trainer` pipeline function over the cache read in `parts` parts, each input
+    pipeline (worker) reading only the shards of its own parts.
+
+    Part p is a seeded shuffle of the shards p, p + parts, ... (`part_files`), and every
+    global batch takes batch_size / parts samples from each part in turn: part 0's, then
+    part 1's, ... The stream so depends on `parts`, not on the number of workers: pipeline
+    i of n reads parts i * parts/n to (i + 1) * parts/n - 1, and its batches are its slice
+    of each global batch (`distribute_datasets_from_function` hands replica i the i-th).
+    One process with the same `parts` trains on the same global batches, and a resume
+    skips step x batch_size / parts samples of every part. parts=1 is `read_cache`'s one
+    stream over every shard.
+
+    Args:
+      config: the run's config (train_seed seeds the shuffles and the mix; batch_size is
+        the global batch).
+      directory: one cache, or one cache per record set of a mixed run.
+      in_memory: hold the caches in RAM (see `read_cache`): each worker holds its parts.
+      weights: with several caches, each one's share of the mix (`records.mix_datasets`
+        with the run's seed: the same choice of set, element by element, as
+        `records.read_record_sets` makes); with several parts, each part mixes its
+        shards of every cache.
+      parts: the parts the cache is read in; it must divide the global batch.
+
+    Raises:
+      ValueError: several caches without one weight each, or `parts` not dividing the
+        global batch; when called, `parts` not a multiple of the input pipelines.
+    """
+    several = not isinstance(directory, str)
+    if several and (weights is None or len(weights) != len(directory)):
+        raise ValueError(f"several caches need one weight each. Received: "
+                         f"directory={directory!r}, weights={weights!r}")
+    if parts < 1 or config.batch_size % parts:
+        raise ValueError(f"the global batch takes one slice from each of the cache's parts; "
+                         f"the parts must divide it. Received: parts={parts}, batch_size="
+                         f"{config.batch_size}")
+    block = config.batch_size // parts
+
+    def part_stream(part: int, start: int) -> tf.data.Dataset:
+        if not several:
+            return read_cache(config, directory, training=True, seed=config.train_seed,
+                              start=start, in_memory=in_memory, part=part, parts=parts)
+        streams = [read_cache(config, path, training=True, seed=config.train_seed + index,
+                              in_memory=in_memory, part=part, parts=parts)
+                   for index, path in enumerate(directory)]
+        dataset = records.mix_datasets(streams, weights, config.train_seed)
+        return dataset.skip(start) if start else dataset
+
+    def pipeline(start: int, context: tf.distribute.InputContext) -> tf.data.Dataset:
+        if parts % context.num_input_pipelines:
+            raise ValueError(f"each worker reads whole parts of the cache: the parts must be "
+                             f"a multiple of the {context.num_input_pipelines} workers. "
+                             f"Received: parts={parts}")
+        own = parts // context.num_input_pipelines
+        first = context.input_pipeline_id * own
+        # Every part gave block samples per step: the resume skips as many of each.
+        streams = [part_stream(p, start // parts) for p in range(first, first + own)]
+        if own == 1:
+            return streams[0]
+        return (tf.data.Dataset.zip(tuple(s.batch(block, drop_remainder=True)
+                                          for s in streams))
+                .map(_concatenate).unbatch())
+
+    return pipeline
+
+
+def _concatenate(*batches: dict) -> dict:
+    """One batch of several, in order (a pipeline's blocks of its parts)."""
+    return {key: tf.concat([b[key] for b in batches], axis=0) for key in batches[0]}
+
+
 def cache_dataset_fn(config: Config, directory: str | Sequence[str], in_memory: bool = False,
-                     weights: Sequence[float] | None = None) -> Callable[[int], tf.data.Dataset]:
+                     weights: Sequence[float] | None = None,
+                     parts: int = 1) -> Callable[[int], tf.data.Dataset]:
     """A `Trainer` dataset function over the cache: seeded shuffle, resumable at `start`.
 
     Call it after `ensure_cache`, which has already checked the cache against
     `model`'s towers; every stream it returns still verifies the shard checksums.
-
-    Args:
-      config: the run's config (its train_seed seeds the shuffles and the mix).
-      directory: one cache, or one cache per record set of a mixed run.
-      in_memory: hold the caches in RAM (see `read_cache`).
-      weights: with several caches, each one's share of the mix (`records.mix_datasets`
-        with the run's seed: the same choice of set, element by element, as
-        `records.read_record_sets` makes). A resume skips parsed elements of the mix
-        (the towers do not run again).
+    The whole stream of `cache_pipeline_fn` (its arguments), as one input pipeline reads
+    it: parts=1 shuffles every shard together.
     """
-    if isinstance(directory, str):
-        return lambda start: read_cache(config, directory, training=True,
-                                        seed=config.train_seed, start=start,
-                                        in_memory=in_memory)
-    if weights is None or len(weights) != len(directory):
-        raise ValueError(f"several caches need one weight each. Received: "
-                         f"directory={directory!r}, weights={weights!r}")
-
-    def mixed(start: int) -> tf.data.Dataset:
-        streams = [read_cache(config, path, training=True, seed=config.train_seed + index,
-                              in_memory=in_memory) for index, path in enumerate(directory)]
-        dataset = records.mix_datasets(streams, weights, config.train_seed)
-        return dataset.skip(start) if start else dataset
-
-    return mixed
+    pipeline = cache_pipeline_fn(config, directory, in_memory, weights, parts)
+    return lambda start: pipeline(start, tf.distribute.InputContext())

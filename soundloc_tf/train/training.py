@@ -39,6 +39,10 @@ RESUMABLE_CHANGES = frozenset({
 VALIDATION_SAMPLES_DURING_TRAINING = 256
 
 DatasetFn = Callable[[int], tf.data.Dataset]
+# start (a global sample index: step x global batch), input context -> that input
+# pipeline's (worker's) share of the training stream, unbatched: its slice of every global
+# batch, in order (`Trainer.use_feature_cache`).
+PipelineDatasetFn = Callable[[int, tf.distribute.InputContext], tf.data.Dataset]
 
 
 @functools.cache
@@ -277,6 +281,7 @@ class Trainer:
             self.optimizer.build(self.model.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.from_features = False
+        self.pipeline_fn: PipelineDatasetFn | None = None  # a worker reads its own share
         self.xla_update = False  # the update compiled with XLA (feature cache, one device)
         self._update = self._apply_update
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
@@ -316,18 +321,30 @@ class Trainer:
         if path is not None:
             self.log(f"Resumed from {path} at step {int(self.step.numpy())}.")
 
-    def use_feature_cache(self, dataset_fn: DatasetFn) -> None:
+    def use_feature_cache(self, dataset_fn: DatasetFn | None = None,
+                          pipeline_fn: PipelineDatasetFn | None = None) -> None:
         """Trains the localiser on cached tower outputs instead of images and waveforms.
 
-        `dataset_fn(start)` yields `feature_cache.read_cache` elements.  The
-        towers must be frozen (their outputs are fixed); checkpoints hold the
+        The towers must be frozen (their outputs are fixed); checkpoints hold the
         whole model as in live training, so evaluation and export are unchanged.
+
+        Args:
+          dataset_fn: start -> `feature_cache.read_cache` elements, the whole stream
+            (the strategy splits each global batch between the workers).
+          pipeline_fn: instead, start and an input context -> that worker's share
+            (`feature_cache.cache_pipeline_fn`): each worker reads only its own shards,
+            batched per replica (`distribute_datasets_from_function`).
         """
         if not (self.config.freeze_image_tower and self.config.freeze_audio_tower):
             raise ValueError("training from a feature cache needs both towers frozen. Received: "
                              f"freeze_image_tower={self.config.freeze_image_tower}, "
                              f"freeze_audio_tower={self.config.freeze_audio_tower}")
-        self.dataset_fn = dataset_fn
+        if (dataset_fn is None) == (pipeline_fn is None):
+            raise ValueError("the cache is read as one stream or per input pipeline: give "
+                             "dataset_fn or pipeline_fn. Received: "
+                             f"{'both' if dataset_fn else 'neither'}")
+        self.dataset_fn = dataset_fn or self.dataset_fn
+        self.pipeline_fn = pipeline_fn
         self.from_features = True
         # Under Mirrored (even on one device) the optimiser's gradient all-reduce is a
         # merge_call, which cannot sit inside a compiled function; OneDevice has none.
@@ -393,11 +410,25 @@ class Trainer:
         os.replace(path + ".tmp", path)
         return path
 
-    def train_dataset(self) -> tf.data.Dataset:
+    def train_dataset(self, context: tf.distribute.InputContext | None = None
+                      ) -> tf.data.Dataset:
+        """The training batches from the current step: global batches of `dataset_fn`'s
+        stream, or (with `pipeline_fn`) the per-replica batches of `context`'s input
+        pipeline (default: the one pipeline, whose batches are global)."""
         start = int(self.step.numpy()) * self.global_batch
-        return (self.dataset_fn(start)
-                .batch(self.global_batch, drop_remainder=True)
-                .prefetch(tf.data.AUTOTUNE))
+        if self.pipeline_fn is None:
+            dataset = self.dataset_fn(start).batch(self.global_batch, drop_remainder=True)
+        else:
+            context = context or tf.distribute.InputContext()
+            dataset = self.pipeline_fn(start, context).batch(
+                context.get_per_replica_batch_size(self.global_batch), drop_remainder=True)
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
+    def distributed_dataset(self) -> tf.distribute.DistributedDataset:
+        """`train_dataset` handed to the strategy: split by it, or read per pipeline."""
+        if self.pipeline_fn is None:
+            return self.strategy.experimental_distribute_dataset(self.train_dataset())
+        return self.strategy.distribute_datasets_from_function(self.train_dataset)
 
     # -- the loop ------------------------------------------------------------
 
@@ -408,7 +439,7 @@ class Trainer:
         if first >= target:
             self.log(f"Already trained {first} steps (target {target}); nothing to do.")
             return {}
-        iterator = iter(self.strategy.experimental_distribute_dataset(self.train_dataset()))
+        iterator = iter(self.distributed_dataset())
         c = self.config
         last: dict[str, float] = {}
         window_start, window_steps = time.perf_counter(), 0
