@@ -133,6 +133,116 @@ def _background(config: Config, key: tf.Tensor) -> tf.Tensor:
     return tf.clip_by_value(base + 0.08 * wave[..., None] + noise, 0.0, 1.0)
 
 
+def _object_boxes(config: Config, keys: tf.Tensor) -> tf.Tensor:
+    """One box per slot, [slots, 4] (x1, y1, x2, y2), each inside the image.
+
+    Args:
+      config: the scene's sizes (`max_objects`, `min_object_size`, `max_object_size`).
+      keys: the scene's keys; this draws from keys[2] to keys[5].
+    """
+    slots = config.max_objects
+    side = tf.random.stateless_uniform([slots], keys[2], config.min_object_size,
+                                       config.max_object_size)
+    aspect = tf.exp(tf.random.stateless_uniform([slots], keys[3], -0.2, 0.2))
+    width, height = side * aspect, side / aspect
+    cx = width / 2 + tf.random.stateless_uniform([slots], keys[4]) * (1 - width)
+    cy = height / 2 + tf.random.stateless_uniform([slots], keys[5]) * (1 - height)
+    return tf.stack([cx - width / 2, cy - height / 2, cx + width / 2, cy + height / 2], -1)
+
+
+def _draw_cue(config: Config, keys: tf.Tensor, sounding_class: tf.Tensor, image: tf.Tensor
+              ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The context cue: a square of a class's cue colour, that class being the sounding one
+    with probability `config.confound` (no cue when it is 0).
+
+    Args:
+      config: the scene's settings (`confound`, `cue_size`, `num_classes`, `image_size`).
+      keys: the scene's keys; this draws from keys[7] to keys[9].
+      sounding_class: the class of slot 0.
+      image: the background [S, S, 3] the cue is drawn on.
+
+    Returns:
+      (the image, the cue's box or zeros, the cue's class or -1).
+    """
+    if config.confound <= 0:
+        return image, tf.zeros([4]), tf.constant(-1, tf.int32)
+    follows = tf.random.stateless_uniform([], keys[7]) < config.confound
+    random_class = tf.random.stateless_uniform([], keys[8], 0, config.num_classes,
+                                               dtype=tf.int32)
+    cue_class = tf.where(follows, sounding_class, random_class)
+    corner = tf.random.stateless_uniform([2], keys[9], 0.0, 1.0 - config.cue_size)
+    cue_box = tf.concat([corner, corner + config.cue_size], 0)
+    u, v = _box_grid(config.image_size, cue_box)
+    cue_mask = tf.maximum(tf.abs(u), tf.abs(v)) <= 1.0
+    image = tf.where(cue_mask[..., None], _cue_colour(cue_class, config.num_classes), image)
+    return image, cue_box, cue_class
+
+
+# Offsets of the seed for the streams added after the 12 scene keys: the scenes drawn before
+# those settings existed stay as they were.
+_LOOKS_OWN_STREAM, _LOOKS_OTHER_STREAM, _LABELED_STREAM = 104_729, 130_363, 7919
+
+
+def _object_looks(config: Config, key: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
+    """The class whose appearance each slot wears: its own, or with probability
+    1 - `config.object_identity` a random class's.
+
+    Args:
+      config: the scene's settings (`object_identity`, `num_classes`, `max_objects`).
+      key: the scene's (seed, index) pair.
+      classes: each slot's class.
+    """
+    if config.object_identity >= 1.0:  # separate streams: scenes at 1.0 stay as they were
+        return classes
+    slots = config.max_objects
+    own = tf.random.stateless_uniform(
+        [slots], tf.stack([key[0] + _LOOKS_OWN_STREAM, key[1]])) < config.object_identity
+    other = tf.random.stateless_uniform([slots], tf.stack([key[0] + _LOOKS_OTHER_STREAM, key[1]]),
+                                        0, config.num_classes, dtype=tf.int32)
+    return tf.where(own, classes, other)
+
+
+def _paint_objects(config: Config, image: tf.Tensor, boxes: tf.Tensor, looks: tf.Tensor,
+                   active: tf.Tensor) -> tf.Tensor:
+    """Draws each active slot's shape, colour and stripes (those of its look) in its box.
+
+    Args:
+      config: the scene's settings (`image_size`, `num_classes`, `max_objects`).
+      image: the image [S, S, 3] to draw on.
+      boxes: [slots, 4] the slots' boxes.
+      looks: [slots] the class each slot looks like.
+      active: [slots] whether the slot holds an object.
+    """
+    # Distractors first, the sounding object (slot 0) last, so it is never occluded.
+    for slot in reversed(range(config.max_objects)):
+        u, v = _box_grid(config.image_size, boxes[slot])
+        k = looks[slot]
+        mask = tf.gather(_shape_masks(u, v), tf.math.floormod(k, NUM_SHAPES)) & active[slot]
+        kf = tf.cast(k, tf.float32)
+        stripe_angle = kf * 2.4
+        stripes = tf.sin((3.0 + 2.0 * tf.math.floormod(kf, 3.0)) * math.pi
+                         * (u * tf.cos(stripe_angle) + v * tf.sin(stripe_angle)))
+        colour = _class_colour(k, config.num_classes) * (0.8 + 0.2 * stripes[..., None])
+        image = tf.where(mask[..., None], colour, image)
+    return image
+
+
+def _scene_audio(config: Config, key: tf.Tensor, sounding_class: tf.Tensor) -> tf.Tensor:
+    """The clip: the sounding class's sound in white noise at a random SNR, at CLIP_RMS.
+
+    Args:
+      config: the clip's settings (`num_samples`, `min_snr_db`, `max_snr_db`).
+      key: the scene's audio key (keys[11]).
+      sounding_class: the class of slot 0.
+    """
+    audio_keys = tf.random.experimental.stateless_split(key, 3)
+    signal = _class_sound(sounding_class, config, audio_keys[0])
+    snr_db = tf.random.stateless_uniform([], audio_keys[1], config.min_snr_db, config.max_snr_db)
+    noise = tf.random.stateless_normal([config.num_samples], audio_keys[2])
+    mix = signal + noise * tf.pow(10.0, -snr_db / 20.0) * tf.math.reduce_std(signal)
+    return mix * (CLIP_RMS / (tf.math.reduce_std(mix) + 1e-8))
+
+
 def make_scene(config: Config, seed: int, index: tf.Tensor) -> dict[str, tf.Tensor]:
     """Scene `index` of the stream `seed`: the common element plus analysis extras.
 
@@ -140,75 +250,36 @@ def make_scene(config: Config, seed: int, index: tf.Tensor) -> dict[str, tf.Tens
     sounds; inactive slots have class -1), `cue_box` (zeros when
     `config.confound` is 0), `cue_class` and `object_looks` (the class whose
     appearance each slot wears: its own unless `config.object_identity` < 1).
+
+    Args:
+      config: the scene settings (sizes, counts, confound, identity, SNR, labels).
+      seed: the stream.
+      index: the scene's position in the stream (a scalar integer tensor).
     """
-    s, k_classes, slots = config.image_size, config.num_classes, config.max_objects
+    s, slots = config.image_size, config.max_objects
     index = tf.cast(index, tf.int64)
     key = tf.stack([tf.constant(seed, tf.int64), index])
     keys = tf.random.experimental.stateless_split(key, 12)
 
     count = tf.random.stateless_uniform([], keys[0], config.min_objects,
                                         config.max_objects + 1, dtype=tf.int32)
-    order = tf.argsort(tf.random.stateless_uniform([k_classes], keys[1]))
+    order = tf.argsort(tf.random.stateless_uniform([config.num_classes], keys[1]))
     classes = tf.cast(order[:slots], tf.int32)
     active = tf.range(slots) < count
+    boxes = _object_boxes(config, keys)
 
-    side = tf.random.stateless_uniform([slots], keys[2], config.min_object_size,
-                                       config.max_object_size)
-    aspect = tf.exp(tf.random.stateless_uniform([slots], keys[3], -0.2, 0.2))
-    width, height = side * aspect, side / aspect
-    cx = width / 2 + tf.random.stateless_uniform([slots], keys[4]) * (1 - width)
-    cy = height / 2 + tf.random.stateless_uniform([slots], keys[5]) * (1 - height)
-    boxes = tf.stack([cx - width / 2, cy - height / 2, cx + width / 2, cy + height / 2], -1)
-
-    image = _background(config, keys[6])
-    cue_box = tf.zeros([4])
-    cue_class = tf.constant(-1, tf.int32)
-    if config.confound > 0:
-        follows = tf.random.stateless_uniform([], keys[7]) < config.confound
-        random_class = tf.random.stateless_uniform([], keys[8], 0, k_classes, dtype=tf.int32)
-        cue_class = tf.where(follows, classes[0], random_class)
-        corner = tf.random.stateless_uniform([2], keys[9], 0.0, 1.0 - config.cue_size)
-        cue_box = tf.concat([corner, corner + config.cue_size], 0)
-        u, v = _box_grid(s, cue_box)
-        cue_mask = tf.maximum(tf.abs(u), tf.abs(v)) <= 1.0
-        image = tf.where(cue_mask[..., None], _cue_colour(cue_class, k_classes), image)
-
-    looks = classes  # the class whose appearance each object wears
-    if config.object_identity < 1.0:  # separate streams: scenes at 1.0 stay as they were
-        own = tf.random.stateless_uniform(
-            [slots], tf.stack([key[0] + 104_729, index])) < config.object_identity
-        other = tf.random.stateless_uniform([slots], tf.stack([key[0] + 130_363, index]), 0,
-                                            k_classes, dtype=tf.int32)
-        looks = tf.where(own, classes, other)
-
-    # Distractors first, the sounding object (slot 0) last, so it is never occluded.
-    for slot in reversed(range(slots)):
-        u, v = _box_grid(s, boxes[slot])
-        k = looks[slot]
-        mask = tf.gather(_shape_masks(u, v), tf.math.floormod(k, NUM_SHAPES)) & active[slot]
-        kf = tf.cast(k, tf.float32)
-        stripe_angle = kf * 2.4
-        stripes = tf.sin((3.0 + 2.0 * tf.math.floormod(kf, 3.0)) * math.pi
-                         * (u * tf.cos(stripe_angle) + v * tf.sin(stripe_angle)))
-        colour = _class_colour(k, k_classes) * (0.8 + 0.2 * stripes[..., None])
-        image = tf.where(mask[..., None], colour, image)
-
+    image, cue_box, cue_class = _draw_cue(config, keys, classes[0], _background(config, keys[6]))
+    looks = _object_looks(config, key, classes)
+    image = _paint_objects(config, image, boxes, looks, active)
     pixel_noise = tf.random.stateless_normal([s, s, 3], keys[10], stddev=0.02)
     image = tf.clip_by_value(image + pixel_noise, 0.0, 1.0)
 
-    audio_keys = tf.random.experimental.stateless_split(keys[11], 3)
-    signal = _class_sound(classes[0], config, audio_keys[0])
-    snr_db = tf.random.stateless_uniform([], audio_keys[1], config.min_snr_db, config.max_snr_db)
-    noise = tf.random.stateless_normal([config.num_samples], audio_keys[2])
-    mix = signal + noise * tf.pow(10.0, -snr_db / 20.0) * tf.math.reduce_std(signal)
-    mix = mix * (CLIP_RMS / (tf.math.reduce_std(mix) + 1e-8))
-
-    labeled = (tf.random.stateless_uniform([], tf.stack([key[0] + 7919, index]))
+    labeled = (tf.random.stateless_uniform([], tf.stack([key[0] + _LABELED_STREAM, index]))
                < config.label_fraction)
     gt = tf.scatter_nd([[0, 0]], boxes[:1], [MAX_ANNOTATORS, MAX_BOXES, 4])
     return {
         "image": image,
-        "waveform": mix,
+        "waveform": _scene_audio(config, keys[11], classes[0]),
         "boxes": gt,
         "labeled": labeled,
         "class_id": classes[0],

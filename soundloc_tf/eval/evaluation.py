@@ -219,6 +219,240 @@ def matched_samples(dataset: tf.data.Dataset) -> int:
     return int(length)
 
 
+def _grouped_partners(class_ids: np.ndarray, class_groups: Sequence[int] | None
+                      ) -> tuple[np.ndarray, np.ndarray, str]:
+    """Each image's class group, its mismatched-sound partner (-1: none) and how the
+    partners were chosen (`mismatch_partners`, on the groups).
+
+    Args:
+      class_ids: each image's class id (-1: unknown).
+      class_groups: the group of each class, or None (each class its own group).
+    """
+    groups = _groups_of(class_ids, class_groups)
+    partners, partner_definition = mismatch_partners(groups)
+    if class_groups is not None:
+        partner_definition += " (compared by class group)"
+    return groups, partners, partner_definition
+
+
+def _breakdowns(result: dict, attention: np.ndarray, gt: np.ndarray, threshold: float,
+                all_rules: bool, per_image: np.ndarray, hits: np.ndarray,
+                class_ids: np.ndarray, peak_location: dict | None) -> None:
+    """Puts the optional breakdowns in `result`: every binarising rule (with `all_rules`),
+    per class (when class ids are known) and where the peaks fall (scenes with a cue).
+
+    Args:
+      result: updated in place.
+      attention: the matched sound's attention maps, normalised to soundloc's frame.
+      gt: the consensus maps in that frame.
+      threshold: the `fixed` rule's threshold.
+      all_rules: also score every rule (`by_rule`).
+      per_image, hits: the headline per-image cIoU and pointing hits.
+      class_ids: each image's class id (-1: unknown).
+      peak_location: `_peak_location`'s report, or None.
+    """
+    if all_rules:
+        result["by_rule"] = {other: {**_score(attention, gt, other, threshold)[0],
+                                     "threshold": threshold if other == "fixed" else None}
+                             for other in metrics.BINARIZE_RULES}
+    if (class_ids >= 0).any():
+        result["per_class"] = metrics.per_class_summary(per_image, hits, class_ids)
+    if peak_location is not None:
+        result["peak_location"] = peak_location
+
+
+def _check_choices(rule: str, protocol: str, annotation: str) -> None:
+    """Refuses an unknown binarising rule, protocol or box format, in that order.
+
+    Args:
+      rule: the binarising rule (`metrics.BINARIZE_RULES`).
+      protocol: the headline protocol (`protocols.get` refuses an unknown one).
+      annotation: the box format (`protocols.ANNOTATIONS`).
+    """
+    if rule not in metrics.BINARIZE_RULES:
+        raise ValueError(f"rule must be one of {metrics.BINARIZE_RULES}. Received: rule={rule!r}")
+    protocols.get(protocol)
+    if annotation not in protocols.ANNOTATIONS:
+        raise ValueError(f"annotation must be one of {protocols.ANNOTATIONS}. Received: "
+                         f"annotation={annotation!r}")
+
+
+def _annotated_audio_pass(towers: Towers, dataset: tf.data.Dataset, noise_seed: int | None
+                          ) -> tuple[dict, dict, tf.data.Dataset, np.ndarray]:
+    """The audio pass, keeping only the pairs with a box.
+
+    Args:
+      towers: the model's towers.
+      dataset: unbatched pairs.
+      noise_seed: the white-noise negatives' seed; None: no white noise.
+
+    Returns:
+      (audio features, labels, the dataset of annotated pairs batched, the annotated mask
+      over every pair).
+    """
+    batched = dataset.batch(EVAL_BATCH).prefetch(tf.data.AUTOTUNE)
+    features, info = _audio_pass(towers, batched, noise_seed)
+    # Pairs without any box have an empty ground truth: every map would score 0 there.
+    annotated = has_boxes(info["boxes"])
+    if not annotated.any():
+        raise ValueError(
+            "none of the pairs has an annotated box, so there is no ground truth to score "
+            "against (unlabelled data, such as imported videos, can train but not be "
+            f"evaluated). Received: {len(annotated)} pairs without boxes")
+    if not annotated.all():
+        features = {k: v[annotated] for k, v in features.items()}
+        info = {k: v[annotated] for k, v in info.items()}
+        batched = dataset.filter(is_annotated).batch(EVAL_BATCH).prefetch(tf.data.AUTOTUNE)
+    return features, info, batched, annotated
+
+
+def _negative_sounds(towers: Towers, features: dict, info: dict, groups: np.ndarray,
+                     class_groups: Sequence[int] | None, samples: int
+                     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The negative sound sets (silence, white noise, an off-screen sound) of every image.
+
+    Args:
+      towers: the model's towers.
+      features: the audio pass's features ("matched", "white_noise").
+      info: the audio pass's labels (`object_classes`, when there, are never off-screen).
+      groups: each image's class group.
+      class_groups: the group of each class, or None.
+      samples: samples per clip (of the silence).
+
+    Returns:
+      (kind -> audio features [N, D], each image's off-screen partner, -1: none).
+    """
+    matched = features["matched"]
+    forbidden = info.get("object_classes")
+    if forbidden is not None:
+        forbidden = _groups_of(forbidden.astype(np.int64), class_groups)
+    offscreen = negatives.partner_indices(groups, forbidden)
+    silent = audio_features(towers, negatives.silence(samples))
+    return ({"silence": np.repeat(silent, len(matched), axis=0),
+             "white_noise": features["white_noise"],
+             "offscreen": matched[np.where(offscreen >= 0, offscreen, 0)]}, offscreen)
+
+
+def _headline(result: dict, outputs: dict, boxes: np.ndarray, per_image: np.ndarray,
+              rule: str, threshold: float, size: int, protocol: str, annotation: str,
+              all_rules: bool) -> np.ndarray:
+    """Puts the protocol's headline numbers (and with `all_rules` every protocol's) in
+    `result`; returns the per-image cIoU of the headline protocol.
+
+    Args:
+      result: soundloc's `fixed` summary, updated in place.
+      outputs: the localise pass's outputs per sound set.
+      boxes: [N, annotators, boxes, 4] the ground truth.
+      per_image: soundloc's per-image cIoU.
+      rule, threshold: soundloc's binarising rule and threshold.
+      size: soundloc's frame (`config.eval_size`).
+      protocol: the headline protocol (`protocols.NAMES`).
+      annotation: the box format.
+      all_rules: also every protocol's numbers (`by_protocol`).
+    """
+    peer_names = protocols.NAMES if all_rules else (protocol,)
+    by_protocol = {name: protocols.score_heatmaps(
+        outputs["matched"][protocols.get(name).map], boxes, name, annotation, rule,
+        threshold, size) for name in peer_names if name != "fixed" or all_rules}
+    if protocol != "fixed":
+        summary, peer_cious = by_protocol[protocol]
+        result.update({k: summary[k] for k in (*metrics.SUMMARY_KEYS, "n")},
+                      map=protocols.get(protocol).map, eval_size=protocols.FRAME)
+        per_image = np.nan_to_num(peer_cious)
+    if all_rules:
+        result["by_protocol"] = {name: summary for name, (summary, _) in by_protocol.items()}
+    return per_image
+
+
+def _mismatched_sound(result: dict, outputs: dict, gt: np.ndarray, frame_cious: np.ndarray,
+                      hits: np.ndarray, has_partner: np.ndarray, rule: str, threshold: float,
+                      size: int, partner_definition: str) -> np.ndarray | None:
+    """Puts the mismatched sound's numbers and the audio-dependence gap in `result`, on the
+    images that have a mismatched partner; returns their per-image cIoU (None: no partner).
+
+    Args:
+      result: updated in place.
+      outputs: the localise pass's outputs per sound set.
+      gt: the consensus maps in soundloc's frame.
+      frame_cious, hits: the matched sound's per-image cIoU and pointing hits (soundloc's).
+      has_partner: which images have a mismatched partner.
+      rule, threshold: soundloc's binarising rule and threshold.
+      size: soundloc's frame (`config.eval_size`).
+      partner_definition: how the partners were chosen, recorded.
+    """
+    if not has_partner.any():
+        return None
+    wrong = metrics.normalize_heatmaps(
+        outputs["mismatched"]["attention"][has_partner], size).numpy()
+    mismatched, wrong_cious, _ = _score(wrong, gt[has_partner], rule, threshold)
+    same_images = metrics.summarize(frame_cious[has_partner], hits[has_partner])
+    moved = np.mean(metrics.peak_indices(outputs["matched"]["attention"][has_partner])
+                    != metrics.peak_indices(outputs["mismatched"]["attention"][has_partner]))
+    result["mismatched_sound"] = {**mismatched, "definition": partner_definition}
+    result["audio_dependence_gap"] = {
+        **metrics.audio_dependence_gap(same_images, mismatched, moved),
+        "n": int(has_partner.sum()),
+        "definition": "matched minus mismatched sound on the same images (mismatched: "
+                      + partner_definition + "); peak_moved: fraction of images whose "
+                      "attention peak moves"}
+    return wrong_cious
+
+
+def _peak_location(attention: np.ndarray, info: dict, size: int) -> dict | None:
+    """Where the attention peaks fall (sounding object, context cue, distractors), on scenes
+    with a context cue; None without one.
+
+    Args:
+      attention: [N, h, w] the matched sound's attention maps.
+      info: the audio pass's labels (`cue_box`, `object_boxes`).
+      size: the frame the boxes are rasterised in.
+    """
+    if "cue_box" not in info or not np.any(info["cue_box"] != 0):
+        return None
+    regions = {"object": info["object_boxes"][:, 0], "cue": info["cue_box"],
+               "distractors": info["object_boxes"][:, 1:]}
+    location = metrics.peak_region_rates(attention, regions, size)
+    to_object, to_cue = (metrics.peak_box_distance(attention, b, size)
+                         for b in (regions["object"], regions["cue"]))
+    location["nearer_cue_than_object"] = {"rate": float(np.mean(to_cue < to_object)),
+                                          "n": int(len(attention))}
+    return location
+
+
+def _negatives_report(result: dict, outputs: dict, offscreen: np.ndarray,
+                      per_image: np.ndarray, noise_seed: int, peers: list[str],
+                      boxes: np.ndarray, annotation: str) -> dict[str, dict[str, np.ndarray]]:
+    """Puts how the model separates the matched sound from the negatives in `result`
+    (and the peers' statistics); returns the confidences, "positive" and per negative kind.
+
+    Args:
+      result: updated in place.
+      outputs: the localise pass's outputs per sound set.
+      offscreen: each image's off-screen partner (-1: none, left out of that kind).
+      per_image: the headline per-image cIoU.
+      noise_seed: the white-noise seed, recorded.
+      peers: the peer protocols whose negative statistics to add ("slavc", "vssl_eval").
+      boxes: the ground truth, for the peers.
+      annotation: the box format, for the peers.
+    """
+    n = len(per_image)
+    confidences = {kind: {"score": outputs[kind]["score"],
+                          "map_peak": negatives.map_peak(outputs[kind]["attention"])}
+                   for kind in ("matched", *negatives.NEGATIVE_KINDS)}
+    keep = {"silence": np.ones(n, bool), "white_noise": np.ones(n, bool),
+            "offscreen": offscreen >= 0}
+    negative_sets = {kind: {c: v[keep[kind]] for c, v in confidences[kind].items()}
+                     for kind in negatives.NEGATIVE_KINDS if keep[kind].any()}
+    confidences = {"positive": confidences["matched"], **negative_sets}
+    result["negatives"] = negatives.separation_report(confidences["positive"], negative_sets,
+                                                      per_image)
+    result["negatives"]["noise_seed"] = int(noise_seed)
+    if peers:
+        result["negatives_by_protocol"] = _peer_negatives(peers, outputs, boxes, keep,
+                                                          annotation)
+    return confidences
+
+
 def evaluate_detailed(model: keras.Model, config: Config, dataset: tf.data.Dataset,
                       rule: str = "fixed", progress: Callable[[int], None] | None = None, *,
                       all_rules: bool = False, with_negatives: bool = False,
@@ -247,128 +481,51 @@ def evaluate_detailed(model: keras.Model, config: Config, dataset: tf.data.Datas
     Returns:
       (the metrics dict `evaluate` returns, the per-image `EvaluationDetails`).
     """
-    if rule not in metrics.BINARIZE_RULES:
-        raise ValueError(f"rule must be one of {metrics.BINARIZE_RULES}. Received: rule={rule!r}")
-    spec = protocols.get(protocol)
-    if annotation not in protocols.ANNOTATIONS:
-        raise ValueError(f"annotation must be one of {protocols.ANNOTATIONS}. Received: "
-                         f"annotation={annotation!r}")
+    _check_choices(rule, protocol, annotation)
     towers = split_model(model)
-    batched = dataset.batch(EVAL_BATCH).prefetch(tf.data.AUTOTUNE)
-    features, info = _audio_pass(towers, batched, noise_seed if with_negatives else None)
-    # Pairs without any box have an empty ground truth: every map would score 0 there.
-    annotated = has_boxes(info["boxes"])
-    if not annotated.any():
-        raise ValueError(
-            "none of the pairs has an annotated box, so there is no ground truth to score "
-            "against (unlabelled data, such as imported videos, can train but not be "
-            f"evaluated). Received: {len(annotated)} pairs without boxes")
-    if not annotated.all():
-        features = {k: v[annotated] for k, v in features.items()}
-        info = {k: v[annotated] for k, v in info.items()}
-        dataset = dataset.filter(is_annotated)
-        batched = dataset.batch(EVAL_BATCH).prefetch(tf.data.AUTOTUNE)
-    n = len(info["id"])
+    features, info, batched, annotated = _annotated_audio_pass(
+        towers, dataset, noise_seed if with_negatives else None)
     class_ids = info["class_id"].astype(np.int64)
-    groups = _groups_of(class_ids, class_groups)
-    partners, partner_definition = mismatch_partners(groups)
-    if class_groups is not None:
-        partner_definition += " (compared by class group)"
+    groups, partners, partner_definition = _grouped_partners(class_ids, class_groups)
     has_partner = partners >= 0
     matched = features["matched"]
     sound_sets = {"matched": matched, "mismatched": matched[np.where(has_partner, partners, 0)]}
     if with_negatives:
-        forbidden = info.get("object_classes")
-        if forbidden is not None:
-            forbidden = _groups_of(forbidden.astype(np.int64), class_groups)
-        offscreen = negatives.partner_indices(groups, forbidden)
-        silent = audio_features(towers, negatives.silence(matched_samples(dataset)))
-        sound_sets.update(silence=np.repeat(silent, n, axis=0),
-                          white_noise=features["white_noise"],
-                          offscreen=matched[np.where(offscreen >= 0, offscreen, 0)])
+        negative_sounds, offscreen = _negative_sounds(towers, features, info, groups,
+                                                      class_groups, matched_samples(dataset))
+        sound_sets.update(negative_sounds)
     outputs = _localize_pass(towers, batched, sound_sets, info["id"], progress)
 
     size, threshold = config.eval_size, config.ciou_threshold
     gt = metrics.consensus_map(info["boxes"], size).numpy()
     attention = metrics.normalize_heatmaps(outputs["matched"]["attention"], size).numpy()
-    result, per_image, hits = _score(attention, gt, rule, threshold)
-    frame_cious = per_image  # soundloc's frame, which the mismatched-sound run shares
+    result, frame_cious, hits = _score(attention, gt, rule, threshold)  # soundloc's frame
     result.update(rule=rule, threshold=threshold if rule == "fixed" else None, eval_size=size,
                   baselines=metrics.baselines(gt), map="attention",
                   skipped_without_boxes=int((~annotated).sum()),
                   protocol=protocols.describe(protocol), annotation=annotation)
-    peer_names = protocols.NAMES if all_rules else (protocol,)
-    by_protocol = {name: protocols.score_heatmaps(
-        outputs["matched"][protocols.get(name).map], info["boxes"], name, annotation, rule,
-        threshold, size) for name in peer_names if name != "fixed" or all_rules}
-    if protocol != "fixed":
-        summary, peer_cious = by_protocol[protocol]
-        result.update({k: summary[k] for k in (*metrics.SUMMARY_KEYS, "n")}, map=spec.map,
-                      eval_size=protocols.FRAME)
-        per_image = np.nan_to_num(peer_cious)
-    if all_rules:
-        result["by_protocol"] = {name: summary for name, (summary, _) in by_protocol.items()}
+    per_image = _headline(result, outputs, info["boxes"], frame_cious, rule, threshold, size,
+                          protocol, annotation, all_rules)
     result["random_baseline"], random_cious = metrics.random_baseline(gt, random_seed)
-
     cosine = metrics.normalize_heatmaps(outputs["matched"]["cosine"], size).numpy()
     result["cosine_map"] = _score(cosine, gt, rule, threshold)[0]
 
     # The audio-dependence gap, on the images that have a mismatched partner.
     curves = {"model": per_image}
-    if has_partner.any():
-        wrong = metrics.normalize_heatmaps(
-            outputs["mismatched"]["attention"][has_partner], size).numpy()
-        mismatched, wrong_cious, _ = _score(wrong, gt[has_partner], rule, threshold)
-        same_images = metrics.summarize(frame_cious[has_partner], hits[has_partner])
-        moved = np.mean(metrics.peak_indices(outputs["matched"]["attention"][has_partner])
-                        != metrics.peak_indices(outputs["mismatched"]["attention"][has_partner]))
-        result["mismatched_sound"] = {**mismatched, "definition": partner_definition}
-        result["audio_dependence_gap"] = {
-            **metrics.audio_dependence_gap(same_images, mismatched, moved),
-            "n": int(has_partner.sum()),
-            "definition": "matched minus mismatched sound on the same images (mismatched: "
-                          + partner_definition + "); peak_moved: fraction of images whose "
-                          "attention peak moves"}
+    wrong_cious = _mismatched_sound(result, outputs, gt, frame_cious, hits, has_partner, rule,
+                                    threshold, size, partner_definition)
+    if wrong_cious is not None:
         curves["mismatched_sound"] = wrong_cious
     curves.update(metrics.baseline_cious(gt, random_seed))
     curves["random_box"] = random_cious
 
-    if all_rules:
-        result["by_rule"] = {}
-        for other in metrics.BINARIZE_RULES:
-            summary = _score(attention, gt, other, threshold)[0]
-            result["by_rule"][other] = {**summary,
-                                        "threshold": threshold if other == "fixed" else None}
-    if (class_ids >= 0).any():
-        result["per_class"] = metrics.per_class_summary(per_image, hits, class_ids)
-    if "cue_box" in info and np.any(info["cue_box"] != 0):
-        regions = {"object": info["object_boxes"][:, 0], "cue": info["cue_box"],
-                   "distractors": info["object_boxes"][:, 1:]}
-        result["peak_location"] = metrics.peak_region_rates(
-            outputs["matched"]["attention"], regions, size)
-        to_object, to_cue = (metrics.peak_box_distance(outputs["matched"]["attention"], b, size)
-                             for b in (regions["object"], regions["cue"]))
-        result["peak_location"]["nearer_cue_than_object"] = {
-            "rate": float(np.mean(to_cue < to_object)), "n": int(n)}
-
+    _breakdowns(result, attention, gt, threshold, all_rules, per_image, hits, class_ids,
+                _peak_location(outputs["matched"]["attention"], info, size))
     confidences = None
     if with_negatives:
-        confidences = {kind: {"score": outputs[kind]["score"],
-                              "map_peak": negatives.map_peak(outputs[kind]["attention"])}
-                       for kind in ("matched", *negatives.NEGATIVE_KINDS)}
-        keep = {"silence": np.ones(n, bool), "white_noise": np.ones(n, bool),
-                "offscreen": offscreen >= 0}
-        negative_sets = {kind: {c: v[keep[kind]] for c, v in confidences[kind].items()}
-                         for kind in negatives.NEGATIVE_KINDS if keep[kind].any()}
-        confidences = {"positive": confidences["matched"], **negative_sets}
-        result["negatives"] = negatives.separation_report(confidences["positive"], negative_sets,
-                                                          per_image)
-        result["negatives"]["noise_seed"] = int(noise_seed)
-        peers = [n for n in ("slavc", "vssl_eval") if all_rules or n == protocol]
-        if peers:
-            result["negatives_by_protocol"] = _peer_negatives(
-                peers, outputs, info["boxes"], keep, annotation)
-
+        peers = [name for name in ("slavc", "vssl_eval") if all_rules or name == protocol]
+        confidences = _negatives_report(result, outputs, offscreen, per_image, noise_seed,
+                                        peers, info["boxes"], annotation)
     details = EvaluationDetails(ciou=per_image, pointing=hits, class_id=class_ids,
                                 attention=outputs["matched"]["attention"], boxes=info["boxes"],
                                 curves=curves, confidences=confidences)

@@ -19,6 +19,7 @@ import numpy as np
 # The ids `importers` gives scenes it composed (a composite, a mosaic): their box is where
 # the sounding object or tile was put, known without anyone drawing it.
 COMPOSED_IDS = r"(composite|mosaics)/.*"
+RESUMED = " ; then "  # joins the commands of a resumed experiment in its summary
 
 
 def select_runs(plan: list, runs_filter: list[str] | None, experiment: str) -> list:
@@ -127,6 +128,25 @@ def serving_maps(signature, images: list[bytes], sounds: list[bytes],
                            wav_bytes=tf.constant(sounds[i:i + batch]))
         out.append(result["heatmap"].numpy())
     return np.concatenate(out)
+
+
+def resumed_summary(path: str, command: str) -> tuple[dict, str]:
+    """The summary an experiment left at `path` (empty when there is none), and the command
+    line to record: a command that adds runs is recorded after the first, so the table's
+    provenance names both; one already recorded is not repeated.
+
+    Args:
+      path: the experiment's summary JSON.
+      command: this command line.
+    """
+    if not os.path.exists(path):
+        return {}, command
+    with open(path) as f:
+        previous = json.load(f)
+    recorded = previous.get("command", command)
+    if command not in recorded.split(RESUMED):
+        recorded += RESUMED + command
+    return previous, recorded
 
 
 def write_summary(output_dir: str, name: str, summary: dict, markdown: str) -> None:

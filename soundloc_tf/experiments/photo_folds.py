@@ -41,14 +41,15 @@ import io
 import json
 import os
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
 from soundloc_tf.experiments import real_photos as experiment
 from soundloc_tf.experiments.photo_eval import (TowerOutputs, composed_labels, decoded,
-                                                model_maps, select_runs, serving_maps,
-                                                tower_outputs, wav_bytes, write_summary)
+                                                model_maps, resumed_summary, select_runs,
+                                                serving_maps, tower_outputs, wav_bytes,
+                                                write_summary)
 from soundloc_tf.experiments.photo_tables import (by_class, fold_results, hits_by_class,
                                                   markdown, object_box_scores,
                                                   pooled_object_boxes, score, summarise)
@@ -57,8 +58,8 @@ from soundloc_tf.experiments.results_page import SCHEMA
 # The realsets' recordings' rate; the reader resamples to the audio tower's.
 PHOTO_SAMPLE_RATE = 16000
 VALIDATION_DURING_TRAINING = 8
+MOSAIC_SIZE = 320  # the side of the training and validation mosaics, in pixels
 OVERLAY_MOSAICS = 3  # per fold, in overlays_fold<k>.png
-RESUMED = " ; then "  # joins the commands of a resumed experiment in its summary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,11 +103,12 @@ def fold_records(photos_dir: str, stamps_dir: str, directory: str, fold: int,
     def samples():
         yield from importers.composite_samples(
             stamps_dir, PHOTO_SAMPLE_RATE, num_samples, report, counts["composites"],
-            image_size=320, seed=seed, label_fraction=experiment.TRAIN_LABELS, stamps=stamps)
+            image_size=MOSAIC_SIZE, seed=seed, label_fraction=experiment.TRAIN_LABELS,
+            stamps=stamps)
         for fmt in ("mosaics", "photos"):
             yield from importers.photo_samples(
                 photos_dir, fmt, PHOTO_SAMPLE_RATE, num_samples, report, counts[fmt],
-                image_size=320, seed=seed, label_fraction=experiment.TRAIN_LABELS,
+                image_size=MOSAIC_SIZE, seed=seed, label_fraction=experiment.TRAIN_LABELS,
                 folds=experiment.FOLDS, fold=fold, split="train", grid=experiment.GRID,
                 photo_set=photo_set)
 
@@ -278,6 +280,156 @@ def train_run(run: Run, config, fold: int, train_dir: str, output_dir: str, stra
     return trainer.model, run_dir
 
 
+def _resumed(summary_path: str, command: str) -> tuple[dict, dict, str]:
+    """A summary already at `summary_path` (`photo_eval.resumed_summary`) and its results.
+
+    Each fold records its machine (the same recipe differs between machines); results from
+    before that take the machine the summary names.
+
+    Args:
+      summary_path: the experiment's real_photos.json (absent: a new experiment).
+      command: this command line.
+
+    Returns:
+      (the summary, empty when new; its runs' results; the commands to record).
+    """
+    previous, command = resumed_summary(summary_path, command)
+    results = previous.get("runs", {})
+    earlier = previous.get("environment", {}).get("machine", "unknown")
+    for run_results in results.values():
+        for fold_result in fold_results(run_results):
+            fold_result.setdefault("machine", earlier)
+    return previous, results, command
+
+
+class _FoldMaterial:
+    """What each fold's runs share, made once: the validation mosaics (which the ceiling
+    shares too), the training records, the mosaics decoded at an audio tower's rate and the
+    towers' outputs on them.
+
+    Args:
+      photos_dir, stamps_dir: the real material.
+      output_dir: where the training records go (data/fold<k>).
+      counts: the scale's counts (experiment.COUNTS).
+      base_config: the experiment's config (its clip length), read only when the mosaics
+        are made (a resumed summary is rewritten without one).
+      log: where progress lines go.
+    """
+
+    def __init__(self, photos_dir: str, stamps_dir: str, output_dir: str,
+                 counts: dict[str, int], base_config, log: Callable[[str], None]):
+        self.photos_dir, self.stamps_dir, self.output_dir = photos_dir, stamps_dir, output_dir
+        self.counts, self.base_config, self.log = counts, base_config, log
+        self._validations: dict[int, Validation] = {}
+        self._train_dirs: dict[int, str] = {}
+        self._arrays: dict[tuple[int, int], tuple] = {}  # (fold, sample rate): decoded
+        self._outputs: dict[tuple[int, str], TowerOutputs] = {}  # (fold, feature cache)
+
+    def validation(self, fold: int) -> Validation:
+        """The fold's validation mosaics.
+
+        Args:
+          fold: the fold.
+        """
+        if fold not in self._validations:
+            self._validations[fold] = validation_mosaics(
+                self.photos_dir, fold, self.counts["validation"],
+                self.base_config.clip_seconds, MOSAIC_SIZE)
+        return self._validations[fold]
+
+    def fold_data(self, fold: int, config) -> tuple:
+        """(training records, validation mosaics, their images, matched and mismatched
+        sounds decoded at the audio tower's rate).
+
+        Args:
+          fold: the fold.
+          config: the run's config (its sample rate).
+        """
+        if fold not in self._train_dirs:
+            self._train_dirs[fold] = fold_records(
+                self.photos_dir, self.stamps_dir,
+                os.path.join(self.output_dir, "data", f"fold{fold}"), fold, self.counts,
+                self.base_config.clip_seconds, self.log)
+        validation = self.validation(fold)
+        if (fold, config.sample_rate) not in self._arrays:
+            self._arrays[fold, config.sample_rate] = decoded(
+                validation.images, validation.matched, validation.mismatched, config)
+        return (self._train_dirs[fold], validation, *self._arrays[fold, config.sample_rate])
+
+    def tower_outputs(self, fold: int, cache: str, model, images: np.ndarray,
+                      matched: np.ndarray, mismatched: np.ndarray) -> TowerOutputs:
+        """The towers' outputs on the fold's validation arrays, once per feature cache (the
+        towers a cache holds are the same in every run that shares it).
+
+        Args:
+          fold: the fold.
+          cache: the feature cache's name (`cache_name`).
+          model: a trained model with those towers.
+          images, matched, mismatched: the fold's decoded validation arrays.
+        """
+        if (fold, cache) not in self._outputs:
+            self._outputs[fold, cache] = tower_outputs(model, images, matched, mismatched)
+        return self._outputs[fold, cache]
+
+
+def _trainer_validation(fold: int, images: np.ndarray, matched: np.ndarray,
+                        validation: Validation) -> Callable:
+    """The Trainer's own validation (TensorBoard): the first held-out mosaics.
+
+    Args:
+      fold: the fold, in the ids.
+      images, matched: the fold's decoded validation images and sounds.
+      validation: the fold's mosaics (their boxes).
+    """
+    import tensorflow as tf
+
+    def validation_fn(config):
+        del config  # the mosaics are decoded already, at the run's rate
+        k = min(VALIDATION_DURING_TRAINING, len(images))
+        return tf.data.Dataset.from_tensor_slices({
+            "image": images[:k], "waveform": matched[:k],
+            "boxes": validation.boxes[:k], "labeled": np.ones([k], bool),
+            "class_id": np.full([k], -1, np.int32),
+            "id": [f"validation/fold{fold}/{i}" for i in range(k)]})
+
+    return validation_fn
+
+
+def _fold_result(run: Run, config, fold: int, material: _FoldMaterial, output_dir: str,
+                 strategy, machine: str, serve_it: bool, log: Callable[[str], None],
+                 tag: str) -> dict:
+    """Trains one run of one fold and scores it on the fold's validation mosaics.
+
+    Args:
+      run: the row.
+      config: the run's config (its tower set, recipe and model seed).
+      fold: the fold.
+      material: the folds' shared material.
+      output_dir: the experiment's directory.
+      strategy: the distribution strategy.
+      machine: the machine, recorded in the result.
+      serve_it: also export the model and score the SavedModel (`serve`).
+      log: where progress lines go.
+      tag: the fold, run and seed, before the served check's lines.
+    """
+    train_dir, validation, images, matched, mismatched = material.fold_data(fold, config)
+    model, run_dir = train_run(run, config, fold, train_dir, output_dir, strategy,
+                               _trainer_validation(fold, images, matched, validation), log)
+    outputs = material.tower_outputs(fold, cache_name(run.towers, config.train_seed), model,
+                                     images, matched, mismatched)
+    maps = model_maps(model, outputs.visual, outputs.matched)
+    result = score(maps, model_maps(model, outputs.visual, outputs.mismatched),
+                   validation.boxes, config.eval_size, config.ciou_threshold)
+    result["classes"] = sorted({c for cs in validation.classes for c in cs})
+    result["machine"] = machine
+    result["by_class"] = hits_by_class(maps, validation)
+    if serve_it:
+        result["served"] = serve(model, config, run_dir, fold, validation, images,
+                                 os.path.join(output_dir, f"overlays_fold{fold}.png"),
+                                 log=lambda m: log(f"{tag} {m}"))
+    return result
+
+
 def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
                     stamps_dir: str, strategy, environment: dict, command: str,
                     runs_filter: list[str] | None = None,
@@ -302,71 +454,24 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
 
     plan = select_runs(runs(), runs_filter, "real_photos")
     check_inputs(photos_dir, stamps_dir, {r.towers for r in plan})
-    counts = experiment.COUNTS[scale]
-    summary_path = os.path.join(output_dir, "real_photos.json")
-    results: dict[str, Any] = {}
-    pairs: dict[str, list[str]] = {}
-    previous: dict[str, Any] = {}
-    started = time.perf_counter()
-    if os.path.exists(summary_path):
-        # A resumed experiment: the time already spent stands, and a command that adds
-        # runs is recorded after the first, so the table's provenance names both.
-        with open(summary_path) as f:
-            previous = json.load(f)
-        results = previous.get("runs", {})
-        # Each fold records its machine (the same recipe differs between machines); results
-        # from before that take the machine the summary names.
-        earlier = previous.get("environment", {}).get("machine", "unknown")
-        for run_results in results.values():
-            for fold_result in fold_results(run_results):
-                fold_result.setdefault("machine", earlier)
-        recorded = previous.get("command", command)
-        command = (recorded if command in recorded.split(RESUMED)
-                   else recorded + RESUMED + command)
-        started -= previous.get("seconds", 0.0)
-        pairs = previous.get("training_pairs", {})
+    previous, results, command = _resumed(os.path.join(output_dir, "real_photos.json"),
+                                          command)
+    started = time.perf_counter() - previous.get("seconds", 0.0)  # a resumed run's time stands
+    pairs = previous.get("training_pairs", {})
+    material = _FoldMaterial(photos_dir, stamps_dir, output_dir, experiment.COUNTS[scale],
+                             base_config, log)
     # Made once, as the fold records are: the training pairs and the ideal map's scores
     # follow from the material and the folds (loading the material for them takes seconds
     # at every start otherwise).
-    if not pairs and os.path.isfile(os.path.join(photos_dir, "manifest.json")):
+    has_material = os.path.isfile(os.path.join(photos_dir, "manifest.json"))
+    if not pairs and has_material:
         pairs = training_pairs(photos_dir, stamps_dir)
-    validations: dict[int, Validation] = {}
-
-    def validation_of(fold: int) -> Validation:
-        """The fold's validation mosaics, made once (the ceiling and the runs share them)."""
-        if fold not in validations:
-            validations[fold] = validation_mosaics(photos_dir, fold, counts["validation"],
-                                                   base_config.clip_seconds, 320)
-        return validations[fold]
-
     ceiling = previous.get("object_boxes")
-    if not ceiling and os.path.isfile(os.path.join(photos_dir, "manifest.json")):
+    if not ceiling and has_material:
         ceiling = pooled_object_boxes([
-            object_box_scores(validation_of(fold), base_config.eval_size,
+            object_box_scores(material.validation(fold), base_config.eval_size,
                               base_config.ciou_threshold)
             for fold in range(experiment.FOLDS)])
-
-    def write() -> dict:
-        return _write(output_dir, results, scale, seeds, started, environment,
-                      command, pairs, ceiling)
-
-    folds: dict[int, tuple] = {}
-    arrays: dict[tuple[int, int], tuple] = {}  # (fold, sample rate): the decoded mosaics
-    outputs: dict[tuple[int, str], TowerOutputs] = {}  # (fold, feature cache): validation
-
-    def fold_data(fold: int, config) -> tuple:
-        """Training records, validation mosaics and their arrays at the audio tower's
-        rate, made once."""
-        if fold not in folds:
-            train_dir = fold_records(photos_dir, stamps_dir,
-                                     os.path.join(output_dir, "data", f"fold{fold}"), fold,
-                                     counts, base_config.clip_seconds, log)
-            folds[fold] = (train_dir, validation_of(fold))
-        train_dir, validation = folds[fold]
-        if (fold, config.sample_rate) not in arrays:
-            arrays[fold, config.sample_rate] = decoded(validation.images, validation.matched,
-                                                   validation.mismatched, config)
-        return (train_dir, validation, *arrays[fold, config.sample_rate])
 
     # Run-major: the first rows (the chosen recipe) are complete before the ablations start.
     seeds = list(seeds or experiment.MODEL_SEEDS[scale])
@@ -384,44 +489,21 @@ def run_real_photos(base_config, output_dir: str, scale: str, photos_dir: str,
                     continue
                 config = base_config.replace(**experiment.TOWER_SETS[run.towers],
                                              **run.overrides, train_seed=seed)
-                train_dir, validation, images, matched, mismatched = fold_data(fold, config)
-
-                def validation_fn(config, fold=fold, images=images, matched=matched,
-                                  validation=validation):
-                    # The Trainer's own validation (TensorBoard): the first held-out mosaics.
-                    k = min(VALIDATION_DURING_TRAINING, len(images))
-                    return tf.data.Dataset.from_tensor_slices({
-                        "image": images[:k], "waveform": matched[:k],
-                        "boxes": validation.boxes[:k], "labeled": np.ones([k], bool),
-                        "class_id": np.full([k], -1, np.int32),
-                        "id": [f"validation/fold{fold}/{i}" for i in range(k)]})
-
-                model, run_dir = train_run(run, config, fold, train_dir, output_dir, strategy,
-                                           validation_fn, log)
-                key = (fold, cache_name(run.towers, seed))
-                if key not in outputs:
-                    outputs[key] = tower_outputs(model, images, matched, mismatched)
-                maps = model_maps(model, outputs[key].visual, outputs[key].matched)
-                fold_result = score(maps, model_maps(model, outputs[key].visual,
-                                                     outputs[key].mismatched),
-                                    validation.boxes, config.eval_size, config.ciou_threshold)
-                fold_result["classes"] = sorted({c for cs in validation.classes for c in cs})
-                fold_result["machine"] = environment.get("machine", "unknown")
-                fold_result["by_class"] = hits_by_class(maps, validation)
-                if run.key == experiment.FINAL_RUN and seed == seeds[0]:
-                    fold_result["served"] = serve(
-                        model, config, run_dir, fold, validation, images,
-                        os.path.join(output_dir, f"overlays_fold{fold}.png")
-                        if seed == seeds[0] else None, log=lambda m: log(f"{tag} {m}"))
+                fold_result = _fold_result(
+                    run, config, fold, material, output_dir, strategy,
+                    environment.get("machine", "unknown"),
+                    run.key == experiment.FINAL_RUN and seed == seeds[0], log, tag)
                 done[str(fold)] = fold_result
                 entry["config"] = json.loads(json.dumps(dataclasses.asdict(
                     config.replace(train_seed=seeds[0]))))
                 log(f"{tag} pointing {fold_result['pointing_game']:.3f}  "
                     f"cIoU@0.5 {fold_result['ciou_at_0_5']:.3f}  mismatched pointing "
                     f"{fold_result['mismatched_pointing_game']:.3f}")
-                write()
+                _write(output_dir, results, scale, seeds, started, environment, command,
+                       pairs, ceiling)
                 tf.keras.backend.clear_session()
-    return write()
+    return _write(output_dir, results, scale, seeds, started, environment, command, pairs,
+                  ceiling)
 
 
 def serve(model, config, run_dir: str, fold: int, validation: Validation, images: np.ndarray,

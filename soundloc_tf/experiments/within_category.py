@@ -83,7 +83,6 @@ CATEGORIES: dict[str, str] = {
     **{name: "other" for name in ("hand_saw", "toilet")},
 }
 FINAL_RUN = "recommended"
-RESUMED = " ; then "  # joins the commands of a resumed experiment in its summary
 # The Trainer's own validation (TensorBoard): the first held-out mosaics of a fold.
 VALIDATION_DURING_TRAINING = 8
 # How a run's training mosaics and composites are drawn: "mixed", of any categories (a
@@ -542,57 +541,242 @@ def trainer_validation(arrays: tuple, mosaics: Mosaics, fold: int):
         "id": [f"validation/fold{fold}/{i}" for i in range(k)]})
 
 
+def _check_material(photos_dirs: list[str], stamps_dir: str) -> None:
+    """Fails in seconds when a photo set or the stamps have no manifest.json.
+
+    Args:
+      photos_dirs: the photo sets.
+      stamps_dir: the cut-outs, recordings and backgrounds.
+    """
+    for path in [*photos_dirs, stamps_dir]:
+        if not os.path.isfile(os.path.join(path, "manifest.json")):
+            raise ValueError(f"within_category needs real material with a manifest.json "
+                             f"(../shared/realsets). Received: {path!r}")
+
+
+class _Validation:
+    """The folds' validation, made once and shared by every run: the mosaics per fold and
+    category, those decoded at a run's towers' rate and the towers' outputs on them (keyed
+    by `cache_key`: runs with the same frozen towers share them).
+
+    Args:
+      photo_set: the loaded photos and recordings.
+      categories: class -> category.
+      count: mosaics per fold and category.
+      log: where progress lines go.
+    """
+
+    def __init__(self, photo_set, categories: dict[str, str], count: int,
+                 log: Callable[[str], None]):
+        self.photo_set, self.categories, self.count, self.log = (photo_set, categories, count,
+                                                                 log)
+        self._mosaics: dict[int, list[Mosaics]] = {}
+        # (fold, category, cache_key): the mosaics decoded, the towers' outputs.
+        self._arrays: dict[tuple[int, str, str], tuple] = {}
+        self._towers: dict[tuple[int, str, str], Any] = {}
+
+    def mosaics(self, index: int, fold: dict, clip_seconds: float) -> list[Mosaics]:
+        """The fold's mosaics, one `Mosaics` per category that has enough groups.
+
+        Args:
+          index: the fold's index.
+          fold: the fold (`instance_folds`).
+          clip_seconds: the clips' length.
+        """
+        if index not in self._mosaics:
+            self._mosaics[index] = [
+                m for c in sorted(set(self.categories.values()))
+                if (m := category_mosaics(self.photo_set, fold, c, self.categories, self.count,
+                                          clip_seconds, DATA_SEEDS["validation"] + index))]
+            self.log(f"fold {index}: validation " + ", ".join(
+                f"{m.category} {len(m.images)}" for m in self._mosaics[index]))
+        return self._mosaics[index]
+
+    def arrays(self, index: int, mosaics: Mosaics, config) -> tuple:
+        """(images, matched, mismatched) of one category's mosaics at the config's rate.
+
+        Args:
+          index: the fold's index.
+          mosaics: one category's mosaics of that fold.
+          config: the run's config.
+        """
+        from soundloc_tf.experiments import photo_eval
+
+        key = (index, mosaics.category, cache_key(config))
+        if key not in self._arrays:
+            self._arrays[key] = photo_eval.decoded(mosaics.images, mosaics.matched,
+                                                   mosaics.mismatched, config)
+        return self._arrays[key]
+
+    def towers(self, index: int, mosaics: Mosaics, config, model):
+        """The frozen towers' outputs on one category's mosaics (`photo_eval.tower_outputs`).
+
+        Args:
+          index: the fold's index.
+          mosaics: one category's mosaics of that fold.
+          config: the run's config.
+          model: a trained model with the config's towers.
+        """
+        from soundloc_tf.experiments import photo_eval
+
+        key = (index, mosaics.category, cache_key(config))
+        if key not in self._towers:
+            self._towers[key] = photo_eval.tower_outputs(
+                model, *self.arrays(index, mosaics, config))
+        return self._towers[key]
+
+
+def _train(run: Run, config, index: int, train_dir: str, output_dir: str, strategy,
+           validation: _Validation, mosaics: Mosaics, log: Callable[[str], None], tag: str):
+    """Trains one run of one fold on the fold's feature cache (made when missing).
+
+    Args:
+      run: the row.
+      config: the run's config (its recipe and model seed).
+      index: the fold's index.
+      train_dir: the fold's training records.
+      output_dir: the experiment's directory (runs/ and feature_cache/ under it).
+      strategy: the distribution strategy.
+      validation: the folds' shared validation.
+      mosaics: the mosaics the Trainer validates on (`trainer_validation`).
+      log: where progress lines go.
+      tag: the fold, run and seed, before the Trainer's lines.
+
+    Returns:
+      (the trained model, its run directory).
+    """
+    import keras
+
+    from soundloc_tf.dataloaders import records
+    from soundloc_tf.experiments import photo_eval
+    from soundloc_tf.train import feature_cache
+    from soundloc_tf.train.training import Trainer
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(config.train_seed)
+    run_dir = os.path.join(output_dir, "runs", f"fold{index}",
+                           f"{run.key}_seed{config.train_seed}")
+    trainer = Trainer(config, run_dir, strategy,
+                      validation=trainer_validation(validation.arrays(index, mosaics, config),
+                                                    mosaics, index),
+                      log=lambda m: log(f"{tag} {m}"))
+    cache_dir = os.path.join(output_dir, "feature_cache", scene_folder(run, index),
+                             cache_key(config))
+    source = records.read_records(config, train_dir, training=False, verify=False)
+    manifest = feature_cache.ensure_cache(trainer.model, config, source, cache_dir, log=log)
+    dataset_fn = feature_cache.cache_dataset_fn(
+        config, cache_dir, in_memory=feature_cache.fits_in_memory(manifest))
+    trainer.use_feature_cache(photo_eval.composed_labels(dataset_fn)
+                              if run.labels == "composed" else dataset_fn)
+    trainer.train()
+    return trainer.model, run_dir
+
+
+def _fold_result(model, config, index: int, fold: dict, validation: _Validation,
+                 mosaics: list[Mosaics], machine: str, export_dir: str | None) -> dict:
+    """Scores a trained model on the fold's mosaics per category; with `export_dir`, also
+    the exported SavedModel's `serving_default` on the same bytes ("served").
+
+    Args:
+      model: the trained model.
+      config: its config.
+      index: the fold's index.
+      fold: the fold (its left-out classes are scored apart).
+      validation: the folds' shared validation.
+      mosaics: the fold's mosaics per category.
+      machine: the machine, recorded.
+      export_dir: where to export the model to serve it; None: not served.
+    """
+    import tensorflow as tf
+
+    from soundloc_tf.experiments import photo_eval
+    from soundloc_tf.inference import export
+
+    result: dict[str, Any] = {"machine": machine}
+    left_out = set(fold["left_out_classes"])
+    signature = None
+    if export_dir is not None:
+        path = export.export_model(model, config, export_dir,
+                                   extra_info={"experiment": "within_category", "fold": index,
+                                               "train_seed": config.train_seed})
+        signature = tf.saved_model.load(path).signatures["serving_default"]
+    served: dict[str, Any] = {}
+    for category in mosaics:
+        out = validation.towers(index, category, config, model)
+        result[category.category] = score(
+            photo_eval.model_maps(model, out.visual, out.matched),
+            photo_eval.model_maps(model, out.visual, out.mismatched), category, left_out)
+        if signature is not None:
+            served[category.category] = score(
+                photo_eval.serving_maps(signature, category.images, category.matched),
+                photo_eval.serving_maps(signature, category.images, category.mismatched),
+                category, left_out)
+    if signature is not None:
+        result["served"] = served
+    return result
+
+
+def _write(output_dir: str, header: dict, started: float, environment: dict,
+           results: dict) -> dict:
+    """Writes within_category.json and .md; returns the summary.
+
+    Args:
+      output_dir: the experiment's directory.
+      header: the summary's fields before its time (schema ... final_run).
+      started: `time.perf_counter()` at the start, less the time a resumed run spent.
+      environment: `provenance.environment()`.
+      results: the runs' results.
+    """
+    from soundloc_tf.experiments import photo_eval
+
+    summary = {**header, "seconds": round(time.perf_counter() - started, 1),
+               "environment": environment, "runs": results}
+    summary["table"] = summarise(results, FOLDS)
+    summary["markdown"] = markdown(summary)
+    photo_eval.write_summary(output_dir, "within_category", summary, summary["markdown"])
+    return summary
+
+
 def run_within_category(base_config, output_dir: str, scale: str, photos_dirs: list[str],
                         stamps_dir: str, strategy, environment: dict, command: str,
                         runs_filter: list[str] | None = None,
                         seeds: list[int] | None = None,
                         log: Callable[[str], None] = print) -> dict:
     """Every fold of every run (resumable: finished folds are kept), the served check of
-    FINAL_RUN at the scale's first model seed, and the summary JSON and markdown."""
-    import keras
-    import tensorflow as tf
+    FINAL_RUN at the scale's first model seed, and the summary JSON and markdown.
 
-    from soundloc_tf.dataloaders import records
+    Args:
+      base_config: the preset with the scale's and the command line's fields.
+      output_dir: where the records, caches, runs and within_category.json/.md go; a
+        summary already there is resumed (finished folds kept, the commands joined).
+      scale: "quick" or "full" (COUNTS, MODEL_SEEDS).
+      photos_dirs: the photo sets (each with a manifest.json).
+      stamps_dir: the cut-outs, recordings and backgrounds.
+      strategy: the distribution strategy every run shares.
+      environment: `provenance.environment()`, recorded.
+      command: the command line, recorded.
+      runs_filter: only these rows' keys; None: every row.
+      seeds: the model seeds; None: the scale's.
+      log: where progress lines go.
+    """
     from soundloc_tf.experiments import photo_eval
-    from soundloc_tf.inference import export
-    from soundloc_tf.train import feature_cache
-    from soundloc_tf.train.training import Trainer
 
     plan = photo_eval.select_runs(runs(), runs_filter, "within_category")
-    for path in [*photos_dirs, stamps_dir]:
-        if not os.path.isfile(os.path.join(path, "manifest.json")):
-            raise ValueError(f"within_category needs real material with a manifest.json "
-                             f"(../shared/realsets). Received: {path!r}")
+    _check_material(photos_dirs, stamps_dir)
     counts, seeds = COUNTS[scale], list(seeds or MODEL_SEEDS[scale])
     photo_set, categories = load_material(photos_dirs, log)
     folds = instance_folds(photo_set, categories, FOLDS)
-    summary_path = os.path.join(output_dir, "within_category.json")
-    previous: dict[str, Any] = {}
-    if os.path.exists(summary_path):
-        with open(summary_path) as f:
-            previous = json.load(f)
+    # A resumed experiment names every command that added to it, and all its model seeds.
+    previous, command = photo_eval.resumed_summary(
+        os.path.join(output_dir, "within_category.json"), command)
     results: dict[str, Any] = previous.get("runs", {})
     started = time.perf_counter() - previous.get("seconds", 0.0)
-    # A resumed experiment names every command that added to it, and all its model seeds.
-    recorded = previous.get("command", command)
-    command = recorded if command in recorded.split(RESUMED) else recorded + RESUMED + command
     seeds_done = sorted({int(s) for run in results.values() for s in run["seeds"]} | set(seeds))
-    validation: dict[int, list[Mosaics]] = {}
-    # (fold, category, towers): the mosaics decoded at the tower's rate, the towers' outputs.
-    arrays: dict[tuple[int, str, str], tuple] = {}
-    towers: dict[tuple[int, str, str], photo_eval.TowerOutputs] = {}
-
-    def write() -> dict:
-        summary = {"schema": "soundloc.experiment/1", "experiment": "within_category",
-                   "command": command, "description": " ".join(__doc__.split("\n\n")[2].split()),
-                   "scale": scale, "folds": folds, "counts": counts, "model_seeds": seeds_done,
-                   "photos": photos_dirs, "final_run": FINAL_RUN,
-                   "seconds": round(time.perf_counter() - started, 1),
-                   "environment": environment, "runs": results}
-        summary["table"] = summarise(results, FOLDS)
-        summary["markdown"] = markdown(summary)
-        photo_eval.write_summary(output_dir, "within_category", summary, summary["markdown"])
-        return summary
+    header = {"schema": "soundloc.experiment/1", "experiment": "within_category",
+              "command": command, "description": " ".join(__doc__.split("\n\n")[2].split()),
+              "scale": scale, "folds": folds, "counts": counts, "model_seeds": seeds_done,
+              "photos": photos_dirs, "final_run": FINAL_RUN}
+    validation = _Validation(photo_set, categories, counts["validation"], log)
 
     for run in plan:
         entry = results.setdefault(run.key, {"description": run.description,
@@ -606,70 +790,23 @@ def run_within_category(base_config, output_dir: str, scale: str, photos_dirs: l
                 if str(k) in done:
                     continue
                 config = base_config.replace(**run.overrides, train_seed=seed)
-                if k not in validation:
-                    validation[k] = [m for c in sorted(set(categories.values()))
-                                     if (m := category_mosaics(
-                                         photo_set, fold, c, categories, counts["validation"],
-                                         config.clip_seconds, DATA_SEEDS["validation"] + k))]
-                    log(f"fold {k}: validation " + ", ".join(
-                        f"{m.category} {len(m.images)}" for m in validation[k]))
+                mosaics = validation.mosaics(k, fold, config.clip_seconds)
                 train_dir = fold_records(photo_set, stamps_dir, fold, k,
                                          os.path.join(output_dir, "data", scene_folder(run, k)),
                                          counts, config.clip_seconds, run.scenes, categories,
                                          log)
-                for mosaics in validation[k]:
-                    key = (k, mosaics.category, cache_key(config))
-                    if key not in arrays:
-                        arrays[key] = photo_eval.decoded(mosaics.images, mosaics.matched,
-                                                         mosaics.mismatched, config)
-                keras.backend.clear_session()
-                keras.utils.set_random_seed(seed)
-                run_dir = os.path.join(output_dir, "runs", f"fold{k}", f"{run.key}_seed{seed}")
-                trainer = Trainer(config, run_dir, strategy,
-                                  validation=trainer_validation(
-                                      arrays[k, validation[k][0].category, cache_key(config)],
-                                      validation[k][0], k),
-                                  log=lambda m: log(f"{tag} {m}"))
-                cache_dir = os.path.join(output_dir, "feature_cache", scene_folder(run, k),
-                                         cache_key(config))
-                source = records.read_records(config, train_dir, training=False, verify=False)
-                manifest = feature_cache.ensure_cache(trainer.model, config, source, cache_dir,
-                                                      log=log)
-                dataset_fn = feature_cache.cache_dataset_fn(
-                    config, cache_dir, in_memory=feature_cache.fits_in_memory(manifest))
-                trainer.use_feature_cache(photo_eval.composed_labels(dataset_fn)
-                                          if run.labels == "composed" else dataset_fn)
-                trainer.train()
-                model = trainer.model
-                fold_result: dict[str, Any] = {"machine": environment.get("machine", "unknown")}
-                left_out = set(fold["left_out_classes"])
-                served_parts: dict[str, Any] = {}
-                signature = None
-                if run.key == FINAL_RUN and seed == MODEL_SEEDS[scale][0]:
-                    path = export.export_model(model, config, os.path.join(run_dir, "export"),
-                                               extra_info={"experiment": "within_category",
-                                                           "fold": k, "train_seed": seed})
-                    signature = tf.saved_model.load(path).signatures["serving_default"]
-                for mosaics in validation[k]:
-                    key = (k, mosaics.category, cache_key(config))
-                    if key not in towers:
-                        towers[key] = photo_eval.tower_outputs(model, *arrays[key])
-                    out = towers[key]
-                    fold_result[mosaics.category] = score(
-                        photo_eval.model_maps(model, out.visual, out.matched),
-                        photo_eval.model_maps(model, out.visual, out.mismatched),
-                        mosaics, left_out)
-                    if signature is not None:
-                        served_parts[mosaics.category] = score(
-                            photo_eval.serving_maps(signature, mosaics.images, mosaics.matched),
-                            photo_eval.serving_maps(signature, mosaics.images,
-                                                    mosaics.mismatched), mosaics, left_out)
-                if signature is not None:
-                    fold_result["served"] = served_parts
+                for category in mosaics:
+                    validation.arrays(k, category, config)
+                model, run_dir = _train(run, config, k, train_dir, output_dir, strategy,
+                                        validation, mosaics[0], log, tag)
+                served = run.key == FINAL_RUN and seed == MODEL_SEEDS[scale][0]
+                fold_result = _fold_result(model, config, k, fold, validation, mosaics,
+                                           environment.get("machine", "unknown"),
+                                           os.path.join(run_dir, "export") if served else None)
                 done[str(k)] = fold_result
                 log(f"{tag} " + "; ".join(
                     f"{c}: pointing {r['seen']['hits']}/{r['seen']['n']}, mismatched "
                     f"{r['seen']['mismatched_hits']}/{r['seen']['n']}"
                     for c, r in fold_result.items() if c not in ("machine", "served")))
-                write()
-    return write()
+                _write(output_dir, header, started, environment, results)
+    return _write(output_dir, header, started, environment, results)
