@@ -185,6 +185,7 @@ class Config:
 
     @property
     def num_samples(self) -> int:
+        """Samples of one clip at sample_rate."""
         return int(round(self.sample_rate * self.clip_seconds))
 
     @property
@@ -196,6 +197,7 @@ class Config:
 
     @property
     def effective_fmax(self) -> float:
+        """The mel filterbank's top frequency: fmax, or the Nyquist frequency for 0."""
         return self.fmax if self.fmax > 0 else self.sample_rate / 2
 
     @property
@@ -219,6 +221,11 @@ class Config:
         return towers.IMAGE[self.image_tower].channels(self.tiny_image_widths)
 
     def replace(self, **changes: Any) -> "Config":
+        """A copy with `changes` applied, validated again.
+
+        Args:
+          **changes: `Config` fields and their new values.
+        """
         return dataclasses.replace(self, **changes)
 
 
@@ -243,6 +250,7 @@ def get_config(preset: str = DEFAULT_PRESET, **overrides: Any) -> Config:
 
 
 def _require(condition: bool, message: str, **received: Any) -> None:
+    """Raises ValueError("<message>. Received: name=value, ...") unless `condition`."""
     if not condition:
         shown = ", ".join(f"{k}={v!r}" for k, v in received.items())
         raise ValueError(f"{message}. Received: {shown}")
