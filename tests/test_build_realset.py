@@ -8,23 +8,25 @@ registries is slow and skips when the fetch fails.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import json
 import os
 import shutil
 import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from soundloc_tf.realset import builder
 from soundloc_tf.realset.rcc import ReservedPathError, RccFile, refuse_reserved
-from tools import build_realset
 
 needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb not installed")
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _jpeg(width: int = 640, height: int = 480) -> bytes:
@@ -95,8 +97,8 @@ def test_builds_a_set_that_load_photo_set_reads(tmp_path, capsys):
 
     cache = _fake_deb(tmp_path)
     out = tmp_path / "out"
-    code = build_realset.main([f"--output={out}", f"--cache={cache}", "--offline",
-                               f"--material={_write(tmp_path, _material())}"])
+    code = builder.build_and_report(str(out), _write(tmp_path, _material()), cache=str(cache),
+                                    offline=True)
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "debian fake-media 1.0-1" in printed and "1 photos, 2 recordings" in printed
@@ -129,9 +131,9 @@ def test_a_tampered_file_is_refused_with_one_line_and_exit_2(tmp_path, capsys):
     expected = material["items"][1]["sha256"]
     material["items"][1]["sha256"] = "0" * 64  # the package's file no longer matches the list
     out = tmp_path / "out"
-    code = build_realset.main([f"--output={out}", f"--cache={cache}", "--offline",
-                               f"--material={_write(tmp_path, material)}"])
-    assert code == 2
+    code = builder.build_and_report(str(out), _write(tmp_path, material), cache=str(cache),
+                                    offline=True)
+    assert code == builder.REFUSED
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert ("fake-media" in err[0] and "1.0-1" in err[0] and "usr/share/fake/sounds/meow.wav"
@@ -144,12 +146,15 @@ def test_a_tampered_file_is_refused_with_one_line_and_exit_2(tmp_path, capsys):
 def test_a_refused_rebuild_leaves_the_previous_set_as_it_was(tmp_path, capsys):
     cache = _fake_deb(tmp_path)
     out = tmp_path / "out"
-    args = [f"--output={out}", f"--cache={cache}", "--offline"]
-    assert build_realset.main(args + [f"--material={_write(tmp_path, _material())}"]) == 0
+    def build(material) -> int:
+        return builder.build_and_report(str(out), _write(tmp_path, material), cache=str(cache),
+                                        offline=True)
+
+    assert build(_material()) == 0
     before = {p: (out / p).read_bytes() for p in ("manifest.json", "photos/cat__0.jpg")}
     material = _material()
     material["items"][0]["sha256"] = "f" * 64
-    assert build_realset.main(args + [f"--material={_write(tmp_path, material)}"]) == 2
+    assert build(material) == builder.REFUSED
     assert {p: (out / p).read_bytes() for p in before} == before
 
 
@@ -167,11 +172,17 @@ def test_a_wheel_is_read_from_the_cache(tmp_path, capsys):
     assert manifest["photos"][0]["source_registry"] == "pypi"
 
 
-def test_a_missing_package_offline_is_one_clear_error(tmp_path, capsys):
-    code = build_realset.main([f"--output={tmp_path / 'out'}", f"--cache={tmp_path / 'cache'}",
-                               "--offline", f"--material={_write(tmp_path, _material())}"])
-    assert code == 2
-    assert "not in the download cache" in capsys.readouterr().err
+def test_a_missing_package_offline_is_one_clear_error_and_exit_2(tmp_path):
+    """Through the command line, its flags included."""
+    result = subprocess.run(
+        [sys.executable, "-m", "soundloc_tf.tools.build_realset", f"--output={tmp_path / 'out'}",
+         f"--cache={tmp_path / 'cache'}", "--offline",
+         f"--material={_write(tmp_path, _material())}"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=120)
+    assert result.returncode == 2, result.stderr
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "not in the download cache" in err[0]
     assert not (tmp_path / "out").exists()
 
 
@@ -185,9 +196,9 @@ def test_a_farm_animals_path_is_refused(tmp_path, capsys):
                                     "/gcompris/src/activities/explore_farm_animals/resource/x.webp")
     with pytest.raises(ReservedPathError):
         builder.check_material(material)
-    code = build_realset.main([f"--output={tmp_path / 'out'}", f"--cache={tmp_path / 'cache'}",
-                               "--offline", f"--material={_write(tmp_path, material)}"])
-    assert code == 2 and "farm_animals" in capsys.readouterr().err
+    code = builder.build_and_report(str(tmp_path / "out"), _write(tmp_path, material),
+                                    cache=str(tmp_path / "cache"), offline=True)
+    assert code == builder.REFUSED and "farm_animals" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

