@@ -16,6 +16,8 @@ from typing import Callable
 
 import numpy as np
 
+from soundloc_tf import wav_encode
+
 # The ids `importers` gives scenes it composed (a composite, a mosaic): their box is where
 # the sounding object or tile was put, known without anyone drawing it.
 COMPOSED_IDS = r"(composite|mosaics)/.*"
@@ -44,11 +46,16 @@ def composed_labels(dataset_fn: Callable) -> Callable:
 
 
 def wav_bytes(waveform: np.ndarray, sample_rate: int) -> bytes:
-    import soundfile
+    """A held-out sound as a client sends it: 16-bit PCM WAV bytes.
 
-    buffer = io.BytesIO()
-    soundfile.write(buffer, waveform, sample_rate, subtype="PCM_16", format="WAV")
-    return buffer.getvalue()
+    By libsndfile's rule (`wav_encode.PCM_RULES`), which wrote these sounds before
+    wav_encode was the one encoder: the same bytes, so the experiments' results stay.
+
+    Args:
+      waveform: [F] mono, full scale at +-1.
+      sample_rate: in Hz.
+    """
+    return wav_encode.wav_bytes(waveform, sample_rate, rule="libsndfile")
 
 
 def decoded(images: list[bytes], matched: list[bytes], mismatched: list[bytes],

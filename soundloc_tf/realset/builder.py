@@ -39,6 +39,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from soundloc_tf import wav_encode
 from soundloc_tf.realset.containers import PackageTree, split_container
 from soundloc_tf.realset.rcc import RESERVED, ReservedPathError, refuse_reserved
 
@@ -264,8 +265,6 @@ def loudest_window(audio: np.ndarray, length: int) -> int:
 def recording_wav(data: bytes) -> tuple[bytes, dict[str, float]]:
     """-> (16-kHz mono 16-bit PCM WAV bytes, durations): trimmed, the loudest ≤10 s, fades,
     peak 0.9."""
-    import soundfile
-
     from soundloc_tf.dataloaders import audio_io
 
     mono, rate = decode_audio(data)
@@ -281,9 +280,8 @@ def recording_wav(data: bytes) -> tuple[bytes, dict[str, float]]:
         clip[:fade] *= ramp
         clip[-fade:] *= ramp[::-1]
     clip *= 0.9 / max(float(np.max(np.abs(clip))), 1e-9)
-    out = io.BytesIO()
-    soundfile.write(out, clip, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    return out.getvalue(), {
+    # libsndfile's rule wrote the sets built so far (soundfile.write): the same bytes.
+    return wav_encode.wav_bytes(clip, SAMPLE_RATE, rule="libsndfile"), {
         "original_sample_rate": rate,
         "original_duration_s": round(len(mono) / rate, 3),
         "trimmed_duration_s": round(len(trimmed) / SAMPLE_RATE, 3),
