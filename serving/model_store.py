@@ -19,6 +19,11 @@ from .request_errors import RequestError, bad, echo, first_line, utf8
 
 DEFAULT_MAX_INSTANCES = 64
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+# The signature TF Serving runs when a request names none: TensorFlow's
+# tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY, which the export gives its bytes
+# signature (soundloc_tf.inference.signatures.BYTES_SIGNATURE). Written out, not imported:
+# the server reads the model only through the SavedModel, and loads TensorFlow only after
+# quieting its logs (tests/test_signature_names.py checks the three agree).
 DEFAULT_SIGNATURE = "serving_default"
 # The answer's JSON is estimated at this many bytes per number ("-0.123456789012345678, ").
 BYTES_PER_NUMBER = 24

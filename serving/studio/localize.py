@@ -28,9 +28,11 @@ WAV_RATE = 16000
 # accepts 64 instances): enough for the overlay to follow the sound when scrubbing.
 MAX_VIDEO_SAMPLES = 24
 VIDEO_INTERVAL_SECONDS = 0.5
-# The served graph's limit on each image side (export.MAX_IMAGE_SIDE; not imported: that
-# module loads TensorFlow).  Checked from the header before Pillow decodes a converted
-# upload, so a 54-byte BMP claiming 30000 x 30000 is refused, not decoded (2.7 GB).
+# The served graph's limit on each image side (soundloc_tf.inference.image_decode's
+# MAX_IMAGE_SIDE; not imported: the serving side knows the model only through its
+# signatures, and that module loads TensorFlow).  Checked from the header before Pillow
+# decodes a converted upload, so a 54-byte BMP claiming 30000 x 30000 is refused, not
+# decoded (2.7 GB).
 MAX_IMAGE_SIDE = 4096
 
 
