@@ -108,6 +108,12 @@ class Config:
     # attention is exactly uniform and no gradient reaches it; False uses
     # softmax(cos / T) instead (docs/FINDINGS.md, "Deviations").
     attention_relu: bool = True
+    # A learned 1x1 convolution on the visual map before the attention (EZ-VSL's img_proj),
+    # identity-initialised so training starts from the pretrained tower's geometry. The
+    # paper correlates the sound with the tower's own map (False); with frozen towers that
+    # leaves the map's channels as ImageNet weighs them, and within one category the peak
+    # follows the photo (docs/FINDINGS.md).
+    visual_projection: bool = False
 
     # --- losses -------------------------------------------------------------
     unsupervised_loss: str = "triplet"

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from soundloc_tf.config import get_config
+from soundloc_tf.modeling import models
 from soundloc_tf.modeling.models import SoundAttention, build_image_tower, build_model
 
 
@@ -154,3 +155,22 @@ def test_bfloat16_image_tower_computes_in_bf16_and_hands_on_float32():
     assert got.dtype == np.float32
     error = np.abs(got - want).max() / np.abs(want).max()
     assert 1e-5 < error < 0.03  # bf16 arithmetic did run, and only rounds
+
+
+def test_visual_projection_starts_as_the_identity_and_is_trainable():
+    config = get_config("tiny")
+    plain = models.build_localizer(config)
+    projected = models.build_localizer(config.replace(visual_projection=True))
+    layer = projected.get_layer("visual_projection")
+    np.testing.assert_array_equal(layer.kernel.numpy(), np.eye(config.visual_dim))
+    # The same heads' weights: at initialisation the projected map gives the same attention.
+    for source in plain.layers:
+        if source.weights:
+            projected.get_layer(source.name).set_weights(source.get_weights())
+    rng = np.random.default_rng(0)
+    visual = rng.normal(size=(2, config.map_size, config.map_size, config.visual_dim))
+    audio = rng.normal(size=(2, config.audio_feature_dim))
+    inputs = [visual.astype("float32"), audio.astype("float32")]
+    np.testing.assert_allclose(projected(inputs)["attention"].numpy(),
+                               plain(inputs)["attention"].numpy(), atol=1e-6)
+    assert any(w is layer.kernel for w in projected.trainable_weights)

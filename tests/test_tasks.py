@@ -58,10 +58,11 @@ def test_a_mode_that_contradicts_an_explicit_freeze_field_is_refused():
     assert localization.resolve_tower_mode(config, "fine_tuned")[1] == "fine_tuned"
 
 
-def test_the_cached_mode_refuses_several_workers(monkeypatch):
+def test_a_cached_run_refuses_a_tf_config_that_names_no_workers(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", '{"cluster": {}}')
-    with pytest.raises(ValueError, match="trains on one worker"):
-        localization.resolve_tower_mode(get_config("tiny"), "cached")
+    with pytest.raises(ValueError, match="TF_CONFIG must name the workers"):
+        localization.LocalizationTask(get_config("tiny"),
+                                      localization.DataConfig(tower_mode="cached"))
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -91,7 +92,7 @@ def test_the_run_flags_record_the_resolved_mode():
         "records": None, "records_weights": None, "annotations": None,
         "validation_records": None, "tower_mode": "cached", "feature_cache": None,
         "cache_dtype": "float16", "cache_image_tower": "model", "cache_in_memory": "auto",
-        "cache_samples": 10_000}
+        "cache_samples": 10_000, "cache_parts": 1}
 
 
 @pytest.mark.parametrize("flag, message", [

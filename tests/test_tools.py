@@ -151,7 +151,7 @@ def test_cached_tower_mode_builds_the_cache_once_then_reuses_it(tmp_path):
         "preset": "tiny", "records": None, "records_weights": None, "annotations": None,
         "validation_records": None, "tower_mode": "cached", "feature_cache": None,
         "cache_dtype": "int8", "cache_image_tower": "model", "cache_in_memory": "auto",
-        "cache_samples": 16}
+        "cache_samples": 16, "cache_parts": 1}
     second = _run("train", *args, "--train_steps=4")
     assert second.returncode == 0, second.stderr
     assert "16 samples (reused)" in second.stdout and "Resumed" in second.stdout

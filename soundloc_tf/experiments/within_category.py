@@ -116,6 +116,10 @@ def runs() -> list[Run]:
         Run("same_class_negatives", "the same, InfoNCE counting another pair of the sounding "
             "class as a negative (LVS's batch; the recommended recipe until 2026-12-07)",
             {**_CHOSEN, "attention_temperature": 1.0}),
+        Run("visual_projection", "the recommended recipe with a learned, identity-initialised "
+            "1x1 convolution on the visual map before the attention (EZ-VSL's img_proj)",
+            {**_CHOSEN, "attention_temperature": 1.0, "infonce_same_class_negatives": False,
+             "visual_projection": True}),
         Run("temperature_0.1", "the same with softmax(cos/0.1)",
             {**_CHOSEN, "attention_temperature": 0.1}),
         Run("supervised_0.1", "the same, its supervised term on softmax(cos/0.1)",

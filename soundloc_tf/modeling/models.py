@@ -462,9 +462,12 @@ def build_localizer(config: Config) -> keras.Model:
         audio_feature)
     h = keras.layers.Dense(c, name="sound_fc2")(h)
     sound = keras.layers.UnitNormalization(axis=-1, name="sound_embedding")(h)
+    projected = (keras.layers.Dense(c, kernel_initializer="identity",
+                                    name="visual_projection")(visual)
+                 if config.visual_projection else visual)
     attention, cosine, score, visual_unit, attended = SoundAttention(
         config.attention_temperature, config.attention_relu,
-        name="sound_attention")([visual, sound])
+        name="sound_attention")([projected, sound])
     f = keras.layers.ReLU(name="attended_relu")(attended)
     f = keras.layers.Dense(config.visual_hidden_dim, activation="relu", name="visual_fc1")(f)
     visual_feature = keras.layers.Dense(config.audio_feature_dim, name="visual_fc2")(f)
