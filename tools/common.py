@@ -28,15 +28,16 @@ FLAGS = flags.FLAGS
 flags.DEFINE_boolean("verbose", False, "Show TensorFlow's C++ log lines (hidden by default).")
 
 
-def define_config_flags(default_preset: str = "tiny") -> None:
+def define_config_flags(default_preset: str = config_lib.DEFAULT_PRESET) -> None:
     flags.DEFINE_enum("preset", default_preset, sorted(config_lib.PRESETS),
                       "Named starting configuration; other flags override its fields. The "
-                      "command lines default to tiny (minutes on a CPU); the library's "
-                      "get_config() defaults to paper.")
+                      "command lines and the library's get_config() both start from "
+                      f"{config_lib.DEFAULT_PRESET} (minutes on a CPU).")
     hints = typing.get_type_hints(config_lib.Config)
     for field in dataclasses.fields(config_lib.Config):
         kind = hints[field.name]
-        help_text = f"Config field (default: the preset's value; paper: {field.default!r})."
+        help_text = (f"Config field (default: the preset's value; Config()'s, the published "
+                     f"method's: {field.default!r}).")
         if kind is bool:
             flags.DEFINE_boolean(field.name, None, help_text)
         elif kind is int:
