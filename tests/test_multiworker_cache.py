@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from multiworker_helpers import roll_back_to_common_step
 from test_reliability_multiworker import KILL_TIMEOUT, finish, free_ports, start, tf_config
 from test_reliability_resume import checkpoint_weights, max_difference, write_initial_run
 
@@ -186,14 +187,7 @@ def test_a_worker_killed_mid_run_resumes_exactly(tmp_path, initial, uninterrupte
              for i in range(2)]
     restart_step = min(int(s.rsplit("-", 1)[1]) for s in saved)
     assert 0 < restart_step < KILL_AFTER, saved
-    # A worker killed between the two workers' saves may be one checkpoint behind: roll the
-    # other back to the common step (docs/CLUSTER.md's recovery).
-    for i in range(2):
-        directory = str(tmp_path / f"worker{i}" / "checkpoints")
-        state = tf.train.get_checkpoint_state(directory)
-        keep = [p for p in state.all_model_checkpoint_paths
-                if int(p.rsplit("-", 1)[1]) <= restart_step]
-        tf.compat.v1.train.update_checkpoint_state(directory, keep[-1], keep)
+    roll_back_to_common_step(tmp_path, restart_step)
     started = time.monotonic()
     results = finish(start_workers(tmp_path, initial, copy=False))
     for code, stdout, stderr in results:

@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from multiworker_helpers import roll_back_to_common_step
 from test_reliability_resume import (checkpoint_weights, max_difference,  # noqa: F401
                                      write_initial_run, write_validation_records)
 
@@ -188,14 +189,7 @@ def test_killing_a_worker_stops_the_other_and_a_restart_resumes(tmp_path, valida
              for i in range(2)]
     assert all(saved), saved
     restart_step = min(int(s.rsplit("-", 1)[1]) for s in saved)
-    # A worker killed between the two workers' saves may be one checkpoint behind: roll the
-    # other back to the common step (the recovery docs/CLUSTER.md describes).
-    for i in range(2):
-        directory = str(tmp_path / f"worker{i}" / "checkpoints")
-        state = tf.train.get_checkpoint_state(directory)
-        keep = [p for p in state.all_model_checkpoint_paths
-                if int(p.rsplit("-", 1)[1]) <= restart_step]
-        tf.compat.v1.train.update_checkpoint_state(directory, keep[-1], keep)
+    roll_back_to_common_step(tmp_path, restart_step)
     # Restart both with the same flags: each resumes from its last checkpoint.
     resumed = start_workers(tmp_path, validation, steps=restart_step + EVERY)
     results = finish(resumed)
